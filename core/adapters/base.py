@@ -1,0 +1,112 @@
+"""What the engine needs to know about a model family, behind one small interface.
+
+An adapter is the only code that knows a family's attribute names (where the decoder layers,
+the rotary embedding, the vision tower live). Register new ones with the
+``vtsched_register_adapters`` hook.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..tokens import PromptBatch
+
+__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGeometry:
+    """Sizes that schedules and FLOPs accounting depend on."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    num_visual: int  # visual tokens per image (the nominal count; samples may differ)
+    vision_layers: int = 0
+    vision_hidden_size: int = 0
+    vision_intermediate_size: int = 0
+    vision_tokens: int = 0  # tokens inside the vision tower (patches + CLS)
+
+
+@dataclass
+class DecoderParts:
+    """The pieces of the language model the engine drives, layer by layer.
+
+    ``query_rows(layer, hidden, cos, sin)`` recomputes the rotated attention queries of a few
+    tokens of one layer (``hidden``: ``(rows, q, hidden)`` layer input) so the engine can read
+    attention without switching the model to eager attention.
+    """
+
+    embed_tokens: nn.Module
+    layers: Sequence[nn.Module]
+    rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    norm: nn.Module
+    lm_head: nn.Module
+    attn_implementation: str
+    query_rows: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    scaling: float
+
+
+class ModelAdapter(ABC):
+    """Binds one loaded model (and its processor) to the engine."""
+
+    name: ClassVar[str]
+    model_type: ClassVar[str]  # transformers' ``config.model_type`` this adapter reads
+    prompt_template: ClassVar[str] = "{question}"
+
+    def __init__(self, model: nn.Module, processor: Any = None) -> None:
+        self.model = model
+        self.processor = processor
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        """Whether this adapter knows ``model``'s family."""
+
+    @classmethod
+    @abstractmethod
+    def geometry_from_config(cls, config: Any) -> ModelGeometry:
+        """Geometry from a transformers config alone (no weights needed)."""
+
+    @property
+    def geometry(self) -> ModelGeometry:
+        return self.geometry_from_config(self.model.config)
+
+    @abstractmethod
+    def decoder(self) -> DecoderParts: ...
+
+    @abstractmethod
+    def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
+        """Tokenise prompts, encode images, return roles, features and CLS scores per sample."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def decode_text(self, token_ids: Sequence[int]) -> str:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if tokenizer is None:
+            return " ".join(map(str, token_ids))
+        return tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+
+    def stop_token_ids(self) -> tuple[int, ...]:
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = getattr(getattr(self.model.config, "text_config", self.model.config), "eos_token_id", None)
+        if eos is None:
+            return ()
+        return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)

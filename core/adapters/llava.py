@@ -1,0 +1,162 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``): a CLIP-style vision tower, a projector, a Llama-family LM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..tokens import PromptBatch, Role, Sample
+from .base import DecoderParts, ModelAdapter, ModelGeometry
+
+__all__ = ["LlavaAdapter"]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlavaAdapter(ModelAdapter):
+    """Adapter for ``transformers.LlavaForConditionalGeneration`` checkpoints (llava-hf/llava-1.5-*)."""
+
+    name: ClassVar[str] = "llava"
+    model_type: ClassVar[str] = "llava"
+    prompt_template: ClassVar[str] = "USER: <image>\n{question} ASSISTANT:"
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        from transformers import LlavaForConditionalGeneration
+
+        return type(model) is LlavaForConditionalGeneration
+
+    # -- model structure ---------------------------------------------------------------------
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.vision_tower
+
+    @property
+    def geometry(self) -> ModelGeometry:
+        return self.geometry_from_config(self.model.config)
+
+    @classmethod
+    def geometry_from_config(cls, config: Any) -> ModelGeometry:
+        text = config.text_config
+        vision = config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        heads = text.num_attention_heads
+        return ModelGeometry(
+            num_layers=text.num_hidden_layers,
+            hidden_size=text.hidden_size,
+            intermediate_size=text.intermediate_size,
+            num_heads=heads,
+            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+            vocab_size=text.vocab_size,
+            num_visual=patches + (1 if config.vision_feature_select_strategy == "full" else 0),
+            vision_layers=vision.num_hidden_layers,
+            vision_hidden_size=vision.hidden_size,
+            vision_intermediate_size=vision.intermediate_size,
+            vision_tokens=patches + 1,
+        )
+
+    def decoder(self) -> DecoderParts:
+        lm = self.language_model
+        first = lm.layers[0].self_attn
+
+        def query_rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            block = lm.layers[layer]
+            attn = block.self_attn
+            x = block.input_layernorm(hidden)
+            q = attn.q_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
+            return q * cos[:, None] + _rotate_half(q) * sin[:, None]
+
+        return DecoderParts(
+            embed_tokens=lm.embed_tokens,
+            layers=lm.layers,
+            rotary=lm.rotary_emb,
+            norm=lm.norm,
+            lm_head=self.model.lm_head,
+            attn_implementation=lm.config._attn_implementation,
+            query_rows=query_rows,
+            scaling=first.scaling,
+        )
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _feature_layer(self) -> int:
+        layer = self.model.config.vision_feature_layer
+        return layer[-1] if isinstance(layer, (list, tuple)) else layer
+
+    @torch.inference_mode()
+    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected visual features ``(B, Nv, D)`` and CLS scores ``(B, Nv)`` in one tower pass.
+
+        The CLS scores are the head-averaged softmax attention of the CLS query over the patch
+        keys in the encoder layer whose output LLaVA reads (``vision_feature_layer``), recomputed
+        from that layer's input for the CLS row only.
+        """
+        config = self.model.config
+        out = self.vision_tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
+        hidden_states = out.hidden_states
+        layers = config.vision_feature_layer
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        selected = [hidden_states[i] for i in layers]
+        if config.vision_feature_select_strategy == "default":
+            selected = [h[:, 1:] for h in selected]
+        features = self.model.model.multi_modal_projector(torch.cat(selected, dim=-1))
+
+        n_states = len(hidden_states)  # embeddings + one per encoder layer
+        layer_index = (self._feature_layer() % n_states) - 1  # the layer that produced those states
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        block = tower.encoder.layers[layer_index]
+        x = block.layer_norm1(hidden_states[layer_index])
+        attn = block.self_attn
+        q = attn.q_proj(x[:, :1]).view(x.shape[0], 1, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(x.shape[0], -1, attn.num_heads, attn.head_dim).transpose(1, 2)
+        probs = torch.softmax(torch.matmul(q.float(), k.float().transpose(2, 3)) * attn.scale, dim=-1)
+        cls = probs.mean(1)[:, 0]  # (B, 1 + patches)
+        if config.vision_feature_select_strategy == "default":
+            cls = cls[:, 1:]
+        return features, cls
+
+    def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
+        if self.processor is None:
+            raise InputError("this model was loaded without a processor; save one next to the weights")
+        if len(images) != len(questions):
+            raise InputError(f"{len(images)} images but {len(questions)} questions")
+        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        features, cls = self.encode_images(pixel_values)
+        side = int(round(features.shape[1] ** 0.5))
+        grid = (side, side) if side * side == features.shape[1] else None
+        samples = [
+            self._sample(q, features[b], cls[b], grid, image) for b, (q, image) in enumerate(zip(questions, images))
+        ]
+        return PromptBatch(samples)
+
+    def _sample(self, question, features, cls, grid, image) -> Sample:
+        tokenizer = self.processor.tokenizer
+        image_token = getattr(self.processor, "image_token", "<image>")
+        head, tail = self.prompt_template.split("<image>")
+        q_at = tail.index("{question}")
+        tail = tail.replace("{question}", question)
+        text = head + image_token * features.shape[0] + tail
+        q_start = len(head) + len(image_token) * features.shape[0] + q_at
+        q_end = q_start + len(question)
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+        roles = torch.full_like(ids, Role.SUFFIX)
+        visual = ids == self.model.config.image_token_id
+        first = int(torch.nonzero(visual)[0]) if visual.any() else len(ids)
+        roles[:first] = Role.PREFIX
+        for t, (a, b) in enumerate(enc["offset_mapping"]):
+            if t > first and b > a and a < q_end and b > q_start:
+                roles[t] = Role.QUESTION
+        roles[visual] = Role.VISUAL
+        return Sample(ids, roles, features, cls.float().cpu(), grid, image)

@@ -1,0 +1,72 @@
+"""Attention plumbing the engine hands to unmodified decoder layers.
+
+Every token carries its *original* position id, and a padding slot carries ``-1``. Causality
+is therefore a rule on position ids (a query sees keys at positions <= its own), which stays
+right however tokens are pruned, inserted or shared between streams.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["build_attention_mask", "KVTap", "attention_probs"]
+
+
+def build_attention_mask(
+    query_index: torch.Tensor, key_index: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive mask ``(rows, 1, queries, keys)``: 0 where a query may attend, dtype-min elsewhere.
+
+    Args:
+        query_index: ``(rows, queries)`` position ids of the queries, ``-1`` for padding.
+        key_index: ``(rows, keys)`` position ids of the keys, ``-1`` for padding.
+    A padding query sees every key, so no softmax row is empty (its output is never read).
+    """
+    allowed = (key_index[:, None, :] >= 0) & (key_index[:, None, :] <= query_index[:, :, None])
+    allowed |= (query_index < 0)[:, :, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=query_index.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+class KVTap:
+    """Stands in for a transformers ``Cache`` during one layer call.
+
+    It prepends ``past`` keys/values (a shared prefix, or the decode cache) to the layer's own and
+    keeps what the layer attended over, so the engine can cache or probe it. It stores nothing
+    across calls and never resizes a tensor it did not create.
+    """
+
+    __slots__ = ("past", "keys", "values")
+
+    def __init__(self, past: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        self.past = past
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def update(self, key_states, value_states, layer_idx=None, cache_kwargs=None, **kwargs):
+        if self.past is not None:
+            key_states = torch.cat((self.past[0], key_states), dim=2)
+            value_states = torch.cat((self.past[1], value_states), dim=2)
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+
+def attention_probs(
+    queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """Softmax attention of a few query rows, in float32.
+
+    Args:
+        queries: ``(rows, heads, q, head_dim)``, already rotated.
+        keys: ``(rows, kv_heads, k, head_dim)`` as the layer attended over.
+        mask: additive ``(rows, 1, q, k)`` or ``None`` (all keys visible).
+    Returns ``(rows, heads, q, k)`` probabilities.
+    """
+    groups = queries.shape[1] // keys.shape[1]
+    if groups > 1:
+        keys = keys.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(queries.float(), keys.float().transpose(2, 3)) * scaling
+    if mask is not None:
+        scores = scores + mask.float()
+    return torch.softmax(scores, dim=-1)

@@ -1,0 +1,73 @@
+"""Token budgets: how many visual tokens a policy keeps, per sample.
+
+A budget is either a count (``64``: keep 64 of this image's visual tokens) or a ratio
+(``0.111`` or ``11.1%``: keep that share, rounded to the nearest token). It always means the
+size of the *subject* group per sample, before any in-LLM event; what actually ran per layer is
+reported separately by the engine's statistics.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import BudgetError
+
+__all__ = ["Budget"]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A visual-token budget: exactly one of ``count`` or ``ratio`` is set."""
+
+    count: int | None = None
+    ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.count is None) == (self.ratio is None):
+            raise BudgetError("a budget is either a token count or a ratio, not both or neither")
+        if self.count is not None and self.count < 0:
+            raise BudgetError(f"budget {self.count} is negative; give a token count >= 0")
+        if self.ratio is not None and not 0.0 <= self.ratio <= 1.0:
+            raise BudgetError(f"budget ratio {self.ratio} is outside [0, 1]")
+
+    @classmethod
+    def parse(cls, text: str | int | float | Budget) -> Budget:
+        """Read ``"64"``, ``"0.25"`` or ``"25%"`` (or pass a Budget through)."""
+        if isinstance(text, Budget):
+            return text
+        if isinstance(text, bool):
+            raise BudgetError(f"budget {text!r} is not a number")
+        if isinstance(text, int):
+            return cls(count=text)
+        if isinstance(text, float):
+            return cls(ratio=text) if text <= 1.0 else cls(count=_whole(text))
+        raw = str(text).strip()
+        if m := re.fullmatch(r"([0-9]*\.?[0-9]+)\s*%", raw):
+            return cls(ratio=float(m.group(1)) / 100.0)
+        if re.fullmatch(r"[0-9]+", raw):
+            return cls(count=int(raw))
+        if re.fullmatch(r"[0-9]*\.[0-9]+", raw):
+            return cls.parse(float(raw))
+        raise BudgetError(f"budget {text!r} is not a token count (64), a ratio (0.11) or a percentage (11%)")
+
+    def resolve(self, num_visual: int) -> int:
+        """The number of tokens this budget keeps out of ``num_visual``."""
+        if self.count is not None:
+            if self.count > num_visual:
+                raise BudgetError(
+                    f"budget {self.count} exceeds the {num_visual} visual tokens of this image; "
+                    f"use at most {num_visual} or a ratio"
+                )
+            return self.count
+        assert self.ratio is not None
+        return int(round(self.ratio * num_visual))
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.ratio:g}"
+
+
+def _whole(value: float) -> int:
+    if value != int(value):
+        raise BudgetError(f"budget {value} is neither a whole token count nor a ratio <= 1")
+    return int(value)

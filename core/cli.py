@@ -1,0 +1,209 @@
+"""The ``vtsched`` command line: run, explain, list.
+
+User errors print one line (``vtsched: error: ...``) and exit 2; ``--traceback`` shows the
+Python traceback instead, for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import VtschedError
+
+__all__ = ["main"]
+
+DEFAULT_BUDGET = "0.111"  # 64 of LLaVA-1.5's 576 tokens: 88.9% pruned
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-plugins", action="store_true", help="do not autoload installed plugins")
+    parser.add_argument("--traceback", action="store_true", help="show Python tracebacks on errors")
+
+
+def _policy_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", default="parvts", help="scheduling policy (see `vtsched list`)")
+    parser.add_argument("--partitioner", default=None, help="partitioner (default: the policy's, usually cls)")
+    parser.add_argument("--budget", default=DEFAULT_BUDGET,
+                        help="subject tokens per image: a count (64), a ratio (0.111) or a percentage (11.1%%)")
+    parser.add_argument("-p", "--param", action="append", type=_key_value, default=[], metavar="NAME=VALUE",
+                        help="policy parameter, e.g. -p drop_layer=2 -p fusion=fixed -p alpha=0.7")
+    parser.add_argument("--partitioner-param", action="append", type=_key_value, default=[], metavar="NAME=VALUE")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vtsched", description="Vision-token scheduling for multimodal LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="answer a question about an image under a scheduling policy")
+    run.add_argument("--model", default=None,
+                     help="checkpoint folder or model id (default: a built-in LLaVA with random weights)")
+    run.add_argument("--image", required=True)
+    run.add_argument("--question", required=True)
+    _policy_args(run)
+    run.add_argument("--schedule", default=None, help="run this schedule JSON (from `explain --json`) as it is")
+    run.add_argument("--max-new-tokens", type=int, default=32)
+    run.add_argument("--do-sample", action="store_true")
+    run.add_argument("--temperature", type=float, default=1.0)
+    run.add_argument("--top-k", type=int, default=0)
+    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    run.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+    run.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    _common(run)
+
+    explain = sub.add_parser("explain", help="print the schedule a policy would run (no weights needed)")
+    _policy_args(explain)
+    explain.add_argument("--shape", default="llava-1.5-7b", help="named model shape (see vtsched.core.demo)")
+    explain.add_argument("--model", default=None, help="read the geometry from this checkpoint's config instead")
+    explain.add_argument("--json", default=None, metavar="FILE", help="write the schedule JSON to FILE")
+    _common(explain)
+
+    lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters and plugins")
+    _common(lister)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except VtschedError as exc:
+        if args.traceback:
+            raise
+        print(f"vtsched: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vtsched: interrupted", file=sys.stderr)
+        return 130
+
+
+def _registry(args: argparse.Namespace):
+    from .registry import build_registry, make_plugin_manager
+
+    return build_registry(make_plugin_manager(load_entrypoints=False if args.no_plugins else None))
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .registry import KINDS
+
+    registry = _registry(args)
+    titles = {"policy": "policies", "partitioner": "partitioners", "fusion_rule": "fusion rules",
+              "adapter": "model adapters"}
+    for kind in KINDS:
+        print(f"{titles[kind]}:")
+        for c in registry.entries(kind):
+            alias = f" (alias {', '.join(c.aliases)})" if c.aliases else ""
+            print(f"  {c.name:<20s} {c.summary}{alias}  [{c.plugin}]")
+    print("plugins:")
+    for plugin, hooks in registry.plugins.items():
+        print(f"  {plugin:<28s} {', '.join(hooks)}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .budget import Budget
+    from .io import write_atomic
+
+    registry = _registry(args)
+    if args.model:
+        from transformers import AutoConfig
+
+        from .errors import InputError
+
+        try:
+            config = AutoConfig.from_pretrained(args.model)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the config of {args.model!r}: {str(exc).splitlines()[0]}") from None
+        source = args.model
+    else:
+        from .demo import llava_config
+
+        config = llava_config(args.shape)
+        source = f"shape {args.shape}"
+    geometry = registry.adapter_for_config(config).geometry_from_config(config)
+    policy = registry.policy(args.policy).from_params(dict(args.param))
+    budget = Budget.parse(args.budget)
+    keep = budget.resolve(geometry.num_visual)
+    groups = ("subject", "non_subject") if policy.needs_partition else ("subject",)
+    schedule = policy.schedule(geometry, groups)
+    partitioner = args.partitioner or policy.default_partitioner
+    print(f"model: {source} ({geometry.num_layers} layers, {geometry.num_visual} visual tokens per image)")
+    if policy.needs_partition:
+        print(f"partition: {partitioner}, budget {budget}: subject = {keep} tokens per image, "
+              f"non_subject = {geometry.num_visual - keep} ({100 * (1 - keep / geometry.num_visual):.1f}% pruned)")
+    print(schedule.explain())
+    if args.json:
+        write_atomic(args.json, schedule.to_json() + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .budget import Budget
+    from .generation import GenerationConfig
+    from .io import load_image, read_text, write_atomic
+    from .policy import FixedSchedule
+    from .schedule import Schedule
+    from .scheduler import Scheduler
+
+    image = load_image(args.image)
+    budget = Budget.parse(args.budget)
+    registry = _registry(args)
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    if args.model is None:
+        print("note: no --model given; using a built-in LLaVA with random weights: its answers are meaningless.",
+              file=sys.stderr)
+        scheduler = Scheduler.random("demo", dtype=dtype or torch.float32, attn_implementation=args.attn,
+                                     device=args.device, registry=registry)
+    else:
+        scheduler = Scheduler.from_pretrained(args.model, device=args.device, dtype=dtype,
+                                              attn_implementation=args.attn, registry=registry)
+    policy = scheduler.make_policy(args.policy, dict(args.param))
+    if args.schedule:
+        policy = FixedSchedule(Schedule.from_json(read_text(args.schedule, "schedule")), policy.default_partitioner)
+    partitioner = scheduler.make_partitioner(args.partitioner or policy.default_partitioner,
+                                             dict(args.partitioner_param))
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        stop_token_ids=scheduler.adapter.stop_token_ids(),
+    )
+    result = scheduler.run([image], [args.question], policy, partitioner=partitioner, budget=budget,
+                           generation=config)
+    print(result.texts[0])
+    print(f"ran: {result.summary()}")
+    if args.json:
+        record: dict[str, Any] = {
+            "answer": result.texts[0],
+            "tokens": result.generated.tokens[0],
+            "policy": result.plan.policy.describe(),
+            "partitioner": result.plan.partitioner.describe() if result.plan.partitioner else None,
+            "budget": str(result.plan.budget) if result.plan.budget else None,
+            "schedule": result.plan.schedule.to_dict(),
+            "subject_tokens": result.plan.partition.members(0, result.plan.partition.groups[0]).tolist(),
+            "prefill_flops": float(result.flops[0]),
+            "visual_tokens_per_layer": float(result.visual_per_layer_survivor[0]),
+        }
+        write_atomic(args.json, json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "explain": _cmd_explain, "list": _cmd_list}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Policies and partitioners: the two small, declarative kinds of component.
+
+A policy is a frozen dataclass whose fields are its parameters. It turns the partition's
+group names and the model's geometry into a :class:`Schedule`, and never touches a tensor.
+A partitioner turns a prepared batch and a budget into a :class:`Partition`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, get_args, get_origin
+
+from .adapters.base import ModelGeometry
+from .budget import Budget
+from .errors import ScheduleError, VtschedError
+from .partition import NON_SUBJECT, SUBJECT, Partition
+from .schedule import Schedule
+from .tokens import PromptBatch
+
+__all__ = ["Policy", "Partitioner", "FixedSchedule", "DEFAULT_GROUPS", "coerce_params"]
+
+DEFAULT_GROUPS = (SUBJECT, NON_SUBJECT)
+
+
+class _Parametrised:
+    name: ClassVar[str]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None = None) -> Any:
+        """Build from ``{field: value}``; strings (from the CLI) are converted to the field's type."""
+        return cls(**coerce_params(cls, params or {}))
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{self.name}({args})"
+
+
+class Policy(_Parametrised, ABC):
+    """A scheduling policy.
+
+    Class attributes:
+        name: registry name; ``aliases``: other names.
+        needs_partition: ``False`` for policies that keep every token in one group (``full``).
+        default_partitioner: used when the user names none.
+    """
+
+    aliases: ClassVar[tuple[str, ...]] = ()
+    needs_partition: ClassVar[bool] = True
+    default_partitioner: ClassVar[str] = "cls"
+
+    @abstractmethod
+    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+        """The schedule for a partition with ``groups`` (``groups[0]`` is the subject)."""
+
+
+@dataclass(frozen=True)
+class FixedSchedule(Policy):
+    """Runs a saved schedule exactly as written (``vtsched run --schedule FILE``)."""
+
+    name: ClassVar[str] = "schedule-file"
+    fixed: Schedule = None  # type: ignore[assignment]
+    partitioner_name: str = "cls"
+
+    @property
+    def default_partitioner(self) -> str:  # type: ignore[override]
+        return self.partitioner_name
+
+    @property
+    def needs_partition(self) -> bool:  # type: ignore[override]
+        return len(self.fixed.groups) > 1
+
+    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+        if self.fixed.num_layers != geometry.num_layers:
+            raise ScheduleError(
+                f"the schedule file is for {self.fixed.num_layers} layers, the model has {geometry.num_layers}"
+            )
+        if tuple(groups) != tuple(self.fixed.groups):
+            raise ScheduleError(f"the schedule file names groups {list(self.fixed.groups)}, the partition {list(groups)}")
+        return self.fixed
+
+    def describe(self) -> str:
+        return f"schedule-file({self.fixed.meta and dict(self.fixed.meta).get('policy', '') or 'custom'})"
+
+
+class Partitioner(_Parametrised, ABC):
+    """Splits each sample's visual tokens into a subject group of the budget's size and the rest."""
+
+    aliases: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def partition(self, batch: PromptBatch, budget: Budget) -> Partition: ...
+
+
+def coerce_params(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        key = key.replace("-", "_")
+        if key not in fields:
+            known = ", ".join(fields) or "none"
+            raise VtschedError(f"{cls.name} has no parameter {key!r}; parameters: {known}")
+        out[key] = _convert(cls.name, key, value, hints[key])
+    return out
+
+
+def _convert(owner: str, key: str, value: Any, hint: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    options = get_args(hint) if get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (hint,)
+    for option in options:
+        if get_origin(option) is Literal:
+            if value in get_args(option):
+                return value
+            continue
+        try:
+            if option is bool:
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                continue
+            if option in (int, float, str):
+                return option(value)
+            if option is type(None) and value.lower() == "none":
+                return None
+        except ValueError:
+            continue
+    raise VtschedError(f"{owner}: parameter {key}={value!r} is not a valid {hint}")

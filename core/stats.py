@@ -1,0 +1,67 @@
+"""What a prefill actually ran: token counts per layer and stream, for FLOPs and reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .tokens import Role
+
+__all__ = ["RunStats", "LayerWork"]
+
+
+@dataclass(frozen=True)
+class LayerWork:
+    """Work of one stream in a run of layers ``start..end-1``, per sample.
+
+    ``queries``: tokens computed; ``keys``: tokens attended over (context included);
+    ``visual``: visual tokens among the queries.
+    """
+
+    start: int
+    end: int
+    stream: str
+    queries: torch.Tensor  # (batch,)
+    keys: torch.Tensor  # (batch,)
+    visual: torch.Tensor  # (batch,)
+
+    @property
+    def layers(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class RunStats:
+    batch_size: int
+    prefix: torch.Tensor | None = None  # (batch,) tokens of the shared prefix pass (all layers)
+    work: list[LayerWork] = field(default_factory=list)
+    probes: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (layer, queries, keys)
+
+    def add_prefix(self, tokens: torch.Tensor) -> None:
+        self.prefix = tokens.cpu()
+
+    def add_segment(self, start, end, names, rows, key_index, roles, batch) -> None:
+        valid = rows.valid
+        keys_valid = key_index >= 0
+        for i, name in enumerate(names):
+            r = slice(i * batch, (i + 1) * batch)
+            self.work.append(
+                LayerWork(
+                    start, end, name,
+                    queries=valid[r].sum(1).cpu(),
+                    keys=keys_valid[r].sum(1).cpu(),
+                    visual=(roles[r] == Role.VISUAL).sum(1).cpu(),
+                )
+            )
+
+    def add_probe(self, layer: int, queries: torch.Tensor, keys: int) -> None:
+        self.probes.append((layer, queries.cpu(), keys))
+
+    def visual_per_layer(self, num_layers: int, stream: str | None = None) -> torch.Tensor:
+        """``(batch,)`` visual tokens per layer, averaged over layers (one stream, or all summed)."""
+        total = torch.zeros(self.batch_size)
+        for w in self.work:
+            if stream is None or w.stream == stream:
+                total += w.visual.float() * w.layers
+        return total / num_layers

@@ -1,0 +1,17 @@
+"""Built-in partitioners (registered through the same hooks as any plugin)."""
+
+from __future__ import annotations
+
+from vtsched.core.hookspecs import hookimpl
+
+from .cls import ClsAttention
+from .random import RandomTokens
+from .uniform import UniformGrid
+
+__all__ = ["ClsAttention", "RandomTokens", "UniformGrid"]
+
+
+@hookimpl
+def vtsched_register_partitioners(register):
+    for partitioner in (ClsAttention, RandomTokens, UniformGrid):
+        register(partitioner)

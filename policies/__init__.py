@@ -1,0 +1,26 @@
+"""Built-in policies and fusion rules (registered through the same hooks as any plugin)."""
+
+from __future__ import annotations
+
+from vtsched.core.hookspecs import hookimpl
+
+from .full import Full
+from .fusion_rules import AttentionFusion, FixedFusion, SizeFusion
+from .non_subject_first import NonSubjectFirst
+from .parvts import ParVTS
+from .prune import Prune
+from .subject_first import SubjectFirst
+
+__all__ = ["Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FixedFusion", "SizeFusion", "AttentionFusion"]
+
+
+@hookimpl
+def vtsched_register_policies(register):
+    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst):
+        register(policy)
+
+
+@hookimpl
+def vtsched_register_fusion_rules(register):
+    for rule in (FixedFusion, SizeFusion, AttentionFusion):
+        register(rule)

@@ -1,0 +1,21 @@
+"""``full``: no scheduling; every visual token through every layer (the reference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.policy import DEFAULT_GROUPS, Policy
+from vtsched.core.schedule import Schedule, Stream
+
+
+@dataclass(frozen=True)
+class Full(Policy):
+    """Run the unmodified model: one stream carrying every group from layer 0."""
+
+    name: ClassVar[str] = "full"
+    needs_partition: ClassVar[bool] = False
+
+    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+        return Schedule(geometry.num_layers, groups, (Stream("main", groups),), survivor="main")

@@ -1,0 +1,54 @@
+"""``parvts`` (alias ``parallel``): Parallel Vision Token Scheduling.
+
+One stream per partition group runs through layers ``[0, K)`` in parallel (batched into one
+call per layer, the shared text prefix computed once). At ``K`` the text tokens after the image
+are fused across streams by a fusion rule into the subject stream; the other streams end and
+layers ``[K, L)`` run on the subject stream alone.
+
+Decode semantics: after prefill only the subject stream's cache is kept. For layers ``< K`` it
+holds the subject stream's own (unfused) keys/values, for layers ``>= K`` the fused ones.
+Generated tokens take the next original positions and exist only in the subject stream; they
+are never fused. Decoding with the cache therefore equals a prefill of prompt + generated tokens
+in which the generated tokens are carried by the subject stream alone (``Engine.prefill(tail=...)``).
+
+Defaults (our reading of the paper, where it is silent): ``K = 2``, fusion rule ``attention``,
+fused tokens ``question``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.errors import ScheduleError
+from vtsched.core.policy import DEFAULT_GROUPS, Policy
+from vtsched.core.schedule import EndStream, Fuse, Schedule, Stream
+
+
+@dataclass(frozen=True)
+class ParVTS(Policy):
+    """Subject and non-subject streams in parallel up to layer K, fused into the subject stream."""
+
+    name: ClassVar[str] = "parvts"
+    aliases: ClassVar[tuple[str, ...]] = ("parallel",)
+
+    drop_layer: int = 2
+    fusion: str = "attention"
+    alpha: float = 0.5
+    fuse_tokens: Literal["question", "post_image"] = "question"
+
+    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+        if not 0 <= self.drop_layer <= geometry.num_layers:
+            raise ScheduleError(f"parvts: drop_layer {self.drop_layer} outside 0..{geometry.num_layers}")
+        subject, others = groups[0], groups[1:]
+        streams = tuple(Stream(g, (g,)) for g in groups)
+        events = []
+        if others:
+            params = (("alpha", self.alpha),) if self.fusion == "fixed" else ()
+            events.append(Fuse(self.drop_layer, tuple(groups), subject, self.fusion, self.fuse_tokens, params))
+            events.extend(EndStream(self.drop_layer, g) for g in others)
+        return Schedule(
+            geometry.num_layers, groups, streams, survivor=subject, events=tuple(events),
+            meta=(("policy", self.describe()),),
+        )

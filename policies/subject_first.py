@@ -1,0 +1,31 @@
+"""``subject-first``: sequential scheduling, subject tokens from layer 0, the rest inserted at K.
+
+The inserted tokens enter with their layer-0 embeddings at layer K: the representation
+mismatch ParVTS (Figure 2a of the paper) argues against. ``insert_layer = L`` is prune;
+``insert_layer = 0`` is full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.errors import ScheduleError
+from vtsched.core.policy import DEFAULT_GROUPS, Policy
+from vtsched.core.schedule import InsertGroup, Schedule, Stream
+
+
+@dataclass(frozen=True)
+class SubjectFirst(Policy):
+    """Subject tokens from layer 0; non-subject tokens join at ``insert_layer``."""
+
+    name: ClassVar[str] = "subject-first"
+    insert_layer: int = 2
+
+    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+        if not 0 <= self.insert_layer <= geometry.num_layers:
+            raise ScheduleError(f"subject-first: insert_layer {self.insert_layer} outside 0..{geometry.num_layers}")
+        events = tuple(InsertGroup(self.insert_layer, "main", g) for g in groups[1:])
+        return Schedule(geometry.num_layers, groups, (Stream("main", groups[:1]),), "main", events,
+                        meta=(("policy", self.describe()),))
