@@ -67,7 +67,8 @@ class Prefill:
 
     Attributes:
         logits: ``(batch, vocab)`` next-token logits at each sample's last token.
-        hidden: final-normed ``(batch, T, hidden)`` states of the surviving stream (when asked).
+        hidden: ``(batch, T, hidden)`` last-layer states of the surviving stream, before the final
+            norm (when asked); ``all_logits`` are their logits.
         index: ``(batch, T)`` positions of those states, ``-1`` for padding (when asked).
         state: the decode cache (when asked).
         stats: token counts of what ran, per layer and stream.
@@ -166,19 +167,18 @@ class Engine:
         probes = _Probes()
         for start, end, events in schedule.segments():
             for event in events:
-                self._apply(event, streams, bound, partition, probes, schedule)
+                self._apply(event, streams, bound, partition, probes, stats)
             if end > start:
                 self._run_segment(start, end, streams, schedule, bound, context, probes, stats, cache, use_cache)
 
         survivor = streams[schedule.survivor]
-        hidden = self.parts.norm(survivor.hidden)
         last = survivor.valid.sum(1) - 1
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        logits = self.parts.lm_head(hidden[rows, last]).float()
+        rows = torch.arange(survivor.num_rows, device=last.device)
+        logits = self.parts.lm_head(self.parts.norm(survivor.hidden[rows, last])).float()
         result = Prefill(logits=logits, stats=stats)
         if return_hidden:
-            result.hidden, result.index = hidden, survivor.index
-            result.all_logits = self.parts.lm_head(hidden).float()
+            result.hidden, result.index = survivor.hidden, survivor.index
+            result.all_logits = self.parts.lm_head(self.parts.norm(survivor.hidden)).float()
         if use_cache:
             result.state = DecodeState(
                 keys=[k for k, _, _ in cache],
@@ -393,7 +393,7 @@ class Engine:
             raise ScheduleError(f"unknown fusion rule {name!r}; known: {sorted(self.fusion_rules)}") from None
 
     def _apply(self, event: Event, streams: dict[str, Rows], bound: _Bound, partition: Partition,
-               probes: _Probes, schedule: Schedule) -> None:
+               probes: _Probes, stats: RunStats) -> None:
         if isinstance(event, EndStream):
             del streams[event.stream]  # releases its states
         elif isinstance(event, RemoveGroup):
@@ -410,7 +410,7 @@ class Engine:
         elif isinstance(event, KeepTop):
             streams[event.stream] = self._keep_top(event, streams[event.stream], bound, partition, probes)
         elif isinstance(event, Fuse):
-            self._fuse(event, streams, bound, probes)
+            self._fuse(event, streams, bound, probes, stats)
         else:  # pragma: no cover - the schedule validates event types
             raise ScheduleError(f"the engine cannot execute {event!r}")
 
@@ -429,7 +429,7 @@ class Engine:
             keep[b, top] = True
         return rows.keep(keep)
 
-    def _fuse(self, event: Fuse, streams: dict[str, Rows], bound: _Bound, probes: _Probes) -> None:
+    def _fuse(self, event: Fuse, streams: dict[str, Rows], bound: _Bound, probes: _Probes, stats: RunStats) -> None:
         fused_roles = torch.tensor(Role.FUSED[event.tokens], device=bound.roles.device)
         slots, states = [], []
         for name in event.streams:
@@ -454,6 +454,7 @@ class Engine:
         except TypeError as exc:
             raise ScheduleError(f"fusion rule {event.rule!r}: bad parameters {event.param_dict}: {exc}") from None
         weights = check_weights(event.rule, rule.weights(inputs), inputs)
+        stats.add_fusion(event.layer, event.streams, weights)
         fused = sum(w[..., None] * s.float() for w, s in zip(weights, states)).to(states[0].dtype)
         target = streams[event.into]
         into_slot = slots[event.streams.index(event.into)]

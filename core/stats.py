@@ -37,6 +37,7 @@ class RunStats:
     prefix: torch.Tensor | None = None  # (batch,) tokens of the shared prefix pass (all layers)
     work: list[LayerWork] = field(default_factory=list)
     probes: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (layer, queries, keys)
+    fusions: list[tuple[int, tuple[str, ...], torch.Tensor]] = field(default_factory=list)  # (layer, streams, w)
 
     def add_prefix(self, tokens: torch.Tensor) -> None:
         self.prefix = tokens.cpu()
@@ -54,6 +55,10 @@ class RunStats:
                     visual=(roles[r] == Role.VISUAL).sum(1).cpu(),
                 )
             )
+
+    def add_fusion(self, layer: int, streams: tuple[str, ...], weights: torch.Tensor) -> None:
+        """Fusion weights ``(streams, batch, tokens)`` used at ``layer`` (padding slots included)."""
+        self.fusions.append((layer, streams, weights.detach().cpu()))
 
     def add_probe(self, layer: int, queries: torch.Tensor, keys: int) -> None:
         self.probes.append((layer, queries.cpu(), keys))

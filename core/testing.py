@@ -58,7 +58,7 @@ def tiny_llava_shapes(draw, *, max_layers: int = 3, max_visual_side: int = 3) ->
         kv_heads=kv_heads,
         head_dim=draw(st.sampled_from([4, 8])),
         image_size=14 * draw(st.integers(2, max_visual_side)),
-        vision_layers=draw(st.integers(1, 2)),
+        vision_layers=draw(st.integers(2, 3)),
         seed=draw(st.integers(0, 3)),
     )
 

@@ -95,7 +95,7 @@ class LlavaAdapter(ModelAdapter):
         return layer[-1] if isinstance(layer, (list, tuple)) else layer
 
     @torch.inference_mode()
-    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Projected visual features ``(B, Nv, D)`` and CLS scores ``(B, Nv)`` in one tower pass.
 
         The CLS scores are the head-averaged softmax attention of the CLS query over the patch
@@ -114,6 +114,8 @@ class LlavaAdapter(ModelAdapter):
 
         n_states = len(hidden_states)  # embeddings + one per encoder layer
         layer_index = (self._feature_layer() % n_states) - 1  # the layer that produced those states
+        if layer_index < 0:  # LLaVA reads the patch embeddings: no attention layer made them
+            return features, None
         tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
         block = tower.encoder.layers[layer_index]
         x = block.layer_norm1(hidden_states[layer_index])
@@ -136,7 +138,8 @@ class LlavaAdapter(ModelAdapter):
         side = int(round(features.shape[1] ** 0.5))
         grid = (side, side) if side * side == features.shape[1] else None
         samples = [
-            self._sample(q, features[b], cls[b], grid, image) for b, (q, image) in enumerate(zip(questions, images))
+            self._sample(q, features[b], None if cls is None else cls[b], grid, image)
+            for b, (q, image) in enumerate(zip(questions, images))
         ]
         return PromptBatch(samples)
 
@@ -159,4 +162,4 @@ class LlavaAdapter(ModelAdapter):
             if t > first and b > a and a < q_end and b > q_start:
                 roles[t] = Role.QUESTION
         roles[visual] = Role.VISUAL
-        return Sample(ids, roles, features, cls.float().cpu(), grid, image)
+        return Sample(ids, roles, features, None if cls is None else cls.float().cpu(), grid, image)
