@@ -96,6 +96,17 @@ def _registry(args: argparse.Namespace):
     return build_registry(make_plugin_manager(load_entrypoints=False if args.no_plugins else None))
 
 
+def _read_config(path: str) -> Any:
+    from transformers import AutoConfig
+
+    from .errors import InputError
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load {path!r}: {str(exc).splitlines()[0]}") from None
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .registry import KINDS
 
@@ -119,14 +130,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     registry = _registry(args)
     if args.model:
-        from transformers import AutoConfig
-
-        from .errors import InputError
-
-        try:
-            config = AutoConfig.from_pretrained(args.model)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read the config of {args.model!r}: {str(exc).splitlines()[0]}") from None
+        config = _read_config(args.model)
         source = args.model
     else:
         from .demo import llava_config
@@ -155,6 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from .budget import Budget
+    from .demo import llava_config
     from .generation import GenerationConfig
     from .io import load_image, read_text, write_atomic
     from .policy import FixedSchedule
@@ -168,6 +173,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.model is None:
         print("note: no --model given; using a built-in LLaVA with random weights: its answers are meaningless.",
               file=sys.stderr)
+        config = llava_config("demo")
+    else:
+        config = _read_config(args.model)
+    # Check the request against the config before loading (possibly many GB of) weights.
+    geometry = registry.adapter_for_config(config).geometry_from_config(config)
+    policy = registry.policy(args.policy).from_params(dict(args.param))
+    if policy.needs_partition:
+        budget.resolve(geometry.num_visual)
+    policy.schedule(geometry)
+    if args.model is None:
         scheduler = Scheduler.random("demo", dtype=dtype or torch.float32, attn_implementation=args.attn,
                                      device=args.device, registry=registry)
     else:

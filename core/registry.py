@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import InputError, PluginError
 
 __all__ = ["Registry", "Component", "make_plugin_manager", "build_registry", "BUILTIN_PLUGINS", "KINDS"]
 
@@ -100,7 +100,8 @@ class Registry:
             if getattr(component.obj, "model_type", None) == config.model_type:
                 return component.obj
         known = ", ".join(sorted(getattr(c.obj, "model_type", "?") for c in self.entries("adapter")))
-        raise PluginError(f"no adapter reads {config.model_type!r} models; supported model types: {known}")
+        raise InputError(f"{getattr(config, 'name_or_path', '') or 'this'!r} is a {config.model_type!r} model, "
+                         f"which no adapter reads (supported: {known}); is it a LLaVA checkpoint?")
 
     def adapter_for(self, model: Any) -> Any:
         for component in self.entries("adapter"):

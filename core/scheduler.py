@@ -75,8 +75,8 @@ class Scheduler:
         except (OSError, ValueError) as exc:
             where = "folder" if os.path.isdir(path) else "model id or folder"
             raise InputError(f"cannot load {where} {path!r}: {str(exc).splitlines()[0]}") from None
-        if config.model_type != "llava":
-            raise InputError(f"{path!r} is a {config.model_type!r} model, not a LLaVA checkpoint")
+        registry = registry or build_registry()
+        registry.adapter_for_config(config)  # refuses model types no adapter reads, before loading weights
         try:
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=dtype or "auto", attn_implementation=attn_implementation

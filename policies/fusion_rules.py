@@ -76,6 +76,7 @@ class AttentionFusion:
 
     def weights(self, inputs: FusionInputs) -> torch.Tensor:
         assert inputs.attention_mass is not None
-        mass = inputs.attention_mass.float().clamp(min=0.0)
+        has_tokens = (inputs.visual_counts > 0).float()[:, :, None]
+        mass = inputs.attention_mass.float().clamp(min=0.0) * has_tokens
         total = mass.sum(0, keepdim=True)
         return torch.where(total > self.min_mass, mass / total.clamp(min=1e-12), _by_size(inputs))

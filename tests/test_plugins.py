@@ -1,0 +1,109 @@
+"""Plugins: built-ins and third parties register through the same hooks; failures name the plugin."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from vtsched.core import PluginError, Schedule, Stream, hookimpl
+from vtsched.core import hookspecs
+from vtsched.core.policy import Policy
+from vtsched.core.registry import build_registry, make_plugin_manager
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@dataclass(frozen=True)
+class Keep0(Policy):
+    """Toy policy: the subject stream only."""
+
+    name: ClassVar[str] = "keep0"
+
+    def schedule(self, geometry, groups=("subject", "non_subject")):
+        return Schedule(geometry.num_layers, groups, (Stream("main", groups[:1]),), "main")
+
+
+class ToyPlugin:
+    __name__ = "toy"
+
+    @hookimpl
+    def vtsched_register_policies(self, register):
+        register(Keep0)
+
+
+class ClashingPlugin:
+    __name__ = "clash"
+
+    @hookimpl
+    def vtsched_register_policies(self, register):
+        @dataclass(frozen=True)
+        class Full2(Keep0):
+            name: ClassVar[str] = "full"
+
+        register(Full2)
+
+
+def test_inline_plugin_registers_a_policy_with_its_name():
+    registry = build_registry(make_plugin_manager(load_entrypoints=False, extra=[ToyPlugin()]))
+    assert registry.policy("keep0") is Keep0
+    assert registry.components["policy"]["keep0"].plugin == "toy"
+    assert registry.components["policy"]["full"].plugin == "vtsched.policies"  # built-ins go through hooks too
+
+
+def test_duplicate_name_names_both_plugins():
+    with pytest.raises(PluginError, match=r"policy 'full' is provided by both 'vtsched.policies' and 'clash'"):
+        build_registry(make_plugin_manager(load_entrypoints=False, extra=[ClashingPlugin()]))
+
+
+def test_plugin_that_fails_to_import_is_named(monkeypatch):
+    broken = metadata.EntryPoint(name="broken", value="vtsched_no_such_module_xyz", group="vtsched")
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: [broken] if group == "vtsched" else [])
+    with pytest.raises(PluginError, match=r"plugin 'broken' \(distribution .*\) failed to import: ModuleNotFoundError"):
+        make_plugin_manager(load_entrypoints=True)
+
+
+def test_plugin_whose_hook_raises_is_named():
+    class Raising:
+        __name__ = "raising"
+
+        @hookimpl
+        def vtsched_register_partitioners(self, register):
+            raise RuntimeError("boom")
+
+    with pytest.raises(PluginError, match="plugin 'raising' failed in vtsched_register_partitioners: RuntimeError"):
+        build_registry(make_plugin_manager(load_entrypoints=False, extra=[Raising()]))
+
+
+def test_unknown_component_lists_the_known_ones():
+    registry = build_registry(make_plugin_manager(load_entrypoints=False))
+    with pytest.raises(PluginError, match="unknown policy 'nope'; known: full, non-subject-first, parvts"):
+        registry.policy("nope")
+
+
+def test_installed_example_plugin_is_found_through_its_entry_point():
+    """plugins/vtsched-example is installed by the README's test command, like a third-party package."""
+    registry = build_registry(make_plugin_manager(load_entrypoints=True))
+    component = registry.components["policy"]["prune-at"]
+    assert component.plugin == "example"
+    assert "vtsched_register_policies" in registry.plugins["example"]
+    assert "prune-at" not in build_registry(make_plugin_manager(load_entrypoints=False)).components["policy"]
+
+
+def test_autoload_can_be_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("VTSCHED_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "prune-at" not in build_registry(make_plugin_manager()).components["policy"]
+
+
+def test_every_hook_is_documented():
+    """Each hookspec has a docstring and a section in docs/plugins.md headed by its signature."""
+    text = (DOCS / "plugins.md").read_text()
+    hooks = [name for name, obj in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("vtsched_")]
+    assert len(hooks) == 4
+    for name in hooks:
+        assert getattr(hookspecs, name).__doc__, name
+        assert f"### {name}(register)" in text, f"{name} is not documented in docs/plugins.md"
