@@ -13,16 +13,26 @@ __all__ = ["build_attention_mask", "KVTap", "attention_probs"]
 
 
 def build_attention_mask(
-    query_index: torch.Tensor, key_index: torch.Tensor, dtype: torch.dtype
+    query_index: torch.Tensor,
+    key_index: torch.Tensor,
+    dtype: torch.dtype,
+    query_stream: torch.Tensor | None = None,
+    key_stream: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Additive mask ``(rows, 1, queries, keys)``: 0 where a query may attend, dtype-min elsewhere.
 
     Args:
         query_index: ``(rows, queries)`` position ids of the queries, ``-1`` for padding.
         key_index: ``(rows, keys)`` position ids of the keys, ``-1`` for padding.
+        query_stream, key_stream: ``(queries,)`` / ``(keys,)`` stream number of each column when
+            several streams are packed into one row; a key of stream ``-1`` (shared context) is
+            visible to every stream.
     A padding query sees every key, so no softmax row is empty (its output is never read).
     """
     allowed = (key_index[:, None, :] >= 0) & (key_index[:, None, :] <= query_index[:, :, None])
+    if query_stream is not None and key_stream is not None:
+        same = (key_stream[None, :] == query_stream[:, None]) | (key_stream < 0)[None, :]
+        allowed &= same[None]
     allowed |= (query_index < 0)[:, :, None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=query_index.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .demo import llava_config
 from .errors import VtschedError
 
 __all__ = ["main"]
@@ -70,6 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--model", default=None, help="read the geometry from this checkpoint's config instead")
     explain.add_argument("--json", default=None, metavar="FILE", help="write the schedule JSON to FILE")
     _common(explain)
+
+    bench = sub.add_parser("bench", help="measure policies side by side: prefill time, FLOPs, decode, memory")
+    bench.add_argument("--shape", default=None,
+                       help="random-weight model shape (default: llava-1.5-7b on a GPU, llava-1.5-cpu on a CPU)")
+    bench.add_argument("--model", default=None, help="benchmark this checkpoint instead of a random shape")
+    bench.add_argument("--policies", nargs="+", default=None, metavar="POLICY[:NAME=VALUE,...]",
+                       help="cases to compare (default: every built-in policy family); full is always added")
+    bench.add_argument("--budgets", nargs="+", default=None,
+                       help="budgets per image (default: 192 128 64 scaled to the model's visual tokens)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--decode-tokens", type=int, default=8, help="decode steps timed per case (0: skip)")
+    bench.add_argument("--question-words", type=int, default=40, help="length of the benchmark question")
+    bench.add_argument("--device", default=None, help="cuda if available, else cpu")
+    bench.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                       help="default: bfloat16 on a GPU, float32 on a CPU")
+    bench.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    bench.add_argument("--out", default="vtsched-out/bench", help="folder for results.json, results.csv, plot.png")
+    bench.add_argument("--no-progress", action="store_true")
+    _common(bench)
 
     lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters and plugins")
     _common(lister)
@@ -133,8 +155,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         config = _read_config(args.model)
         source = args.model
     else:
-        from .demo import llava_config
-
         config = llava_config(args.shape)
         source = f"shape {args.shape}"
     geometry = registry.adapter_for_config(config).geometry_from_config(config)
@@ -159,7 +179,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from .budget import Budget
-    from .demo import llava_config
     from .generation import GenerationConfig
     from .io import load_image, read_text, write_atomic
     from .policy import FixedSchedule
@@ -218,7 +237,78 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "explain": _cmd_explain, "list": _cmd_list}
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .bench import Case, parse_case, run_bench
+    from .budget import Budget
+    from .demo import get_shape
+    from .errors import InputError
+    from .report import plot_time_vs_flops, write_csv, write_json
+    from .scheduler import Scheduler
+    from .testing import QUESTION_WORDS, random_image
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is visible")
+    on_gpu = device.startswith("cuda")
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
+    registry = _registry(args)
+    if args.model:
+        config = _read_config(args.model)
+        shape_name = args.model
+    else:
+        shape_name = args.shape or ("llava-1.5-7b" if on_gpu else "llava-1.5-cpu")
+        get_shape(shape_name)
+        config = llava_config(shape_name)
+    geometry = registry.adapter_for_config(config).geometry_from_config(config)
+    budgets = args.budgets or _default_budgets(geometry.num_visual)
+    for b in budgets:
+        Budget.parse(b).resolve(geometry.num_visual)
+    specs = args.policies or [p for p in DEFAULT_BENCH_POLICIES if p.split(":")[0] in registry.names("policy")]
+    cases = [Case("full")]
+    for spec in specs:
+        case = parse_case(spec)
+        policy = registry.policy(case.policy).from_params(dict(case.params))  # refuse bad names/params early
+        policy.schedule(geometry)
+        if not policy.needs_partition:
+            continue
+        cases += [Case(case.policy, b, case.params, case.partitioner) for b in budgets]
+    print(f"bench: {shape_name} ({geometry.num_layers} layers, hidden {geometry.hidden_size}, "
+          f"{geometry.num_visual} visual tokens) on {device}, {str(dtype).replace('torch.', '')}, "
+          f"{len(cases)} cases x {args.repeats} runs", file=sys.stderr)
+    if args.model:
+        scheduler = Scheduler.from_pretrained(args.model, device=device, dtype=dtype, attn_implementation=args.attn,
+                                              registry=registry)
+    else:
+        scheduler = Scheduler.random(shape_name, dtype=dtype, device=device, attn_implementation=args.attn,
+                                     registry=registry)
+    words = [QUESTION_WORDS[i % len(QUESTION_WORDS)] for i in range(args.question_words)]
+    images = [random_image(i, 336, 336) for i in range(args.batch_size)]
+    questions = [" ".join(words) + "?" for _ in range(args.batch_size)]
+    report = run_bench(scheduler, images, questions, cases, repeats=args.repeats, warmup=args.warmup,
+                       decode_tokens=args.decode_tokens, shape=shape_name, progress=not args.no_progress)
+    print(report.table())
+    out = Path(args.out)
+    write_json(out / "results.json", report.to_dict())
+    write_csv(out / "results.csv", report.rows())
+    plot_time_vs_flops(out / "plot.png", report.rows(), f"{shape_name} on {report.device}, {report.dtype}")
+    print(f"wrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'plot.png'}")
+    return 0
+
+
+DEFAULT_BENCH_POLICIES = ("prune", "parvts:drop_layer=2", "fastv", "vtw", "pdrop", "visionzip")
+
+
+def _default_budgets(num_visual: int) -> list[str]:
+    if num_visual == 576:
+        return ["192", "128", "64"]
+    return [str(max(1, round(num_visual * r / 576))) for r in (192, 128, 64)]
+
+
+_COMMANDS = {"run": _cmd_run, "explain": _cmd_explain, "list": _cmd_list, "bench": _cmd_bench}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -12,7 +12,7 @@ import torch
 from .adapters.base import ModelGeometry
 from .stats import RunStats
 
-__all__ = ["layer_flops", "prefill_flops", "nominal_parallel_flops"]
+__all__ = ["layer_flops", "prefill_flops", "nominal_parallel_flops", "vision_flops", "scoring_flops"]
 
 
 def layer_flops(queries, keys, geometry: ModelGeometry):
@@ -20,14 +20,19 @@ def layer_flops(queries, keys, geometry: ModelGeometry):
     return 4 * queries * d * d + 2 * queries * keys * d + 2 * queries * d * m
 
 
-def prefill_flops(stats: RunStats, geometry: ModelGeometry) -> torch.Tensor:
-    """``(batch,)`` decoder FLOPs of a prefill, from the token counts the engine recorded."""
+def prefill_flops(stats: RunStats, geometry: ModelGeometry, *, executed: bool = False) -> torch.Tensor:
+    """``(batch,)`` decoder FLOPs of a prefill, from the token counts the engine recorded.
+
+    By default attention counts the keys each token may attend to (the field's accounting);
+    ``executed=True`` counts every key column the kernel scored, masked cross-stream ones included.
+    """
     total = torch.zeros(stats.batch_size, dtype=torch.float64)
     if stats.prefix is not None:
         p = stats.prefix.double()
-        total += geometry.num_layers * layer_flops(p, p, geometry)
+        total += stats.prefix_layers * layer_flops(p, p, geometry)
     for w in stats.work:
-        total += w.layers * layer_flops(w.queries.double(), w.keys.double(), geometry)
+        keys = w.packed_keys if executed else w.keys
+        total += w.layers * layer_flops(w.queries.double(), keys.double(), geometry)
     return total
 
 
@@ -44,4 +49,21 @@ def nominal_parallel_flops(
     total = drop_layer * (f(n_s) + f(n_n)) + (geometry.num_layers - drop_layer) * f(n_s)
     if share_prefix:
         total -= drop_layer * f(system)
+    return total
+
+
+def vision_flops(geometry: ModelGeometry) -> float:
+    """FLOPs of the vision tower for one image (same accounting), plus the projector."""
+    n, d, m = geometry.vision_tokens, geometry.vision_hidden_size, geometry.vision_intermediate_size
+    tower = geometry.vision_layers * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+    projector = 2 * geometry.num_visual * (d * geometry.hidden_size + geometry.hidden_size**2)
+    return float(tower + projector)
+
+
+def scoring_flops(stats: RunStats, geometry: ModelGeometry) -> torch.Tensor:
+    """``(batch,)`` FLOPs of attention read for decisions: query projections and score rows."""
+    total = torch.zeros(stats.batch_size, dtype=torch.float64)
+    d = geometry.hidden_size
+    for _layer, queries, keys in stats.probes:
+        total += 2 * queries.double() * d * d + 2 * queries.double() * keys * d
     return total

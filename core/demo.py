@@ -54,6 +54,9 @@ SHAPES = {
         Shape("demo", 112, 14, 64, 3, 4, 128, 128, 4, 4, 4, 256),
         # LLaVA-1.5's token geometry (336 px, 14 px patches: 576 visual tokens) at CPU-friendly width.
         Shape("llava-1.5-geometry", 336, 14, 64, 4, 4, 128, 256, 8, 8, 8, 704),
+        # The same token geometry with a language model a 2-core CPU can time in seconds.
+        # (32 layers like the 7B, so K/L matches; hidden 384, head size 64, MLP ratio 2.69 as in the 7B).
+        Shape("llava-1.5-cpu", 336, 14, 64, 4, 4, 128, 384, 32, 6, 6, 1032),
         Shape("llava-1.5-7b", 336, 14, 1024, 24, 16, 4096, 4096, 32, 32, 32, 11008),
     )
 }

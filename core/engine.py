@@ -5,10 +5,12 @@ their position ids, masks and rotary embeddings, batches the live streams into o
 layer, applies events between layers, keeps the surviving stream's KV cache and decodes from
 it. Policies and partitioners never touch these tensors.
 
-Shared prefix: when more than one stream runs at layer 0, the text before the image is the
-same in every stream and, with causal attention, so are its states. The engine then runs
-that prefix once (a short pass through all layers) and hands its keys/values to every stream
-as context, instead of computing it once per stream.
+Parallel streams are packed into one row per sample (a block mask keeps them apart), so a layer
+costs exactly the tokens the streams carry. Shared prefix: when more than one stream runs at
+layer 0, the text before the image is the same in every stream and, with causal attention, so
+are its states. The engine runs that prefix once through the parallel layers, hands its
+keys/values to every stream as context, and lets it join the surviving stream as ordinary
+tokens when that stream is left alone.
 """
 
 from __future__ import annotations
@@ -41,14 +43,6 @@ class _Context:
     values: list[torch.Tensor]
     index: torch.Tensor  # (rows, C)
 
-    def repeat(self, times: int) -> _Context:
-        if times == 1:
-            return self
-        return _Context(
-            [k.repeat(times, 1, 1, 1) for k in self.keys],
-            [v.repeat(times, 1, 1, 1) for v in self.values],
-            self.index.repeat(times, 1),
-        )
 
 
 @dataclass
@@ -93,11 +87,25 @@ class _Bound:
     image_start: torch.Tensor  # (batch,)
 
     def lookup(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``table[b, index[r, t]]`` for rows made of ``rows // batch`` stacked streams; -1 at padding."""
-        batch = table.shape[0]
-        reps = index.shape[0] // batch
-        values = table.repeat(reps, 1).gather(1, index.clamp(min=0))
-        return values.masked_fill(index < 0, -1)
+        """``table[b, index[b, t]]``: a per-token property of each slot; -1 at padding."""
+        return table.gather(1, index.clamp(min=0)).masked_fill(index < 0, -1)
+
+
+@dataclass
+class _Layout:
+    """The packed layout of one run of layers: what probes need to recompute attention rows."""
+
+    rows: Rows
+    blocks: list[slice]
+    names: list[str]
+    mask: torch.Tensor | None
+    cos: torch.Tensor
+    sin: torch.Tensor
+    n_context: int
+    key_index: torch.Tensor
+
+    def block(self, stream: str) -> slice:
+        return self.blocks[self.names.index(stream)]
 
 
 @dataclass
@@ -157,8 +165,9 @@ class Engine:
             )
         bound = self._bind(batch, partition, schedule, tail)
         stats = RunStats(batch_size=len(batch))
-        share = self.share_prefix and len(schedule.layout_at(0)) > 1
-        context = self._prefix_pass(bound, stats) if share else None
+        shared_until = _parallel_until(schedule) if self.share_prefix else 0
+        share = shared_until > 0
+        context, prefix = self._prefix_pass(bound, shared_until, stats) if share else (None, None)
         streams = {
             s.name: self._initial_rows(bound, partition, s.groups, share, s.name == schedule.survivor)
             for s in schedule.streams
@@ -168,6 +177,11 @@ class Engine:
         for start, end, events in schedule.segments():
             for event in events:
                 self._apply(event, streams, bound, partition, probes, stats)
+            if context is not None and start >= shared_until:
+                # one stream left: the prefix joins it as ordinary tokens, so the remaining layers
+                # run the plain layout (no context, no mask where nothing is padded)
+                streams[schedule.survivor] = streams[schedule.survivor].merge(prefix)
+                context = None
             if end > start:
                 self._run_segment(start, end, streams, schedule, bound, context, probes, stats, cache, use_cache)
 
@@ -273,57 +287,82 @@ class Engine:
         )
         return out[0] if isinstance(out, tuple) else out
 
-    def _mask(self, rows: Rows, context: _Context | None) -> torch.Tensor | None:
-        if context is None and bool(rows.valid.all()) and self.parts.attn_implementation == "sdpa":
-            return None  # plain causal layout: let SDPA use its causal kernels
-        key_index = rows.index if context is None else torch.cat((context.index, rows.index), dim=1)
-        return build_attention_mask(rows.index, key_index, rows.hidden.dtype)
+    def _prefix_pass(self, bound: _Bound, until: int, stats: RunStats) -> tuple[_Context | None, Rows | None]:
+        """Run the text before the image through layers ``[0, until)`` once, for every stream.
 
-    def _prefix_pass(self, bound: _Bound, stats: RunStats) -> _Context | None:
-        member = (bound.roles == Role.PREFIX)
-        rows = self._gather(bound, member)
+        Returns its keys/values per layer (the streams' shared context) and its states entering
+        layer ``until``, where it joins the surviving stream.
+        """
+        rows = self._gather(bound, bound.roles == Role.PREFIX)
         if rows.index.shape[1] == 0:
-            return None
-        stats.add_prefix(rows.valid.sum(1))
+            return None, None
+        stats.add_prefix(rows.valid.sum(1), until)
         cos, sin = self.parts.rotary(rows.hidden, rows.positions)
-        mask = self._mask(rows, None)
+        mask = self._mask(rows, None, None)
         keys, values = [], []
         hidden = rows.hidden
-        for layer in range(len(self.parts.layers)):
+        for layer in range(until):
             tap = KVTap()
             hidden = self._call_layer(layer, hidden, mask, cos, sin, rows.positions, tap)
             keys.append(tap.keys)
             values.append(tap.values)
-        return _Context(keys, values, rows.index)
+        return _Context(keys, values, rows.index), Rows(hidden, rows.index)
+
+    def _mask(self, rows: Rows, context: _Context | None, stream_of_column: torch.Tensor | None):
+        if (
+            context is None and stream_of_column is None and bool(rows.valid.all())
+            and self.parts.attn_implementation == "sdpa"
+        ):
+            return None  # plain causal layout: let SDPA use its causal kernels
+        if context is None:
+            return build_attention_mask(rows.index, rows.index, rows.hidden.dtype, stream_of_column, stream_of_column)
+        key_index = torch.cat((context.index, rows.index), dim=1)
+        key_stream = None
+        if stream_of_column is not None:
+            shared = torch.full((context.index.shape[1],), -1, dtype=torch.long, device=key_index.device)
+            key_stream = torch.cat((shared, stream_of_column))
+        return build_attention_mask(rows.index, key_index, rows.hidden.dtype, stream_of_column, key_stream)
 
     def _run_segment(self, start, end, streams, schedule, bound, context, probes, stats, cache, use_cache):
+        """Layers ``start..end-1`` with an unchanged layout: live streams packed into one row per sample."""
         names = list(streams)
-        batch = bound.embeds.shape[0]
-        rows = Rows.cat([streams[n] for n in names])
-        ctx = context.repeat(len(names)) if context is not None else None
-        mask = self._mask(rows, ctx)
-        key_index = rows.index if ctx is None else torch.cat((ctx.index, rows.index), dim=1)
-        key_roles = bound.lookup(bound.roles, key_index).masked_fill(key_index < 0, -1)
+        rows, blocks = Rows.pack([streams[n] for n in names])
+        stream_of_column = None
+        if len(names) > 1:
+            stream_of_column = torch.cat([
+                torch.full((b.stop - b.start,), i, dtype=torch.long, device=rows.index.device)
+                for i, b in enumerate(blocks)
+            ])
+        mask = self._mask(rows, context, stream_of_column)
+        n_context = 0 if context is None else context.index.shape[1]
+        key_index = rows.index if context is None else torch.cat((context.index, rows.index), dim=1)
         cos, sin = self.parts.rotary(rows.hidden, rows.positions)
-        stats.add_segment(start, end, names, rows, key_index, bound.lookup(bound.roles, rows.index), batch)
+        stats.add_segment(start, end, names, rows, blocks, key_index[:, :n_context],
+                          bound.lookup(bound.roles, rows.index))
 
-        surv = names.index(schedule.survivor) * batch
+        survivor = blocks[names.index(schedule.survivor)]
+        keep_columns = None
+        if len(names) > 1:  # the survivor's cache: shared context columns + its own block
+            keep_columns = torch.cat((torch.arange(n_context), torch.arange(survivor.start, survivor.stop) + n_context))
+            keep_columns = keep_columns.to(rows.index.device)
+        layout = _Layout(rows, blocks, names, mask, cos, sin, n_context, key_index)
         wants = self._probe_plan(start, end, names, schedule)
         hidden = rows.hidden
         for layer in range(start, end):
             layer_input = hidden
-            tap = KVTap(None if ctx is None else (ctx.keys[layer], ctx.values[layer]))
+            tap = KVTap(None if context is None else (context.keys[layer], context.values[layer]))
             hidden = self._call_layer(layer, hidden, mask, cos, sin, rows.positions, tap)
             if use_cache:
-                cache.append(
-                    (tap.keys[surv : surv + batch], tap.values[surv : surv + batch], key_index[surv : surv + batch])
-                )
+                if keep_columns is None:
+                    cache.append((tap.keys, tap.values, key_index))
+                else:
+                    cache.append((tap.keys[:, :, keep_columns], tap.values[:, :, keep_columns],
+                                  key_index[:, keep_columns]))
             for want in wants.get(layer, ()):
-                self._probe(want, layer, layer_input, tap.keys, mask, cos, sin, rows, key_roles, names, batch,
-                            bound, probes, stats)
+                self._probe(want, layer, layer_input, tap.keys, layout, bound, probes, stats)
         out = Rows(hidden, rows.index)
-        for i, name in enumerate(names):
-            streams[name] = out.slice_rows(i * batch, (i + 1) * batch)
+        for name, block in zip(names, blocks):
+            streams[name] = out.columns(block)
 
     def _probe_plan(self, start, end, names, schedule) -> dict[int, list[Event]]:
         """Which layers of this segment must read attention, and for which later event."""
@@ -337,53 +376,49 @@ class Engine:
                 plan.setdefault(event.layer - 1, []).append(event)
         return plan
 
-    def _probe(self, event, layer, layer_input, keys, mask, cos, sin, rows, key_roles, names, batch,
-               bound, probes, stats) -> None:
+    def _probe(self, event, layer, layer_input, keys, layout: _Layout, bound, probes, stats) -> None:
         """Recompute attention of a few query rows at ``layer`` (no eager switch, no KV duplicated)."""
+        rows = layout.rows
         row_roles = bound.lookup(bound.roles, rows.index)
+        in_block = torch.zeros_like(row_roles, dtype=torch.bool)
         if isinstance(event, Fuse):
             fused = torch.tensor(Role.FUSED[event.tokens], device=row_roles.device)
+            key_roles = bound.lookup(bound.roles, layout.key_index)
             for stream in event.streams:
-                r0 = names.index(stream) * batch
-                sel = torch.isin(row_roles[r0 : r0 + batch], fused)
-                mass = self._attention_to(
-                    layer, layer_input, keys, mask, cos, sin, r0, batch, sel, key_roles, Role.VISUAL, stats
-                )
+                block = layout.block(stream)
+                sel = in_block.clone()
+                sel[:, block] = torch.isin(row_roles[:, block], fused)
+                probs = self._probs(layer, layer_input, keys, sel, layout, stats)
+                # cross-stream keys are masked, so this is the mass on this stream's own visual tokens
+                mass = (probs * (key_roles == Role.VISUAL).to(probs.dtype)[:, None, None, :]).sum(-1).mean(1)
                 key = (id(event), stream)
                 probes.mass_sum[key] = probes.mass_sum.get(key, 0) + mass
                 probes.mass_layers[key] = probes.mass_layers.get(key, 0) + 1
         elif isinstance(event, KeepTop):
-            r0 = names.index(event.stream) * batch
-            prompt = (row_roles[r0 : r0 + batch] >= 0) & (row_roles[r0 : r0 + batch] != Role.TAIL)
-            last = prompt.long().cumsum(1).argmax(1)  # last prompt slot of each row
-            sel = torch.zeros_like(prompt)
-            sel[torch.arange(batch, device=sel.device), last] = True
-            probs = self._probs(layer, layer_input, keys, mask, cos, sin, r0, batch, sel, stats)
-            own = probs[..., keys.shape[2] - rows.index.shape[1] :]  # drop the context columns
-            probes.rank[id(event)] = (rows.index[r0 : r0 + batch], own[:, :, 0].mean(1))  # by position
+            block = layout.block(event.stream)
+            prompt = (row_roles >= 0) & (row_roles != Role.TAIL)
+            prompt[:, : block.start] = False
+            prompt[:, block.stop :] = False
+            last = prompt.long().cumsum(1).argmax(1)  # last prompt slot of the stream, per row
+            sel = in_block.clone()
+            sel[torch.arange(rows.num_rows, device=sel.device), last] = True
+            probs = self._probs(layer, layer_input, keys, sel, layout, stats)
+            own = probs[..., layout.n_context + block.start : layout.n_context + block.stop]
+            probes.rank[id(event)] = (rows.index[:, block], own[:, :, 0].mean(1))  # by position
 
-    def _probs(self, layer, layer_input, keys, mask, cos, sin, r0, batch, sel, stats) -> torch.Tensor:
-        """``(batch, heads, q, keys)`` attention of the selected slots of rows ``r0:r0+batch``."""
+    def _probs(self, layer, layer_input, keys, sel, layout: _Layout, stats) -> torch.Tensor:
+        """``(rows, heads, q, keys)`` attention of the slots selected by ``sel`` (``(rows, T)`` bool)."""
         slot = pad_stack([torch.nonzero(s).flatten() for s in sel], 0)
-        ar = torch.arange(batch, device=slot.device)[:, None]
-        r = slice(r0, r0 + batch)
-        queries = self.parts.query_rows(layer, layer_input[r][ar, slot], cos[r][ar, slot], sin[r][ar, slot])
-        row_mask = None
-        if mask is not None:
-            row_mask = mask[r][ar, :, slot].transpose(1, 2)
+        ar = torch.arange(sel.shape[0], device=slot.device)[:, None]
+        queries = self.parts.query_rows(layer, layer_input[ar, slot], layout.cos[ar, slot], layout.sin[ar, slot])
+        if layout.mask is not None:
+            row_mask = layout.mask[ar, :, slot].transpose(1, 2)
         else:  # plain causal layout: slot t sees slots <= t
-            k = keys.shape[2]
-            allowed = torch.arange(k, device=slot.device)[None, None, :] <= slot[:, :, None]
+            allowed = torch.arange(keys.shape[2], device=slot.device)[None, None, :] <= slot[:, :, None]
             row_mask = torch.zeros(allowed.shape, dtype=layer_input.dtype, device=slot.device)
             row_mask = row_mask.masked_fill(~allowed, torch.finfo(layer_input.dtype).min)[:, None]
         stats.add_probe(layer, sel.sum(1), keys.shape[2])
-        return attention_probs(queries, keys[r], row_mask, self.parts.scaling)
-
-    def _attention_to(self, layer, layer_input, keys, mask, cos, sin, r0, batch, sel, key_roles, role, stats):
-        """Share of each selected slot's attention (head-averaged) that lands on keys of ``role``."""
-        probs = self._probs(layer, layer_input, keys, mask, cos, sin, r0, batch, sel, stats)
-        target = (key_roles[r0 : r0 + batch] == role).to(probs.dtype)  # (batch, keys)
-        return (probs * target[:, None, None, :]).sum(-1).mean(1)  # (batch, q)
+        return attention_probs(queries, keys, row_mask, self.parts.scaling)
 
     # -- events ----------------------------------------------------------------------------------
     def _rule(self, name: str) -> type[FusionRule]:
@@ -401,12 +436,7 @@ class Engine:
             streams[event.stream] = rows.keep(bound.lookup(bound.groups, rows.index) != partition.group_id(event.group))
         elif isinstance(event, InsertGroup):
             member = bound.groups == partition.group_id(event.group)
-            extra = self._gather(bound, member)
-            valid = extra.valid
-            streams[event.stream] = streams[event.stream].add(
-                [extra.hidden[b][valid[b]] for b in range(extra.num_rows)],
-                [extra.index[b][valid[b]] for b in range(extra.num_rows)],
-            )
+            streams[event.stream] = streams[event.stream].merge(self._gather(bound, member))
         elif isinstance(event, KeepTop):
             streams[event.stream] = self._keep_top(event, streams[event.stream], bound, partition, probes)
         elif isinstance(event, Fuse):
@@ -462,6 +492,15 @@ class Engine:
         t_idx = torch.cat(into_slot)
         values = torch.cat([fused[b, : s.numel()] for b, s in enumerate(into_slot)])
         streams[event.into] = Rows(target.hidden.index_put((b_idx, t_idx), values), target.index)
+
+
+def _parallel_until(schedule: Schedule) -> int:
+    """First layer entered by a single stream (0 if never parallel). Streams all start at layer 0,
+    so once one stream is left it stays alone."""
+    for layer in range(schedule.num_layers + 1):
+        if len(schedule.layout_at(layer)) == 1:
+            return layer
+    return schedule.num_layers
 
 
 def _mean_mass(probes: _Probes, event: Fuse, stream: str, token_valid: torch.Tensor) -> torch.Tensor:

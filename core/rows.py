@@ -65,23 +65,29 @@ class Rows:
             [torch.cat((self.index[r][valid[r]], indices[r])) for r in range(self.num_rows)],
         )
 
+    def merge(self, other: Rows) -> Rows:
+        """These rows with ``other``'s valid slots added (same samples), re-sorted by position."""
+        valid = other.valid
+        return self.add([other.hidden[r][valid[r]] for r in range(other.num_rows)],
+                        [other.index[r][valid[r]] for r in range(other.num_rows)])
+
     @classmethod
-    def cat(cls, parts: list[Rows]) -> Rows:
-        """Stack several row groups into one batch, padded to a common length."""
-        length = max(p.index.shape[1] for p in parts)
-        hidden = torch.cat([_pad_to(p.hidden, length, 0.0) for p in parts])
-        index = torch.cat([_pad_to(p.index, length, -1) for p in parts])
-        return cls(hidden, index)
+    def pack(cls, parts: list[Rows]) -> tuple[Rows, list[slice]]:
+        """Concatenate several streams' rows of the same samples along the token axis.
 
-    def slice_rows(self, start: int, stop: int) -> Rows:
-        """Rows ``start:stop`` with trailing all-padding columns dropped."""
-        index = self.index[start:stop]
+        Returns the packed rows and each part's column block. Packing (rather than stacking
+        streams as extra rows padded to the longest) costs exactly the tokens each stream has.
+        """
+        blocks, start = [], 0
+        for p in parts:
+            blocks.append(slice(start, start + p.index.shape[1]))
+            start += p.index.shape[1]
+        if len(parts) == 1:
+            return parts[0], blocks
+        return cls(torch.cat([p.hidden for p in parts], dim=1), torch.cat([p.index for p in parts], dim=1)), blocks
+
+    def columns(self, block: slice) -> Rows:
+        """The rows' columns ``block``, trailing all-padding columns dropped."""
+        index = self.index[:, block]
         width = int((index >= 0).sum(1).max()) if index.numel() else 0
-        return Rows(self.hidden[start:stop, :width], index[:, :width])
-
-
-def _pad_to(t: torch.Tensor, length: int, fill: float | int) -> torch.Tensor:
-    if t.shape[1] == length:
-        return t
-    pad = t.new_full((t.shape[0], length - t.shape[1], *t.shape[2:]), fill)
-    return torch.cat((t, pad), dim=1)
+        return Rows(self.hidden[:, block][:, :width], index[:, :width])

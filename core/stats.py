@@ -15,8 +15,9 @@ __all__ = ["RunStats", "LayerWork"]
 class LayerWork:
     """Work of one stream in a run of layers ``start..end-1``, per sample.
 
-    ``queries``: tokens computed; ``keys``: tokens attended over (context included);
-    ``visual``: visual tokens among the queries.
+    ``queries``: tokens computed; ``keys``: tokens attended over (shared context included);
+    ``packed_keys``: key columns the attention kernel scored (streams packed in one row see each
+    other's columns masked); ``visual``: visual tokens among the queries.
     """
 
     start: int
@@ -25,6 +26,7 @@ class LayerWork:
     queries: torch.Tensor  # (batch,)
     keys: torch.Tensor  # (batch,)
     visual: torch.Tensor  # (batch,)
+    packed_keys: torch.Tensor  # (batch,)
 
     @property
     def layers(self) -> int:
@@ -34,25 +36,29 @@ class LayerWork:
 @dataclass
 class RunStats:
     batch_size: int
-    prefix: torch.Tensor | None = None  # (batch,) tokens of the shared prefix pass (all layers)
+    prefix: torch.Tensor | None = None  # (batch,) tokens of the shared prefix pass
+    prefix_layers: int = 0  # layers the shared prefix pass ran
     work: list[LayerWork] = field(default_factory=list)
     probes: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (layer, queries, keys)
     fusions: list[tuple[int, tuple[str, ...], torch.Tensor]] = field(default_factory=list)  # (layer, streams, w)
 
-    def add_prefix(self, tokens: torch.Tensor) -> None:
+    def add_prefix(self, tokens: torch.Tensor, layers: int) -> None:
         self.prefix = tokens.cpu()
+        self.prefix_layers = layers
 
-    def add_segment(self, start, end, names, rows, key_index, roles, batch) -> None:
+    def add_segment(self, start, end, names, rows, blocks, context_index, roles) -> None:
         valid = rows.valid
-        keys_valid = key_index >= 0
-        for i, name in enumerate(names):
-            r = slice(i * batch, (i + 1) * batch)
+        context = (context_index >= 0).sum(1)
+        packed = context + valid.sum(1)
+        for name, block in zip(names, blocks):
+            own = valid[:, block].sum(1)
             self.work.append(
                 LayerWork(
                     start, end, name,
-                    queries=valid[r].sum(1).cpu(),
-                    keys=keys_valid[r].sum(1).cpu(),
-                    visual=(roles[r] == Role.VISUAL).sum(1).cpu(),
+                    queries=own.cpu(),
+                    keys=(context + own).cpu(),
+                    visual=(roles[:, block] == Role.VISUAL).sum(1).cpu(),
+                    packed_keys=packed.cpu(),
                 )
             )
 

@@ -169,12 +169,16 @@ def test_parvts_runs_streams_in_one_call_per_layer_and_shares_the_prefix():
     finally:
         for h in hooks:
             h.remove()
-    # one prefix pass (3 layers) + one batched call per layer for both streams (3 layers): never per stream
-    assert len(calls) == 3 + 3
+    # the shared prefix runs once through the K=2 parallel layers, then joins the subject stream;
+    # both streams share one call per layer: 2 (prefix) + 3 (streams) calls, never one per stream
+    assert len(calls) == 2 + 3
     prefix = int(out.stats.prefix[0])
-    subject_rows = [w for w in out.stats.work if w.stream == "subject"]
-    assert prefix == batch.samples[0].image_start
-    assert all(int(w.keys[0]) == int(w.queries[0]) + prefix for w in subject_rows)
+    assert prefix == batch.samples[0].image_start and out.stats.prefix_layers == 2
+    parallel = [w for w in out.stats.work if w.end <= 2]
+    alone = [w for w in out.stats.work if w.start >= 2]
+    assert {w.stream for w in parallel} == {"subject", "non_subject"} and {w.stream for w in alone} == {"subject"}
+    assert all(int(w.keys[0]) == int(w.queries[0]) + prefix for w in parallel)
+    assert all(int(w.keys[0]) == int(w.queries[0]) for w in alone)  # prefix is now part of the stream
 
 
 def test_parvts_refuses_drop_layer_out_of_range():
