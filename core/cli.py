@@ -162,12 +162,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     budget = Budget.parse(args.budget)
     keep = budget.resolve(geometry.num_visual)
     groups = ("subject", "non_subject") if policy.needs_partition else ("subject",)
-    schedule = policy.schedule(geometry, groups)
+    schedule = policy.schedule(geometry, groups, budget if policy.uses_budget else None)
     partitioner = args.partitioner or policy.default_partitioner
     print(f"model: {source} ({geometry.num_layers} layers, {geometry.num_visual} visual tokens per image)")
     if policy.needs_partition:
         print(f"partition: {partitioner}, budget {budget}: subject = {keep} tokens per image, "
               f"non_subject = {geometry.num_visual - keep} ({100 * (1 - keep / geometry.num_visual):.1f}% pruned)")
+    elif policy.uses_budget:
+        print(f"budget {budget}: {keep} visual tokens per image, applied inside the LLM by the policy")
     print(schedule.explain())
     if args.json:
         write_atomic(args.json, schedule.to_json() + "\n")
@@ -198,9 +200,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Check the request against the config before loading (possibly many GB of) weights.
     geometry = registry.adapter_for_config(config).geometry_from_config(config)
     policy = registry.policy(args.policy).from_params(dict(args.param))
-    if policy.needs_partition:
+    if policy.uses_budget:
         budget.resolve(geometry.num_visual)
-    policy.schedule(geometry)
+    policy.schedule(geometry, budget=budget if policy.uses_budget else None)
     if args.model is None:
         scheduler = Scheduler.random("demo", dtype=dtype or torch.float32, attn_implementation=args.attn,
                                      device=args.device, registry=registry)
@@ -272,9 +274,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for spec in specs:
         case = parse_case(spec)
         policy = registry.policy(case.policy).from_params(dict(case.params))  # refuse bad names/params early
-        policy.schedule(geometry)
-        if not policy.needs_partition:
+        if not policy.uses_budget:
+            policy.schedule(geometry)
+            if case.policy != "full":
+                cases.append(case)
             continue
+        for b in budgets:
+            policy.schedule(geometry, budget=Budget.parse(b))
         cases += [Case(case.policy, b, case.params, case.partitioner) for b in budgets]
     print(f"bench: {shape_name} ({geometry.num_layers} layers, hidden {geometry.hidden_size}, "
           f"{geometry.num_visual} visual tokens) on {device}, {str(dtype).replace('torch.', '')}, "

@@ -245,7 +245,11 @@ class Engine:
                 role = torch.cat((role, torch.full_like(tail[b], Role.TAIL, device=device)))
             emb = self.parts.embed_tokens(ids)
             visual = torch.nonzero(role == Role.VISUAL).flatten()
-            emb = emb.index_put((visual,), sample.visual_features.to(emb.device, emb.dtype))
+            features = sample.visual_features
+            if partition.features is not None and partition.features[b] is not None:
+                replaced, values = partition.features[b]
+                features = features.index_put((replaced.to(features.device),), values.to(features.dtype))
+            emb = emb.index_put((visual,), features.to(emb.device, emb.dtype))
             group = torch.full_like(ids, -1)
             group[visual] = partition.assignment[b].to(device)
             embeds.append(emb)

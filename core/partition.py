@@ -29,11 +29,15 @@ class Partition:
         assignment: per sample, a ``(num_visual,)`` long tensor of group ids in ``range(len(groups))``.
         scores: per sample, a ``(num_visual,)`` float tensor the partitioner ranked by (higher = more
             subject-like), or ``None`` when the partitioner has no notion of score.
+        features: per sample, ``(indices, features)`` replacing the visual features of those tokens
+            (``None`` for none): how a merging partitioner (``visionzip``) hands the engine merged
+            tokens, which then sit at the position of the token they replace.
     """
 
     groups: tuple[str, ...]
     assignment: tuple[torch.Tensor, ...]
     scores: tuple[torch.Tensor, ...] | None = None
+    features: tuple[tuple[torch.Tensor, torch.Tensor] | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:

@@ -8,6 +8,8 @@ A partitioner turns a prepared batch and a budget into a :class:`Partition`.
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
 import typing
 from dataclasses import dataclass
 from abc import ABC, abstractmethod
@@ -47,16 +49,24 @@ class Policy(_Parametrised, ABC):
 
     Class attributes:
         name: registry name; ``aliases``: other names.
-        needs_partition: ``False`` for policies that keep every token in one group (``full``).
+        needs_partition: ``False`` for policies that see every visual token as one group (``full``,
+            and in-LLM pruning that ranks tokens itself, like ``fastv``).
+        uses_budget: ``False`` for policies a budget does not change (``full``, ``vtw``).
         default_partitioner: used when the user names none.
+
+    ``schedule(geometry, groups, budget)`` receives the budget for policies that act on it inside
+    the LLM; partition-based policies get it already applied through the partition.
     """
 
     aliases: ClassVar[tuple[str, ...]] = ()
     needs_partition: ClassVar[bool] = True
+    uses_budget: ClassVar[bool] = True
     default_partitioner: ClassVar[str] = "cls"
 
     @abstractmethod
-    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
         """The schedule for a partition with ``groups`` (``groups[0]`` is the subject)."""
 
 
@@ -76,7 +86,9 @@ class FixedSchedule(Policy):
     def needs_partition(self) -> bool:  # type: ignore[override]
         return len(self.fixed.groups) > 1
 
-    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
         if self.fixed.num_layers != geometry.num_layers:
             raise ScheduleError(
                 f"the schedule file is for {self.fixed.num_layers} layers, the model has {geometry.num_layers}"
@@ -114,8 +126,14 @@ def coerce_params(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
 def _convert(owner: str, key: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, str):
         return value
-    options = get_args(hint) if get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (hint,)
+    options = get_args(hint) if get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     for option in options:
+        if get_origin(option) is tuple:  # "8/16/24" or "8,16,24"
+            item = get_args(option)[0]
+            try:
+                return tuple(item(v) for v in re.split(r"[/,;]", value) if v.strip())
+            except ValueError:
+                continue
         if get_origin(option) is Literal:
             if value in get_args(option):
                 return value

@@ -46,11 +46,16 @@ class RunResult:
     visual_per_layer_survivor: torch.Tensor  # (batch,)
 
     def summary(self) -> str:
+        policy = dict(self.plan.schedule.meta).get("policy") or self.plan.policy.describe()
+        parts = [f"policy {policy}"]
+        if self.plan.partitioner is not None:
+            parts.append(f"partitioner {self.plan.partitioner.name}")
+        if self.plan.budget is not None:
+            parts.append(f"budget {self.plan.budget}")
         return (
-            f"policy {self.plan.policy.describe()}"
-            + (f", partitioner {self.plan.partitioner.name}, budget {self.plan.budget}" if self.plan.partitioner else "")
+            ", ".join(parts)
             + f" | visual tokens/layer: {self.visual_per_layer_survivor.mean():.1f} kept"
-            f" ({self.visual_per_layer.mean():.1f} with parallel streams)"
+            f" ({self.visual_per_layer.mean():.1f} counting parallel streams)"
             f" | prefill {self.flops.mean() / 1e9:.3g} GFLOPs"
         )
 
@@ -108,14 +113,19 @@ class Scheduler:
     def plan(self, batch: PromptBatch, policy: Policy, partitioner: Partitioner | None, budget: Budget | None) -> Plan:
         if not policy.needs_partition:
             partition = Partition.single(batch.num_visual)
-            partitioner, budget = None, None
+            partitioner = None
+            if not policy.uses_budget:
+                budget = None
+            elif budget is not None:  # a policy that cannot do without one says so itself
+                for n in batch.num_visual:
+                    budget.resolve(n)  # refuse a budget larger than an image's tokens
         else:
             if partitioner is None:
                 partitioner = self.make_partitioner(policy.default_partitioner)
             if budget is None:
                 raise VtschedError(f"policy {policy.name!r} needs a budget (--budget)")
             partition = partitioner.partition(batch, budget)
-        schedule = policy.schedule(self.adapter.geometry, partition.groups)
+        schedule = policy.schedule(self.adapter.geometry, partition.groups, budget)
         return Plan(policy, partitioner, budget, partition, schedule)
 
     # -- running -----------------------------------------------------------------------------

@@ -37,6 +37,8 @@ class Sample:
         cls_scores: ``(num_visual,)`` head-averaged CLS->patch attention of the vision feature layer.
         grid: ``(rows, cols)`` of the patch grid (``rows * cols == num_visual``).
         image: the input image, for partitioners that look at pixels (segmentation).
+        extras: adapter signals by name; ``"patch_keys"``: ``(num_visual, head_dim)`` head-averaged
+            keys of the CLS-score layer (token similarity for merging).
     """
 
     input_ids: torch.Tensor

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 from vtsched.core.hookspecs import hookimpl
 
+from .fastv import FastV
 from .full import Full
 from .fusion_rules import AttentionFusion, FixedFusion, SizeFusion
 from .non_subject_first import NonSubjectFirst
 from .parvts import ParVTS
+from .pdrop import PDrop
 from .prune import Prune
 from .subject_first import SubjectFirst
+from .visionzip import VisionZip, VisionZipPartitioner
+from .vtw import VTW
 
-__all__ = ["Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FixedFusion", "SizeFusion", "AttentionFusion"]
+__all__ = [
+    "Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FastV", "VTW", "PDrop", "VisionZip",
+    "VisionZipPartitioner", "FixedFusion", "SizeFusion", "AttentionFusion",
+]
 
 
 @hookimpl
 def vtsched_register_policies(register):
-    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst):
+    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, VTW, PDrop, VisionZip):
         register(policy)
+
+
+@hookimpl
+def vtsched_register_partitioners(register):
+    register(VisionZipPartitioner)  # VisionZip's pruning-and-merging lives with its policy
 
 
 @hookimpl

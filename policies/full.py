@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.budget import Budget
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import Schedule, Stream
 
@@ -16,6 +17,9 @@ class Full(Policy):
 
     name: ClassVar[str] = "full"
     needs_partition: ClassVar[bool] = False
+    uses_budget: ClassVar[bool] = False
 
-    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
         return Schedule(geometry.num_layers, groups, (Stream("main", groups),), survivor="main")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.budget import Budget
 from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import InsertGroup, RemoveGroup, Schedule, Stream
@@ -23,7 +24,9 @@ class NonSubjectFirst(Policy):
     name: ClassVar[str] = "non-subject-first"
     switch_layer: int = 2
 
-    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
         if not 0 <= self.switch_layer <= geometry.num_layers:
             raise ScheduleError(
                 f"non-subject-first: switch_layer {self.switch_layer} outside 0..{geometry.num_layers}"

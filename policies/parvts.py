@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.budget import Budget
 from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import EndStream, Fuse, Schedule, Stream
@@ -38,7 +39,9 @@ class ParVTS(Policy):
     alpha: float = 0.5
     fuse_tokens: Literal["question", "post_image"] = "question"
 
-    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
         if not 0 <= self.drop_layer <= geometry.num_layers:
             raise ScheduleError(f"parvts: drop_layer {self.drop_layer} outside 0..{geometry.num_layers}")
         subject, others = groups[0], groups[1:]

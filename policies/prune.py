@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.budget import Budget
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import Schedule, Stream
 
@@ -20,5 +21,7 @@ class Prune(Policy):
 
     name: ClassVar[str] = "prune"
 
-    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
         return Schedule(geometry.num_layers, groups, (Stream("main", groups[:1]),), survivor="main")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.budget import Budget
 from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import InsertGroup, Schedule, Stream
@@ -23,7 +24,9 @@ class SubjectFirst(Policy):
     name: ClassVar[str] = "subject-first"
     insert_layer: int = 2
 
-    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
         if not 0 <= self.insert_layer <= geometry.num_layers:
             raise ScheduleError(f"subject-first: insert_layer {self.insert_layer} outside 0..{geometry.num_layers}")
         events = tuple(InsertGroup(self.insert_layer, "main", g) for g in groups[1:])

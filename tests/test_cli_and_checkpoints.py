@@ -54,7 +54,7 @@ def test_cli_run_on_a_checkpoint_prints_answer_and_what_ran(checkpoint, image_fi
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("ran: policy parvts(drop_layer=1, fusion=fixed, alpha=0.7")
-    assert "visual tokens/layer: 3.0 kept" in lines[-1] and "GFLOPs" in lines[-1]
+    assert "visual tokens/layer: 3.0 kept" in lines[-1] and "GFLOPs" in lines[-1] and "budget 3" in lines[-1]
     record = json.loads(out.read_text())
     assert record["budget"] == "3" and len(record["subject_tokens"]) == 3 and len(record["tokens"]) <= 4
     assert record["schedule"]["events"][0]["kind"] == "fuse"

@@ -95,12 +95,15 @@ class LlavaAdapter(ModelAdapter):
         return layer[-1] if isinstance(layer, (list, tuple)) else layer
 
     @torch.inference_mode()
-    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Projected visual features ``(B, Nv, D)`` and CLS scores ``(B, Nv)`` in one tower pass.
+    def encode_images(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Projected features ``(B, Nv, D)``, CLS scores ``(B, Nv)`` and patch keys in one tower pass.
 
         The CLS scores are the head-averaged softmax attention of the CLS query over the patch
         keys in the encoder layer whose output LLaVA reads (``vision_feature_layer``), recomputed
-        from that layer's input for the CLS row only.
+        from that layer's input for the CLS row only. The patch keys ``(B, Nv, head_dim)`` of that
+        layer, head-averaged, measure token similarity for merging partitioners.
         """
         config = self.model.config
         out = self.vision_tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
@@ -115,7 +118,7 @@ class LlavaAdapter(ModelAdapter):
         n_states = len(hidden_states)  # embeddings + one per encoder layer
         layer_index = (self._feature_layer() % n_states) - 1  # the layer that produced those states
         if layer_index < 0:  # LLaVA reads the patch embeddings: no attention layer made them
-            return features, None
+            return features, None, None
         tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
         block = tower.encoder.layers[layer_index]
         x = block.layer_norm1(hidden_states[layer_index])
@@ -124,9 +127,10 @@ class LlavaAdapter(ModelAdapter):
         k = attn.k_proj(x).view(x.shape[0], -1, attn.num_heads, attn.head_dim).transpose(1, 2)
         probs = torch.softmax(torch.matmul(q.float(), k.float().transpose(2, 3)) * attn.scale, dim=-1)
         cls = probs.mean(1)[:, 0]  # (B, 1 + patches)
+        keys = k.mean(1)  # (B, 1 + patches, head_dim)
         if config.vision_feature_select_strategy == "default":
-            cls = cls[:, 1:]
-        return features, cls
+            cls, keys = cls[:, 1:], keys[:, 1:]
+        return features, cls, keys
 
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
         if self.processor is None:
@@ -134,13 +138,16 @@ class LlavaAdapter(ModelAdapter):
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions")
         pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        features, cls = self.encode_images(pixel_values)
+        features, cls, keys = self.encode_images(pixel_values)
         side = int(round(features.shape[1] ** 0.5))
         grid = (side, side) if side * side == features.shape[1] else None
         samples = [
             self._sample(q, features[b], None if cls is None else cls[b], grid, image)
             for b, (q, image) in enumerate(zip(questions, images))
         ]
+        if keys is not None:
+            for b, sample in enumerate(samples):
+                sample.extras["patch_keys"] = keys[b].float().cpu()
         return PromptBatch(samples)
 
     def _sample(self, question, features, cls, grid, image) -> Sample:

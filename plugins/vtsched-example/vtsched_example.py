@@ -22,7 +22,7 @@ class PruneAt(Policy):
     name: ClassVar[str] = "prune-at"
     drop_layer: int = 2
 
-    def schedule(self, geometry, groups: tuple[str, ...] = DEFAULT_GROUPS) -> Schedule:
+    def schedule(self, geometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget=None) -> Schedule:
         if not 0 <= self.drop_layer <= geometry.num_layers:
             raise ScheduleError(f"prune-at: drop_layer {self.drop_layer} outside 0..{geometry.num_layers}")
         events = tuple(RemoveGroup(self.drop_layer, "main", g) for g in groups[1:])

@@ -1,0 +1,49 @@
+"""``fastv``: FastV (Chen et al., 2024). After layer K, keep the R visual tokens that the last
+prompt token attended to most in layer K-1.
+
+Reproduced: the ranking signal (head-averaged attention of the last prompt token at layer K-1
+over the visual tokens), the drop point (default K = 2) and the budget meaning (R tokens kept
+from layer K on; layers < K see all of them). The attention row is recomputed from layer K-1's
+input and the keys that layer attended over: no layer runs twice, no KV entry is duplicated,
+and the model stays on its attention backend.
+Simplified: FastV's paper states R as a ratio of dropped tokens (50% at K=2); here the budget is
+the number (or share) of kept tokens, like every other policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.budget import Budget
+from vtsched.core.errors import ScheduleError
+from vtsched.core.policy import DEFAULT_GROUPS, Policy
+from vtsched.core.schedule import KeepTop, Schedule, Stream
+
+
+def keep_amount(budget: Budget | None, policy: str) -> int | float:
+    if budget is None:
+        raise ScheduleError(f"{policy} needs a budget: the visual tokens it keeps")
+    if budget.count is not None:
+        return budget.count
+    return float(budget.ratio) if budget.ratio else 0  # a ratio of 0 keeps nothing
+
+
+@dataclass(frozen=True)
+class FastV(Policy):
+    """All visual tokens until layer K, then the top R by the last prompt token's attention at K-1."""
+
+    name: ClassVar[str] = "fastv"
+    needs_partition: ClassVar[bool] = False
+    drop_layer: int = 2
+
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
+        if not 1 <= self.drop_layer <= geometry.num_layers:
+            raise ScheduleError(f"fastv: drop_layer {self.drop_layer} outside 1..{geometry.num_layers}")
+        keep = keep_amount(budget, "fastv")
+        events = (KeepTop(self.drop_layer, "main", groups[0], keep),)
+        return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events,
+                        meta=(("policy", self.describe()),))

@@ -1,0 +1,38 @@
+"""``vtw``: Visual Tokens Withdrawal (Lin et al., 2024). Every visual token leaves after layer K.
+
+Reproduced: all visual tokens for layers < K, none from K on (the text tokens keep what they
+absorbed), KV cache of layers >= K without visual entries. VTW picks K per model by a KL-divergence
+search on calibration data (``vtsched search-k`` does that); the default here is half the depth
+(16 of LLaVA-1.5-7B's 32 layers, close to the K the VTW paper reports). A budget does not apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.budget import Budget
+from vtsched.core.errors import ScheduleError
+from vtsched.core.policy import DEFAULT_GROUPS, Policy
+from vtsched.core.schedule import RemoveGroup, Schedule, Stream
+
+
+@dataclass(frozen=True)
+class VTW(Policy):
+    """All visual tokens until layer K, then none (default K: half the depth)."""
+
+    name: ClassVar[str] = "vtw"
+    needs_partition: ClassVar[bool] = False
+    uses_budget: ClassVar[bool] = False
+    drop_layer: int | None = None
+
+    def schedule(
+        self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
+    ) -> Schedule:
+        k = geometry.num_layers // 2 if self.drop_layer is None else self.drop_layer
+        if not 0 <= k <= geometry.num_layers:
+            raise ScheduleError(f"vtw: drop_layer {k} outside 0..{geometry.num_layers}")
+        events = tuple(RemoveGroup(k, "main", g) for g in groups)
+        return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events,
+                        meta=(("policy", f"vtw(drop_layer={k})"),))
