@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pathlib import Path
+
+from .budget import Budget
 from .demo import llava_config
 from .errors import VtschedError
 
@@ -35,8 +38,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="parvts", help="scheduling policy (see `vtsched list`)")
     parser.add_argument("--partitioner", default=None, help="partitioner (default: the policy's, usually cls)")
-    parser.add_argument("--budget", default=DEFAULT_BUDGET,
-                        help="subject tokens per image: a count (64), a ratio (0.111) or a percentage (11.1%%)")
+    parser.add_argument("--budget", default=None,
+                        help="subject tokens per image: a count (64), a ratio (0.111) or a percentage (11.1%%); "
+                        f"default {DEFAULT_BUDGET} (a schedule file's own budget with --schedule)")
     parser.add_argument("-p", "--param", action="append", type=_key_value, default=[], metavar="NAME=VALUE",
                         help="policy parameter, e.g. -p drop_layer=2 -p fusion=fixed -p alpha=0.7")
     parser.add_argument("--partitioner-param", action="append", type=_key_value, default=[], metavar="NAME=VALUE")
@@ -92,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="vtsched-out/bench", help="folder for results.json, results.csv, plot.png")
     bench.add_argument("--no-progress", action="store_true")
     _common(bench)
+
+    search = sub.add_parser("search-k", help="choose the drop layer K by KL divergence to full on calibration data")
+    search.add_argument("--model", default=None, help="checkpoint (default: a built-in LLaVA with random weights)")
+    search.add_argument("--data", default=None, help="calibration JSONL: one {\"image\": path, \"question\": text} per line")
+    search.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="calibrate on N generated images instead of --data (for trying the command)")
+    search.add_argument("--policy", default="parvts", help="a layered policy (default parvts)")
+    search.add_argument("--layer-param", default="drop_layer", help="the policy's layer parameter")
+    search.add_argument("-p", "--param", action="append", type=_key_value, default=[], metavar="NAME=VALUE")
+    search.add_argument("--budgets", nargs="+", default=[DEFAULT_BUDGET], help="budgets to search over")
+    search.add_argument("--alphas", nargs="+", type=float, default=None,
+                        help="also search fixed-fusion alpha over these values")
+    search.add_argument("--partitioner", default=None)
+    search.add_argument("--threshold", type=float, default=0.003, help="mean KL threshold (VTW: 0.003)")
+    search.add_argument("--out", default="vtsched-out/search-k.json", help="where the chosen schedule goes")
+    search.add_argument("--device", default="cpu")
+    search.add_argument("--no-progress", action="store_true")
+    _common(search)
 
     lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters and plugins")
     _common(lister)
@@ -172,9 +194,35 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"budget {budget}: {keep} visual tokens per image, applied inside the LLM by the policy")
     print(schedule.explain())
     if args.json:
-        write_atomic(args.json, schedule.to_json() + "\n")
+        saved = _with_run_meta(schedule, budget if policy.uses_budget else None,
+                               partitioner if policy.needs_partition else None)
+        write_atomic(args.json, saved.to_json() + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _with_run_meta(schedule, budget, partitioner):
+    """The schedule with what else a run needs to reproduce it (budget, partitioner) in its meta."""
+    import dataclasses
+
+    meta = dict(schedule.meta)
+    if budget is not None:
+        meta["budget"] = str(budget)
+    if partitioner is not None:
+        meta["partitioner"] = partitioner
+    return dataclasses.replace(schedule, meta=tuple(sorted(meta.items())))
+
+
+def _policy_for(registry, name: str, params: dict):
+    """Build a policy to check a request before any weights load (``schedule:PATH`` included)."""
+    if name.startswith("schedule:"):
+        from .io import read_text
+        from .policy import FixedSchedule
+        from .schedule import Schedule
+
+        fixed = Schedule.from_json(read_text(name.split(":", 1)[1], "schedule"))
+        return FixedSchedule(fixed, str(dict(fixed.meta).get("partitioner", "cls")))
+    return registry.policy(name).from_params(params)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -188,7 +236,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .scheduler import Scheduler
 
     image = load_image(args.image)
-    budget = Budget.parse(args.budget)
+    fixed = Schedule.from_json(read_text(args.schedule, "schedule")) if args.schedule else None
+    budget_text = args.budget or (dict(fixed.meta).get("budget") if fixed else None) or DEFAULT_BUDGET
+    budget = Budget.parse(str(budget_text))
     registry = _registry(args)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     if args.model is None:
@@ -200,18 +250,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Check the request against the config before loading (possibly many GB of) weights.
     geometry = registry.adapter_for_config(config).geometry_from_config(config)
     policy = registry.policy(args.policy).from_params(dict(args.param))
+    if fixed is not None:
+        policy = FixedSchedule(fixed, str(dict(fixed.meta).get("partitioner", policy.default_partitioner)))
     if policy.uses_budget:
         budget.resolve(geometry.num_visual)
-    policy.schedule(geometry, budget=budget if policy.uses_budget else None)
+    if not hasattr(policy, "calibrate"):
+        policy.schedule(geometry, fixed.groups if fixed else ("subject", "non_subject"),
+                        budget if policy.uses_budget else None)
     if args.model is None:
         scheduler = Scheduler.random("demo", dtype=dtype or torch.float32, attn_implementation=args.attn,
                                      device=args.device, registry=registry)
     else:
         scheduler = Scheduler.from_pretrained(args.model, device=args.device, dtype=dtype,
                                               attn_implementation=args.attn, registry=registry)
-    policy = scheduler.make_policy(args.policy, dict(args.param))
-    if args.schedule:
-        policy = FixedSchedule(Schedule.from_json(read_text(args.schedule, "schedule")), policy.default_partitioner)
     partitioner = scheduler.make_partitioner(args.partitioner or policy.default_partitioner,
                                              dict(args.partitioner_param))
     config = GenerationConfig(
@@ -246,6 +297,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import Case, parse_case, run_bench
     from .budget import Budget
+    from .policy import FixedSchedule
     from .demo import get_shape
     from .errors import InputError
     from .report import plot_time_vs_flops, write_csv, write_json
@@ -273,7 +325,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     cases = [Case("full")]
     for spec in specs:
         case = parse_case(spec)
-        policy = registry.policy(case.policy).from_params(dict(case.params))  # refuse bad names/params early
+        policy = _policy_for(registry, case.policy, dict(case.params))  # refuse bad names/params early
+        if isinstance(policy, FixedSchedule):
+            budget = dict(policy.fixed.meta).get("budget")
+            cases.append(Case(case.policy, str(budget) if budget is not None else budgets[-1]))
+            continue
         if not policy.uses_budget:
             policy.schedule(geometry)
             if case.policy != "full":
@@ -305,6 +361,55 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search_k(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .io import write_atomic
+    from .report import write_json
+    from .scheduler import Scheduler
+    from .search import load_calibration, search_drop_layer
+    from .testing import QUESTION_WORDS, random_image
+
+    if args.data:
+        images, questions = load_calibration(args.data)
+    elif args.synthetic > 0:
+        images = [random_image(i, 336, 336) for i in range(args.synthetic)]
+        questions = [" ".join(QUESTION_WORDS[i % 7: i % 7 + 6]) + "?" for i in range(args.synthetic)]
+    else:
+        raise InputError("no calibration data: give --data FILE.jsonl (or --synthetic N to try the command)")
+    registry = _registry(args)
+    if args.model is None:
+        print("note: no --model given; searching on a built-in LLaVA with random weights.", file=sys.stderr)
+        scheduler = Scheduler.random("demo", device=args.device, registry=registry)
+    else:
+        scheduler = Scheduler.from_pretrained(args.model, device=args.device, registry=registry)
+    batch = scheduler.prepare(images, questions)
+    result = search_drop_layer(
+        scheduler, batch, args.policy, params=dict(args.param), budgets=args.budgets, alphas=args.alphas,
+        threshold=args.threshold, layer_param=args.layer_param, partitioner=args.partitioner,
+        progress=not args.no_progress,
+    )
+    print(result.table())
+    out = {"policy": args.policy, "threshold": args.threshold, "curve": result.curve, "chosen": result.chosen}
+    if result.chosen is None:
+        write_json(Path(args.out).with_suffix(".curve.json"), out)
+        raise InputError(f"no {args.layer_param} meets KL <= {args.threshold:g}; the curve is in "
+                         f"{Path(args.out).with_suffix('.curve.json')}")
+    chosen = result.chosen
+    values = dict(args.param, **{args.layer_param: chosen["layer"]})
+    if chosen["alpha"] is not None:
+        values.update(fusion="fixed", alpha=chosen["alpha"])
+    policy = scheduler.make_policy(args.policy, values)
+    budget = Budget.parse(chosen["budget"])
+    groups = ("subject", "non_subject") if policy.needs_partition else ("subject",)
+    schedule = policy.schedule(scheduler.adapter.geometry, groups, budget if policy.uses_budget else None)
+    schedule = _with_run_meta(schedule, budget if policy.uses_budget else None,
+                              (args.partitioner or policy.default_partitioner) if policy.needs_partition else None)
+    write_atomic(args.out, schedule.to_json() + "\n")
+    write_json(Path(args.out).with_suffix(".curve.json"), out)
+    print(f"wrote {args.out} (run it with: vtsched run --schedule {args.out} ...)")
+    return 0
+
+
 DEFAULT_BENCH_POLICIES = ("prune", "parvts:drop_layer=2", "fastv", "vtw", "pdrop", "visionzip")
 
 
@@ -314,7 +419,8 @@ def _default_budgets(num_visual: int) -> list[str]:
     return [str(max(1, round(num_visual * r / 576))) for r in (192, 128, 64)]
 
 
-_COMMANDS = {"run": _cmd_run, "explain": _cmd_explain, "list": _cmd_list, "bench": _cmd_bench}
+_COMMANDS = {"run": _cmd_run, "explain": _cmd_explain, "list": _cmd_list, "bench": _cmd_bench,
+             "search-k": _cmd_search_k}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

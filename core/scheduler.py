@@ -101,8 +101,15 @@ class Scheduler:
 
     # -- components --------------------------------------------------------------------------
     def make_policy(self, name: str | Policy, params: Mapping[str, Any] | None = None) -> Policy:
+        """A policy by registry name, or ``"schedule:PATH"`` for a saved schedule run exactly."""
         if isinstance(name, Policy):
             return name
+        if name.startswith("schedule:"):
+            from .io import read_text
+            from .policy import FixedSchedule
+
+            fixed = Schedule.from_json(read_text(name.split(":", 1)[1], "schedule"))
+            return FixedSchedule(fixed, str(dict(fixed.meta).get("partitioner", "cls")))
         return self.registry.policy(name).from_params(params)
 
     def make_partitioner(self, name: str | Partitioner, params: Mapping[str, Any] | None = None) -> Partitioner:
@@ -111,6 +118,8 @@ class Scheduler:
         return self.registry.partitioner(name).from_params(params)
 
     def plan(self, batch: PromptBatch, policy: Policy, partitioner: Partitioner | None, budget: Budget | None) -> Plan:
+        if hasattr(policy, "calibrate"):  # a policy that picks its parameters on data (search)
+            policy = policy.calibrate(self, batch, partitioner, budget)
         if not policy.needs_partition:
             partition = Partition.single(batch.num_visual)
             partitioner = None

@@ -11,19 +11,20 @@ from .non_subject_first import NonSubjectFirst
 from .parvts import ParVTS
 from .pdrop import PDrop
 from .prune import Prune
+from .search import Search
 from .subject_first import SubjectFirst
 from .visionzip import VisionZip, VisionZipPartitioner
 from .vtw import VTW
 
 __all__ = [
     "Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FastV", "VTW", "PDrop", "VisionZip",
-    "VisionZipPartitioner", "FixedFusion", "SizeFusion", "AttentionFusion",
+    "VisionZipPartitioner", "Search", "FixedFusion", "SizeFusion", "AttentionFusion",
 ]
 
 
 @hookimpl
 def vtsched_register_policies(register):
-    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, VTW, PDrop, VisionZip):
+    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, VTW, PDrop, VisionZip, Search):
         register(policy)
 
 
