@@ -73,7 +73,8 @@ def test_schedule_file_runs_exactly(checkpoint, image_file, tmp_path, capsys):
                  "--budget", "3", "--json", str(path), "--no-plugins"]) == 0
     assert main(["run", "--model", str(checkpoint), "--image", str(image_file), "--question", "q?",
                  "--schedule", str(path), "--budget", "3", "--max-new-tokens", "2", "--no-plugins"]) == 0
-    assert "schedule-file" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "policy parvts(drop_layer=1" in out and "budget 3" in out.splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
