@@ -410,7 +410,9 @@ def _cmd_search_k(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_BENCH_POLICIES = ("prune", "parvts:drop_layer=2", "fastv", "vtw", "pdrop", "visionzip")
+# pdrop at budgets down to 64 of 576 needs its stages earlier than its default 8/16/24 (see its docstring)
+DEFAULT_BENCH_POLICIES = ("prune", "parvts:drop_layer=2", "parvts:drop_layer=3", "fastv", "vtw", "pdrop:layers=2/6/12",
+                          "visionzip")
 
 
 def _default_budgets(num_visual: int) -> list[str]:

@@ -12,7 +12,9 @@ import torch
 from .adapters.base import ModelGeometry
 from .stats import RunStats
 
-__all__ = ["layer_flops", "prefill_flops", "nominal_parallel_flops", "vision_flops", "scoring_flops"]
+__all__ = [
+    "layer_flops", "prefill_flops", "executed_prefill_flops", "nominal_parallel_flops", "vision_flops", "scoring_flops",
+]
 
 
 def layer_flops(queries, keys, geometry: ModelGeometry):
@@ -39,17 +41,22 @@ def prefill_flops(stats: RunStats, geometry: ModelGeometry, *, executed: bool = 
 def nominal_parallel_flops(
     geometry: ModelGeometry, *, system: int, question: int, keep: int, drop_layer: int, share_prefix: bool = False
 ) -> float:
-    """METHOD.md's closed form for ParVTS: ``K*[F(n_S) + F(n_N)] + (L-K)*F(n_S)``."""
+    """METHOD.md's closed form for ParVTS: ``K*[F(n_S) + F(n_N)] + (L-K)*F(n_S)``.
+
+    With ``share_prefix`` the system prefix runs once for layers < K and each stream's tokens
+    attend over it as context, which is what the engine does.
+    """
     n_s = system + keep + question
     n_n = system + (geometry.num_visual - keep) + question
 
-    def f(n: int) -> float:
-        return float(layer_flops(n, n, geometry))
+    def f(q: int, k: int | None = None) -> float:
+        return float(layer_flops(q, q if k is None else k, geometry))
 
-    total = drop_layer * (f(n_s) + f(n_n)) + (geometry.num_layers - drop_layer) * f(n_s)
     if share_prefix:
-        total -= drop_layer * f(system)
-    return total
+        parallel = f(system) + f(n_s - system, n_s) + f(n_n - system, n_n)
+    else:
+        parallel = f(n_s) + f(n_n)
+    return drop_layer * parallel + (geometry.num_layers - drop_layer) * f(n_s)
 
 
 def vision_flops(geometry: ModelGeometry) -> float:
@@ -66,4 +73,27 @@ def scoring_flops(stats: RunStats, geometry: ModelGeometry) -> torch.Tensor:
     d = geometry.hidden_size
     for _layer, queries, keys in stats.probes:
         total += 2 * queries.double() * d * d + 2 * queries.double() * keys * d
+    return total
+
+
+def executed_prefill_flops(stats: RunStats, geometry: ModelGeometry) -> torch.Tensor:
+    """``(batch,)`` FLOPs (2 per multiply-add) of the decoder matmuls the engine executed.
+
+    Unlike the field's accounting this follows the model exactly: grouped K/V projections, the
+    gated MLP's three matrices, and attention over every packed key column (masked ones too).
+    It is what ``torch.utils.flop_counter`` measures, and the tests hold it to that.
+    """
+    d, m = geometry.hidden_size, geometry.intermediate_size
+    attn = geometry.num_heads * geometry.head_dim
+    kv = geometry.num_kv_heads * geometry.head_dim
+
+    def layer(q, k):
+        return 2 * q * d * (attn + 2 * kv) + 2 * q * attn * d + 4 * q * k * attn + 6 * q * d * m
+
+    total = torch.zeros(stats.batch_size, dtype=torch.float64)
+    if stats.prefix is not None:
+        p = stats.prefix.double()
+        total += stats.prefix_layers * layer(p, p)
+    for w in stats.work:
+        total += w.layers * layer(w.queries.double(), w.packed_keys.double())
     return total
