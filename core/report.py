@@ -36,9 +36,9 @@ def plot_time_vs_flops(path: Path, rows: list[dict[str, Any]], title: str) -> Pa
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     markers = "os^Dv<>pP*X"
-    policies = list(dict.fromkeys(r["policy"] for r in rows))
-    for i, policy in enumerate(policies):
-        mine = [r for r in rows if r["policy"] == policy]
+    series = list(dict.fromkeys(r["case"].split("@")[0] for r in rows))  # a policy with its parameters
+    for i, policy in enumerate(series):
+        mine = [r for r in rows if r["case"].split("@")[0] == policy]
         ax.scatter([r["prefill_gflops"] for r in mine], [r["prefill_ms"] for r in mine],
                    marker=markers[i % len(markers)], s=46, label=policy)
         for r in mine:
