@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,22 +204,12 @@ def run_bench(
             if clock.cuda:
                 torch.cuda.reset_peak_memory_stats()
 
-            def prefill():
-                plan = scheduler.plan(batch, policy, partitioner, budget)
-                return plan, scheduler.engine.prefill(batch, plan.schedule, plan.partition, use_cache=True)
-
-            (plan, out), seconds = clock(prefill)
+            (plan, out), seconds = clock(partial(_prefill, scheduler, batch, policy, partitioner, budget))
             kv_bytes = _cache_bytes(out.state, len(batch)) if out.state is not None else 0
             decode_seconds = None
             if decode_tokens > 0:
-                token = out.logits.argmax(-1)[:, None]
-
-                def decode():
-                    t = token
-                    for _ in range(decode_tokens):
-                        t = scheduler.engine.extend(out.state, t)[:, -1].argmax(-1)[:, None]
-
-                _, decode_seconds = clock(decode)
+                first = out.logits.argmax(-1)[:, None]
+                _, decode_seconds = clock(partial(_decode, scheduler.engine, out.state, first, decode_tokens))
             if rep >= warmup:
                 r = results[i]
                 r.prefill_s.append(seconds)
@@ -241,6 +232,17 @@ def run_bench(
         attn=scheduler.engine.parts.attn_implementation, batch_size=len(batch), repeats=repeats,
         decode_tokens=decode_tokens, vision_s=vision_s, vision_flops=vision_flops(geometry), results=results,
     )
+
+
+def _prefill(scheduler: Scheduler, batch, policy, partitioner, budget):
+    """What a request costs from the partition on: plan (scoring included) and prefill."""
+    plan = scheduler.plan(batch, policy, partitioner, budget)
+    return plan, scheduler.engine.prefill(batch, plan.schedule, plan.partition, use_cache=True)
+
+
+def _decode(engine, state, token: torch.Tensor, steps: int) -> None:
+    for _ in range(steps):
+        token = engine.extend(state, token)[:, -1].argmax(-1)[:, None]
 
 
 def _cache_bytes(state, batch_size: int) -> int:

@@ -133,7 +133,7 @@ def build_random_llava(
         torch.manual_seed(seed)
         with torch.device(device):
             model = LlavaForConditionalGeneration(config)
-    model.to(dtype=dtype).eval()
+    model.to(dtype=dtype).eval()  # type: ignore[call-arg]
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model, processor
@@ -165,7 +165,7 @@ def llava_config(shape: Shape | str, tokenizer=None):
         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    config = LlavaConfig(
+    config = LlavaConfig(  # type: ignore[call-arg]
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=shape.num_visual, vision_feature_layer=-2, vision_feature_select_strategy="default",
     )

@@ -180,6 +180,7 @@ class Engine:
             if context is not None and start >= shared_until:
                 # one stream left: the prefix joins it as ordinary tokens, so the remaining layers
                 # run the plain layout (no context, no mask where nothing is padded)
+                assert prefix is not None
                 streams[schedule.survivor] = streams[schedule.survivor].merge(prefix)
                 context = None
             if end > start:
@@ -219,6 +220,7 @@ class Engine:
             mask = build_attention_mask(index, key_index, hidden.dtype)
             tap = KVTap((state.keys[layer], state.values[layer]))
             hidden = self._call_layer(layer, hidden, mask, cos, sin, rows.positions, tap)
+            assert tap.keys is not None and tap.values is not None
             state.keys[layer], state.values[layer], state.key_index[layer] = tap.keys, tap.values, key_index
         state.next_position = state.next_position + n
         return self.parts.lm_head(self.parts.norm(hidden)).float()
@@ -229,8 +231,8 @@ class Engine:
     ) -> _Bound:
         if partition.batch_size != len(batch):
             raise ScheduleError(f"partition is for {partition.batch_size} samples, the batch has {len(batch)}")
-        for group in schedule.groups:
-            partition.group_id(group)  # raises on a group the partition lacks
+        for name in schedule.groups:
+            partition.group_id(name)  # raises on a group the partition lacks
         device = next(self.parts.embed_tokens.parameters()).device
         embeds, roles, groups = [], [], []
         for b, sample in enumerate(batch.samples):
@@ -246,15 +248,16 @@ class Engine:
             emb = self.parts.embed_tokens(ids)
             visual = torch.nonzero(role == Role.VISUAL).flatten()
             features = sample.visual_features
-            if partition.features is not None and partition.features[b] is not None:
-                replaced, values = partition.features[b]
+            override = partition.features[b] if partition.features is not None else None
+            if override is not None:  # merged tokens (visionzip) replace the features they stand for
+                replaced, values = override
                 features = features.index_put((replaced.to(features.device),), values.to(features.dtype))
             emb = emb.index_put((visual,), features.to(emb.device, emb.dtype))
-            group = torch.full_like(ids, -1)
-            group[visual] = partition.assignment[b].to(device)
+            group_ids = torch.full_like(ids, -1)
+            group_ids[visual] = partition.assignment[b].to(device)
             embeds.append(emb)
             roles.append(role)
-            groups.append(group)
+            groups.append(group_ids)
         return _Bound(
             embeds=pad_stack(embeds, 0.0),
             roles=pad_stack(roles, -1),
@@ -303,11 +306,13 @@ class Engine:
         stats.add_prefix(rows.valid.sum(1), until)
         cos, sin = self.parts.rotary(rows.hidden, rows.positions)
         mask = self._mask(rows, None, None)
-        keys, values = [], []
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
         hidden = rows.hidden
         for layer in range(until):
             tap = KVTap()
             hidden = self._call_layer(layer, hidden, mask, cos, sin, rows.positions, tap)
+            assert tap.keys is not None and tap.values is not None
             keys.append(tap.keys)
             values.append(tap.values)
         return _Context(keys, values, rows.index), Rows(hidden, rows.index)

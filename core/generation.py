@@ -85,7 +85,7 @@ def generate(
         if keep_logits:
             result.step_logits.append(logits)
         if config.do_sample:
-            scores = warpers(history, logits)
+            scores = warpers(history, logits)  # type: ignore[arg-type]
             nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
         else:
             nxt = logits.argmax(-1)

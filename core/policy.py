@@ -110,7 +110,7 @@ class Partitioner(_Parametrised, ABC):
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition: ...
 
 
-def coerce_params(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
+def coerce_params(cls: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -116,7 +117,7 @@ def autoload_disabled() -> bool:
     return os.environ.get("VTSCHED_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0")
 
 
-def make_plugin_manager(load_entrypoints: bool | None = None, extra: list[Any] = ()) -> pluggy.PluginManager:
+def make_plugin_manager(load_entrypoints: bool | None = None, extra: Sequence[Any] = ()) -> pluggy.PluginManager:
     """A fresh plugin manager with the built-ins, installed plugins and ``extra`` plugin objects."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)

@@ -89,7 +89,7 @@ class Scheduler:
             processor = AutoProcessor.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot load {path!r}: {str(exc).splitlines()[0]}") from None
-        return cls(model.to(device).eval(), processor, registry=registry)
+        return cls(model.to(device).eval(), processor, registry=registry)  # type: ignore[arg-type]
 
     @classmethod
     def random(cls, shape: str = "demo", **kwargs: Any) -> Scheduler:

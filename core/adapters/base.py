@@ -65,7 +65,9 @@ class ModelAdapter(ABC):
     prompt_template: ClassVar[str] = "{question}"
 
     def __init__(self, model: nn.Module, processor: Any = None) -> None:
-        self.model = model
+        # Any: modules are reached through family-specific attribute names that torch's
+        # typing cannot see; the adapter is the one place that knows them.
+        self.model: Any = model
         self.processor = processor
 
     @classmethod

@@ -35,11 +35,11 @@ class LlavaAdapter(ModelAdapter):
 
     # -- model structure ---------------------------------------------------------------------
     @property
-    def language_model(self) -> nn.Module:
+    def language_model(self) -> Any:
         return self.model.model.language_model
 
     @property
-    def vision_tower(self) -> nn.Module:
+    def vision_tower(self) -> Any:
         return self.model.model.vision_tower
 
     @property
