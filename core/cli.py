@@ -302,7 +302,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .report import plot_time_vs_flops, write_csv, write_json
     from .scheduler import Scheduler
-    from .testing import QUESTION_WORDS, random_image
+    from .demo import QUESTION_WORDS, random_image
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -367,7 +367,7 @@ def _cmd_search_k(args: argparse.Namespace) -> int:
     from .report import write_json
     from .scheduler import Scheduler
     from .search import load_calibration, search_drop_layer
-    from .testing import QUESTION_WORDS, random_image
+    from .demo import QUESTION_WORDS, random_image
 
     if args.data:
         images, questions = load_calibration(args.data)

@@ -14,7 +14,24 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["Shape", "SHAPES", "build_tokenizer", "build_processor", "llava_config", "build_random_llava"]
+__all__ = [
+    "Shape", "SHAPES", "build_tokenizer", "build_processor", "llava_config", "build_random_llava", "random_image",
+    "QUESTION_WORDS",
+]
+
+QUESTION_WORDS = (
+    "what", "colour", "is", "the", "shape", "in", "corner", "background", "red", "small", "object", "left",
+    "how", "many", "describe", "image", "top", "mark",
+)
+
+
+def random_image(seed: int, width: int = 40, height: int = 30):
+    """A noise image (PIL, RGB) from a seed: an input with no meaning, for shapes and speed."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 IMAGE_TOKEN = "<image>"
 _WORDS = (

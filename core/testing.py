@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from .demo import SHAPES, Shape, build_random_llava
+from .demo import QUESTION_WORDS, SHAPES, Shape, build_random_llava, random_image
 from .schedule import EndStream, Fuse, InsertGroup, RemoveGroup, Schedule, Stream
 
 __all__ = [
@@ -22,10 +21,6 @@ __all__ = [
     "QUESTION_WORDS",
 ]
 
-QUESTION_WORDS = (
-    "what", "colour", "is", "the", "shape", "in", "corner", "background", "red", "small", "object", "left",
-    "how", "many", "describe", "image", "top", "mark",
-)
 
 
 @dataclass(frozen=True)
@@ -67,13 +62,6 @@ def tiny_llava_shapes(draw, *, max_layers: int = 3, max_visual_side: int = 3) ->
 def tiny_llava(shape: TinyShape, dtype: torch.dtype = torch.float64, attn_implementation: str = "sdpa"):
     """``(model, processor)`` for ``shape``, cached; do not modify the returned model."""
     return build_random_llava(shape.shape(), seed=shape.seed, dtype=dtype, attn_implementation=attn_implementation)
-
-
-def random_image(seed: int, width: int = 40, height: int = 30):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
 @st.composite
