@@ -100,3 +100,19 @@ def test_bench_refuses_unknown_policies_before_running(tmp_path, capsys):
                  "--no-plugins"]) == 2
     assert "unknown policy 'warp-drive'" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_main_commands_need_no_dev_extras(tmp_path):
+    """The README's main job installs without [dev]: nothing it runs may import hypothesis or pytest."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['hypothesis'] = None; sys.modules['pytest'] = None\n"
+        "from vtsched.core.cli import main\n"
+        f"sys.exit(main(['bench', '--shape', 'tiny', '--policies', 'prune', 'parvts:drop_layer=1', '--budgets', '2',"
+        f" '--repeats', '1', '--warmup', '0', '--decode-tokens', '1', '--no-progress', '--out', r'{tmp_path}']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "results.json").exists()
