@@ -145,12 +145,13 @@ def build_random_llava(
     shape = replace(shape, **overrides) if overrides else shape
     processor = build_processor(shape)
     config = llava_config(shape, processor.tokenizer)
-    config._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        with torch.device(device):
-            model = LlavaForConditionalGeneration(config)
-    model.to(dtype=dtype).eval()  # type: ignore[call-arg]
+        with torch.device(device):  # built in place and in its dtype: a 7B shape never exists in fp32
+            model = LlavaForConditionalGeneration._from_config(
+                config, dtype=dtype, attn_implementation=attn_implementation
+            )
+    model.eval()
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model, processor
