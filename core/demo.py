@@ -38,7 +38,12 @@ _WORDS = (
     "USER ASSISTANT what is the colour color of shape in image picture photo corner top bottom left right "
     "background foreground object small large big red green blue yellow black white orange purple pink grey "
     "brown circle square triangle star cross stripe dot mark there a an and or yes no how many which where "
-    "does do it this that one two three four five six seven eight nine zero describe answer word single"
+    "does do it this that one two three four five six seven eight nine zero describe answer word single "
+    "What colour is the big shape? What shape is the big object? Where is the big shape? "
+    "What colour is the background? Is the background plain or striped? "
+    "What colour is the small square in the corner? Which corner has the small square? "
+    "red green blue yellow white purple black grey brown teal circle square triangle cross "
+    "left right top bottom center top-left top-right bottom-left bottom-right plain striped has big"
 )
 
 
