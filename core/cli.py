@@ -15,7 +15,7 @@ from typing import Any
 from pathlib import Path
 
 from .budget import Budget
-from .demo import llava_config
+from .demo import demo_model_path, llava_config
 from .errors import VtschedError
 
 __all__ = ["main"]
@@ -114,6 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", default="cpu")
     search.add_argument("--no-progress", action="store_true")
     _common(search)
+
+    ev = sub.add_parser("eval", help="answer a dataset under several policies: accuracy, agreement, KL, cost")
+    ev.add_argument("--model", default=None, help="checkpoint (default: the shipped demo model)")
+    ev.add_argument("--data", default="synthetic:1:30",
+                    help="JSONL file or folder with data.jsonl, synthetic:SEED:IMAGES, or hf:PATH[:SPLIT]")
+    ev.add_argument("--policies", nargs="+", default=["prune", "parvts:drop_layer=2"],
+                    metavar="POLICY[:NAME=VALUE,...]", help="cases besides full, which always runs")
+    ev.add_argument("--budgets", nargs="+", default=["7"], help="budgets per image")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-new-tokens", type=int, default=4)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", default="vtsched-out/eval", help="folder for results.json and results.csv")
+    ev.add_argument("--no-progress", action="store_true")
+    _common(ev)
+
+    train = sub.add_parser("train-demo", help="train the demo LLaVA on the procedural VQA set from a seed")
+    train.add_argument("--out", default="vtsched-out/demo-model")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=int, default=3500)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--device", default=None, help="cuda if available, else cpu")
+    train.add_argument("--no-progress", action="store_true")
+    _common(train)
 
     lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters and plugins")
     _common(lister)
@@ -233,7 +257,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .io import load_image, read_text, write_atomic
     from .policy import FixedSchedule
     from .schedule import Schedule
-    from .scheduler import Scheduler
 
     image = load_image(args.image)
     fixed = Schedule.from_json(read_text(args.schedule, "schedule")) if args.schedule else None
@@ -241,12 +264,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     budget = Budget.parse(str(budget_text))
     registry = _registry(args)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    if args.model is None:
-        print("note: no --model given; using a built-in LLaVA with random weights: its answers are meaningless.",
-              file=sys.stderr)
-        config = llava_config("demo")
-    else:
-        config = _read_config(args.model)
+    model_path = args.model or demo_model_path()
+    config = llava_config("demo") if model_path is None else _read_config(str(model_path))
     # Check the request against the config before loading (possibly many GB of) weights.
     geometry = registry.adapter_for_config(config).geometry_from_config(config)
     policy = registry.policy(args.policy).from_params(dict(args.param))
@@ -257,12 +276,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not hasattr(policy, "calibrate"):
         policy.schedule(geometry, fixed.groups if fixed else ("subject", "non_subject"),
                         budget if policy.uses_budget else None)
-    if args.model is None:
-        scheduler = Scheduler.random("demo", dtype=dtype or torch.float32, attn_implementation=args.attn,
-                                     device=args.device, registry=registry)
-    else:
-        scheduler = Scheduler.from_pretrained(args.model, device=args.device, dtype=dtype,
-                                              attn_implementation=args.attn, registry=registry)
+    extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})
+    scheduler = _load_scheduler(args.model, registry, args.device, **extra)
     partitioner = scheduler.make_partitioner(args.partitioner or policy.default_partitioner,
                                              dict(args.partitioner_param))
     config = GenerationConfig(
@@ -361,11 +376,67 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_scheduler(model: str | None, registry, device: str = "cpu", **kwargs):
+    """The checkpoint asked for; else the shipped demo model; else a random one (said plainly)."""
+    from .demo import demo_model_path
+    from .scheduler import Scheduler
+
+    if model is None:
+        model = demo_model_path()
+        if model is None:
+            print("note: no --model given and no demo model installed; using a LLaVA with random weights: "
+                  "its answers are meaningless.", file=sys.stderr)
+            return Scheduler.random("demo", device=device, registry=registry, **kwargs)
+    return Scheduler.from_pretrained(str(model), device=device, registry=registry, **kwargs)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .bench import Case, parse_case
+    from .evaluate import evaluate, load_items
+    from .report import write_csv, write_json
+
+    registry = _registry(args)
+    cases = []
+    for spec in args.policies:
+        case = parse_case(spec)
+        policy = _policy_for(registry, case.policy, dict(case.params))
+        if case.policy == "full":
+            continue
+        if not policy.uses_budget:
+            cases.append(case)
+        else:
+            cases += [Case(case.policy, b, case.params, case.partitioner) for b in args.budgets]
+    for b in args.budgets:
+        Budget.parse(b)
+    items = load_items(args.data, args.limit)
+    scheduler = _load_scheduler(args.model, registry, args.device)
+    report = evaluate(scheduler, items, cases, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                      progress=not args.no_progress)
+    print(report.table())
+    out = Path(args.out)
+    write_json(out / "results.json", {"data": args.data, "model": args.model or "demo", "rows": report.rows(),
+                                      "predictions": [p.__dict__ for p in report.predictions]})
+    write_csv(out / "results.csv", report.rows())
+    print(f"wrote {out / 'results.json'}, {out / 'results.csv'}")
+    return 0
+
+
+def _cmd_train_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo_training import TrainConfig, train_demo
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    facts = train_demo(args.out, TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                                             device=device), progress=not args.no_progress)
+    print(f"trained {facts['parameters']:,} parameters in {facts['minutes']:.1f} min; saved to {args.out}")
+    return 0
+
+
 def _cmd_search_k(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .io import write_atomic
     from .report import write_json
-    from .scheduler import Scheduler
     from .search import load_calibration, search_drop_layer
     from .demo import QUESTION_WORDS, random_image
 
@@ -376,12 +447,7 @@ def _cmd_search_k(args: argparse.Namespace) -> int:
         questions = [" ".join(QUESTION_WORDS[i % 7: i % 7 + 6]) + "?" for i in range(args.synthetic)]
     else:
         raise InputError("no calibration data: give --data FILE.jsonl (or --synthetic N to try the command)")
-    registry = _registry(args)
-    if args.model is None:
-        print("note: no --model given; searching on a built-in LLaVA with random weights.", file=sys.stderr)
-        scheduler = Scheduler.random("demo", device=args.device, registry=registry)
-    else:
-        scheduler = Scheduler.from_pretrained(args.model, device=args.device, registry=registry)
+    scheduler = _load_scheduler(args.model, _registry(args), args.device)
     batch = scheduler.prepare(images, questions)
     result = search_drop_layer(
         scheduler, batch, args.policy, params=dict(args.param), budgets=args.budgets, alphas=args.alphas,
@@ -422,7 +488,7 @@ def _default_budgets(num_visual: int) -> list[str]:
 
 
 _COMMANDS = {"run": _cmd_run, "explain": _cmd_explain, "list": _cmd_list, "bench": _cmd_bench,
-             "search-k": _cmd_search_k}
+             "search-k": _cmd_search_k, "eval": _cmd_eval, "train-demo": _cmd_train_demo}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

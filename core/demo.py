@@ -16,13 +16,21 @@ import torch
 
 __all__ = [
     "Shape", "SHAPES", "build_tokenizer", "build_processor", "llava_config", "build_random_llava", "random_image",
-    "QUESTION_WORDS",
+    "QUESTION_WORDS", "demo_model_path",
 ]
 
 QUESTION_WORDS = (
     "what", "colour", "is", "the", "shape", "in", "corner", "background", "red", "small", "object", "left",
     "how", "many", "describe", "image", "top", "mark",
 )
+
+
+def demo_model_path():
+    """The demo model shipped inside the package (trained by ``vtsched train-demo``), or ``None``."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "demo_model"
+    return path if (path / "model.safetensors").exists() else None
 
 
 def random_image(seed: int, width: int = 40, height: int = 30):
