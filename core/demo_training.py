@@ -10,7 +10,11 @@ pretraining, both read at the layer LLaVA takes features from (``vision_feature_
   query learns to attend to the subject, as CLIP's does to salient objects. That is what makes
   the ``cls`` partitioner pick subject tokens, the premise of pruning and of ParVTS.
 
-The language model learns to answer with one word and an end-of-sequence token.
+The language model learns to answer with one word and an end-of-sequence token. In half the
+batches (``withdraw_prob``) the text tokens stop seeing the visual tokens after a random early
+layer (1-3), as in VTW: pretrained LLaVA moves visual information into the text tokens in early
+layers (the premise of VTW and ParVTS), and a small model trained from scratch only does so when
+asked to. Without it, this model reads the image until its last layers (see the model card).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class TrainConfig:
     lr: float = 2e-3
     warmup: int = 150
     aux_weight: float = 0.5
+    withdraw_prob: float = 0.5
+    withdraw_layers: tuple[int, ...] = (1, 2, 3)
     device: str = "cpu"
 
 
@@ -118,6 +124,31 @@ def _one(seed: int, index: int):
     return SyntheticSample(f"train-{index}", image, question, scene[key], tag, qtype, scene, mask)
 
 
+def _language_logits(model, embeds, attention, image_mask, withdraw_at: int | None) -> torch.Tensor:
+    """The language model's logits; from layer ``withdraw_at`` on, text tokens do not see the image."""
+    if withdraw_at is None:
+        return model(inputs_embeds=embeds, attention_mask=attention).logits
+    lm = model.model.language_model
+    batch, length = attention.shape
+    positions = torch.arange(length, device=embeds.device)[None].expand(batch, length)
+    cos, sin = lm.rotary_emb(embeds, positions)
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=embeds.device))
+    allowed = causal[None] & attention.bool()[:, None, :]
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=embeds.device)[None]
+    blind = allowed & ~((~image_mask)[:, :, None] & image_mask[:, None, :])
+    minimum = torch.finfo(embeds.dtype).min
+
+    def additive(mask: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(mask.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(~mask, minimum)[:, None]
+
+    seeing, not_seeing = additive(allowed), additive(blind)
+    hidden = embeds
+    for index, layer in enumerate(lm.layers):
+        mask = seeing if index < withdraw_at else not_seeing
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
+    return model.lm_head(lm.norm(hidden))
+
+
 def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: bool = True) -> dict:
     """Train, save the model, tokenizer and processor to ``out``, and return training facts."""
     from tqdm.auto import tqdm
@@ -137,6 +168,7 @@ def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: b
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
     inner = model.model
+    rng = np.random.default_rng(config.seed)
     started = time.time()
     bar = tqdm(range(config.steps), desc="train-demo", disable=not progress)
     history = []
@@ -150,7 +182,10 @@ def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: b
         embeds = inner.get_input_embeddings()(input_ids.to(config.device))
         image_mask = (input_ids == model.config.image_token_id).to(config.device)
         embeds = embeds.masked_scatter(image_mask[..., None], image_features.reshape(-1, embeds.shape[-1]))
-        logits = model(inputs_embeds=embeds, attention_mask=attention.to(config.device)).logits
+        withdraw_at = None
+        if rng.random() < config.withdraw_prob:
+            withdraw_at = int(rng.choice(config.withdraw_layers))
+        logits = _language_logits(model, embeds, attention.to(config.device), image_mask, withdraw_at)
         lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(config.device))
         t = {k: v.to(config.device) for k, v in targets.items()}
         patch_loss = (F.cross_entropy(heads.region(patches).flatten(0, 1), t["region"].flatten())
