@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-demo", help="train the demo LLaVA on the procedural VQA set from a seed")
     train.add_argument("--out", default="vtsched-out/demo-model")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=int, default=3500)
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--scale", type=float, default=1.0,
+                       help="shorten both training phases by this factor (1.0 reproduces the shipped model)")
     train.add_argument("--device", default=None, help="cuda if available, else cpu")
     train.add_argument("--no-progress", action="store_true")
     _common(train)
@@ -424,11 +424,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_train_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .demo_training import TrainConfig, train_demo
+    from .demo_training import train_demo_recipe
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    facts = train_demo(args.out, TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                                             device=device), progress=not args.no_progress)
+    facts = train_demo_recipe(args.out, seed=args.seed, device=device, progress=not args.no_progress,
+                              scale=args.scale)
     print(f"trained {facts['parameters']:,} parameters in {facts['minutes']:.1f} min; saved to {args.out}")
     return 0
 

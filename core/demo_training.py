@@ -35,7 +35,7 @@ from .synthetic import (
     render, scene_rng,
 )
 
-__all__ = ["DEMO_SHAPE", "TrainConfig", "train_demo", "TRAIN_SEED"]
+__all__ = ["DEMO_SHAPE", "TrainConfig", "train_demo", "train_demo_recipe", "RECIPE", "TRAIN_SEED"]
 
 DEMO_SHAPE = Shape("demo-trained", 112, 14, 128, 4, 4, 256, 192, 6, 6, 6, 512)
 TRAIN_SEED = 1_000  # held-out evaluation uses seeds 1, 2, 3
@@ -53,6 +53,7 @@ class TrainConfig:
     aux_weight: float = 0.5
     withdraw_prob: float = 0.5
     withdraw_layers: tuple[int, ...] = (1, 2, 3)
+    init_from: str = ""  # continue from a saved demo model instead of random weights
     device: str = "cpu"
 
 
@@ -155,6 +156,11 @@ def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: b
 
     torch.manual_seed(config.seed)
     model, processor = build_random_llava(DEMO_SHAPE, seed=config.seed, device=config.device)
+    if config.init_from:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(config.init_from).to(config.device)
+        processor = AutoProcessor.from_pretrained(config.init_from)
     model.train()
     grid = DEMO_SHAPE.image_size // DEMO_SHAPE.patch_size
     heads = _AuxHeads(DEMO_SHAPE.vision_hidden).to(config.device)
@@ -211,5 +217,29 @@ def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: b
     facts = {"config": asdict(config), "shape": asdict(DEMO_SHAPE), "minutes": (time.time() - started) / 60,
              "parameters": sum(p.numel() for p in model.parameters()), "history": history,
              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
+    return facts
+
+
+# The shipped model's recipe: learn the task, then learn to move the image into the text tokens early.
+RECIPE = (
+    TrainConfig(steps=3500, withdraw_prob=0.0),
+    TrainConfig(steps=1500, lr=1e-3, warmup=50, withdraw_prob=0.5, withdraw_layers=(2, 3)),
+)
+
+
+def train_demo_recipe(out: str | Path, seed: int = 0, device: str = "cpu", progress: bool = True,
+                      scale: float = 1.0) -> dict:
+    """Both phases of :data:`RECIPE` from ``seed`` (``scale`` shortens them, for trying it out)."""
+    from dataclasses import replace
+
+    out = Path(out)
+    first = replace(RECIPE[0], seed=seed, device=device, steps=max(1, int(RECIPE[0].steps * scale)))
+    facts_first = train_demo(out / "phase1", first, progress)
+    second = replace(RECIPE[1], seed=seed, device=device, steps=max(1, int(RECIPE[1].steps * scale)),
+                     init_from=str(out / "phase1"))
+    facts = train_demo(out, second, progress)
+    facts["phases"] = [facts_first, dict(facts)]
+    facts["minutes"] = facts_first["minutes"] + facts["minutes"]
     (out / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts
