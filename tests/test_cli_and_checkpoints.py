@@ -60,11 +60,18 @@ def test_cli_run_on_a_checkpoint_prints_answer_and_what_ran(checkpoint, image_fi
     assert record["schedule"]["events"][0]["kind"] == "fuse"
 
 
-def test_cli_run_without_model_says_answers_are_meaningless(image_file, capsys):
-    assert main(["run", "--image", str(image_file), "--question", "what?", "--policy", "prune", "--budget", "8",
-                 "--max-new-tokens", "2", "--no-plugins"]) == 0
+def test_cli_run_without_model_uses_the_shipped_demo_model(tmp_path, capsys):
+    from vtsched.core.synthetic import render
+
+    scene = {"shape": "square", "subject_colour": "blue", "position": "left", "background": "grey",
+             "pattern": "plain", "mark_colour": "red", "corner": "top-right"}
+    image, _ = render(scene)
+    image.save(tmp_path / "scene.png")
+    assert main(["run", "--image", str(tmp_path / "scene.png"), "--question", "What colour is the big shape?",
+                 "--policy", "full", "--max-new-tokens", "3", "--no-plugins"]) == 0
     captured = capsys.readouterr()
-    assert "random weights" in captured.err and "meaningless" in captured.err
+    assert "random weights" not in captured.err
+    assert captured.out.splitlines()[0] == "blue"
 
 
 def test_schedule_file_runs_exactly(checkpoint, image_file, tmp_path, capsys):

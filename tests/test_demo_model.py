@@ -22,3 +22,13 @@ def test_demo_model_ships_loads_offline_and_beats_chance(monkeypatch):
     # chance is 1/2 to 1/6 per question type; the full model answers nearly everything
     assert rows[("full", "all")]["accuracy"] >= 0.9
     assert rows[("full", "tag=non-subject")]["accuracy"] > rows[("prune@7", "tag=non-subject")]["accuracy"]
+
+
+def test_train_demo_command_runs_both_phases_and_saves_a_checkpoint(tmp_path):
+    from vtsched.core.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["train-demo", "--out", str(out), "--scale", "0.001", "--no-progress", "--no-plugins"]) == 0
+    loaded = Scheduler.from_pretrained(str(out), registry=registry())
+    assert loaded.adapter.geometry.num_visual == 64 and loaded.adapter.geometry.num_layers == 6
+    assert (out / "phase1" / "model.safetensors").exists() and (out / "training.json").exists()
