@@ -207,9 +207,9 @@ def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: b
         optimiser.step()
         scheduler.step()
         if step % 50 == 0 or step == config.steps - 1:
-            history.append({"step": step, "loss": float(loss), "lm": float(lm), "patch": float(patch_loss),
-                            "cls": float(cls_loss)})
-            bar.set_postfix(lm=f"{float(lm):.3f}", patch=f"{float(patch_loss):.3f}", cls=f"{float(cls_loss):.3f}")
+            history.append({"step": step, "loss": loss.item(), "lm": lm.item(), "patch": patch_loss.item(),
+                            "cls": cls_loss.item()})
+            bar.set_postfix(lm=f"{lm.item():.3f}", patch=f"{patch_loss.item():.3f}", cls=f"{cls_loss.item():.3f}")
     model.eval()
     out = Path(out)
     model.save_pretrained(out)
