@@ -84,7 +84,6 @@ class _Bound:
     roles: torch.Tensor  # (batch, T_max) Role codes, -1 past the end
     groups: torch.Tensor  # (batch, T_max) partition group id of visual tokens, -1 elsewhere
     lengths: torch.Tensor  # (batch,) prompt length (tail included)
-    image_start: torch.Tensor  # (batch,)
 
     def lookup(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``table[b, index[b, t]]``: a per-token property of each slot; -1 at padding."""
@@ -103,6 +102,8 @@ class _Layout:
     sin: torch.Tensor
     n_context: int
     key_index: torch.Tensor
+    row_roles: torch.Tensor  # (rows, T) Role of each query slot
+    key_is_visual: torch.Tensor  # (rows, keys) float 1.0 where the key is a visual token
 
     def block(self, stream: str) -> slice:
         return self.blocks[self.names.index(stream)]
@@ -263,7 +264,6 @@ class Engine:
             roles=pad_stack(roles, -1),
             groups=pad_stack(groups, -1),
             lengths=torch.tensor([r.numel() for r in roles], device=device),
-            image_start=torch.tensor([s.image_start for s in batch.samples], device=device),
         )
 
     def _initial_rows(
@@ -345,22 +345,26 @@ class Engine:
         mask = self._mask(rows, context, stream_of_column)
         n_context = 0 if context is None else context.index.shape[1]
         key_index = rows.index if context is None else torch.cat((context.index, rows.index), dim=1)
-        cos, sin = self.parts.rotary(rows.hidden, rows.positions)
-        stats.add_segment(start, end, names, rows, blocks, key_index[:, :n_context],
-                          bound.lookup(bound.roles, rows.index))
+        positions = rows.positions
+        cos, sin = self.parts.rotary(rows.hidden, positions)
+        row_roles = bound.lookup(bound.roles, rows.index)
+        stats.add_segment(start, end, names, rows, blocks, key_index[:, :n_context], row_roles)
 
         survivor = blocks[names.index(schedule.survivor)]
         keep_columns = None
         if len(names) > 1:  # the survivor's cache: shared context columns + its own block
             keep_columns = torch.cat((torch.arange(n_context), torch.arange(survivor.start, survivor.stop) + n_context))
             keep_columns = keep_columns.to(rows.index.device)
-        layout = _Layout(rows, blocks, names, mask, cos, sin, n_context, key_index)
         wants = self._probe_plan(start, end, names, schedule)
+        layout = None
+        if wants:  # what probes read is fixed for the whole segment: build it once
+            key_is_visual = (bound.lookup(bound.roles, key_index) == Role.VISUAL).to(rows.hidden.dtype)
+            layout = _Layout(rows, blocks, names, mask, cos, sin, n_context, key_index, row_roles, key_is_visual)
         hidden = rows.hidden
         for layer in range(start, end):
             layer_input = hidden
             tap = KVTap(None if context is None else (context.keys[layer], context.values[layer]))
-            hidden = self._call_layer(layer, hidden, mask, cos, sin, rows.positions, tap)
+            hidden = self._call_layer(layer, hidden, mask, cos, sin, positions, tap)
             if use_cache:
                 if keep_columns is None:
                     cache.append((tap.keys, tap.values, key_index))
@@ -368,7 +372,8 @@ class Engine:
                     cache.append((tap.keys[:, :, keep_columns], tap.values[:, :, keep_columns],
                                   key_index[:, keep_columns]))
             for want in wants.get(layer, ()):
-                self._probe(want, layer, layer_input, tap.keys, layout, bound, probes, stats)
+                assert layout is not None
+                self._probe(want, layer, layer_input, tap.keys, layout, probes, stats)
         out = Rows(hidden, rows.index)
         for name, block in zip(names, blocks):
             streams[name] = out.columns(block)
@@ -385,21 +390,19 @@ class Engine:
                 plan.setdefault(event.layer - 1, []).append(event)
         return plan
 
-    def _probe(self, event, layer, layer_input, keys, layout: _Layout, bound, probes, stats) -> None:
+    def _probe(self, event, layer, layer_input, keys, layout: _Layout, probes, stats) -> None:
         """Recompute attention of a few query rows at ``layer`` (no eager switch, no KV duplicated)."""
-        rows = layout.rows
-        row_roles = bound.lookup(bound.roles, rows.index)
+        rows, row_roles = layout.rows, layout.row_roles
         in_block = torch.zeros_like(row_roles, dtype=torch.bool)
         if isinstance(event, Fuse):
             fused = torch.tensor(Role.FUSED[event.tokens], device=row_roles.device)
-            key_roles = bound.lookup(bound.roles, layout.key_index)
             for stream in event.streams:
                 block = layout.block(stream)
                 sel = in_block.clone()
                 sel[:, block] = torch.isin(row_roles[:, block], fused)
                 probs = self._probs(layer, layer_input, keys, sel, layout, stats)
                 # cross-stream keys are masked, so this is the mass on this stream's own visual tokens
-                mass = (probs * (key_roles == Role.VISUAL).to(probs.dtype)[:, None, None, :]).sum(-1).mean(1)
+                mass = (probs * layout.key_is_visual.to(probs.dtype)[:, None, None, :]).sum(-1).mean(1)
                 key = (id(event), stream)
                 probes.mass_sum[key] = probes.mass_sum.get(key, 0) + mass
                 probes.mass_layers[key] = probes.mass_layers.get(key, 0) + 1
