@@ -69,6 +69,12 @@ class Policy(_Parametrised, ABC):
     ) -> Schedule:
         """The schedule for a partition with ``groups`` (``groups[0]`` is the subject)."""
 
+    def check_layer(self, param: str, value: int, geometry: ModelGeometry, minimum: int = 0) -> int:
+        """``value`` if it is a layer boundary of the model (``minimum..num_layers``), else a clear error."""
+        if not minimum <= value <= geometry.num_layers:
+            raise ScheduleError(f"{self.name}: {param} {value} outside {minimum}..{geometry.num_layers}")
+        return value
+
 
 @dataclass(frozen=True)
 class FixedSchedule(Policy):

@@ -41,8 +41,7 @@ class FastV(Policy):
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
     ) -> Schedule:
-        if not 1 <= self.drop_layer <= geometry.num_layers:
-            raise ScheduleError(f"fastv: drop_layer {self.drop_layer} outside 1..{geometry.num_layers}")
+        self.check_layer("drop_layer", self.drop_layer, geometry, minimum=1)
         keep = keep_amount(budget, "fastv")
         events = (KeepTop(self.drop_layer, "main", groups[0], keep),)
         return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events,

@@ -12,7 +12,6 @@ from typing import ClassVar
 
 from vtsched.core.adapters.base import ModelGeometry
 from vtsched.core.budget import Budget
-from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import InsertGroup, RemoveGroup, Schedule, Stream
 
@@ -27,11 +26,7 @@ class NonSubjectFirst(Policy):
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
     ) -> Schedule:
-        if not 0 <= self.switch_layer <= geometry.num_layers:
-            raise ScheduleError(
-                f"non-subject-first: switch_layer {self.switch_layer} outside 0..{geometry.num_layers}"
-            )
-        k = self.switch_layer
+        k = self.check_layer("switch_layer", self.switch_layer, geometry)
         events = (*(RemoveGroup(k, "main", g) for g in groups[1:]), InsertGroup(k, "main", groups[0]))
         return Schedule(geometry.num_layers, groups, (Stream("main", groups[1:]),), "main", events,
                         meta=(("policy", self.describe()),))

@@ -22,7 +22,6 @@ from typing import ClassVar, Literal
 
 from vtsched.core.adapters.base import ModelGeometry
 from vtsched.core.budget import Budget
-from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import EndStream, Fuse, Schedule, Stream
 
@@ -42,8 +41,7 @@ class ParVTS(Policy):
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
     ) -> Schedule:
-        if not 0 <= self.drop_layer <= geometry.num_layers:
-            raise ScheduleError(f"parvts: drop_layer {self.drop_layer} outside 0..{geometry.num_layers}")
+        self.check_layer("drop_layer", self.drop_layer, geometry)
         subject, others = groups[0], groups[1:]
         streams = tuple(Stream(g, (g,)) for g in groups)
         events = []

@@ -12,7 +12,6 @@ from typing import ClassVar
 
 from vtsched.core.adapters.base import ModelGeometry
 from vtsched.core.budget import Budget
-from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import InsertGroup, Schedule, Stream
 
@@ -27,8 +26,7 @@ class SubjectFirst(Policy):
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
     ) -> Schedule:
-        if not 0 <= self.insert_layer <= geometry.num_layers:
-            raise ScheduleError(f"subject-first: insert_layer {self.insert_layer} outside 0..{geometry.num_layers}")
+        self.check_layer("insert_layer", self.insert_layer, geometry)
         events = tuple(InsertGroup(self.insert_layer, "main", g) for g in groups[1:])
         return Schedule(geometry.num_layers, groups, (Stream("main", groups[:1]),), "main", events,
                         meta=(("policy", self.describe()),))

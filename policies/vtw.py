@@ -13,7 +13,6 @@ from typing import ClassVar
 
 from vtsched.core.adapters.base import ModelGeometry
 from vtsched.core.budget import Budget
-from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import RemoveGroup, Schedule, Stream
 
@@ -30,9 +29,8 @@ class VTW(Policy):
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
     ) -> Schedule:
-        k = geometry.num_layers // 2 if self.drop_layer is None else self.drop_layer
-        if not 0 <= k <= geometry.num_layers:
-            raise ScheduleError(f"vtw: drop_layer {k} outside 0..{geometry.num_layers}")
+        k = self.check_layer("drop_layer", geometry.num_layers // 2 if self.drop_layer is None else self.drop_layer,
+                             geometry)
         events = tuple(RemoveGroup(k, "main", g) for g in groups)
         return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events,
                         meta=(("policy", f"vtw(drop_layer={k})"),))

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vtsched.core import RemoveGroup, Schedule, Stream, hookimpl
-from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 
 
@@ -23,8 +22,7 @@ class PruneAt(Policy):
     drop_layer: int = 2
 
     def schedule(self, geometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget=None) -> Schedule:
-        if not 0 <= self.drop_layer <= geometry.num_layers:
-            raise ScheduleError(f"prune-at: drop_layer {self.drop_layer} outside 0..{geometry.num_layers}")
+        self.check_layer("drop_layer", self.drop_layer, geometry)
         events = tuple(RemoveGroup(self.drop_layer, "main", g) for g in groups[1:])
         return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events)
 
