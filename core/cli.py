@@ -239,14 +239,9 @@ def _with_run_meta(schedule, budget, partitioner):
 
 def _policy_for(registry, name: str, params: dict):
     """Build a policy to check a request before any weights load (``schedule:PATH`` included)."""
-    if name.startswith("schedule:"):
-        from .io import read_text
-        from .policy import FixedSchedule
-        from .schedule import Schedule
+    from .policy import build_policy
 
-        fixed = Schedule.from_json(read_text(name.split(":", 1)[1], "schedule"))
-        return FixedSchedule(fixed, str(dict(fixed.meta).get("partitioner", "cls")))
-    return registry.policy(name).from_params(params)
+    return build_policy(registry, name, params)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -254,13 +249,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .budget import Budget
     from .generation import GenerationConfig
-    from .io import load_image, read_text, write_atomic
+    from .io import load_image, write_atomic
     from .policy import FixedSchedule
-    from .schedule import Schedule
 
     image = load_image(args.image)
-    fixed = Schedule.from_json(read_text(args.schedule, "schedule")) if args.schedule else None
-    budget_text = args.budget or (dict(fixed.meta).get("budget") if fixed else None) or DEFAULT_BUDGET
+    fixed = FixedSchedule.from_file(args.schedule) if args.schedule else None
+    budget_text = args.budget or (dict(fixed.fixed.meta).get("budget") if fixed else None) or DEFAULT_BUDGET
     budget = Budget.parse(str(budget_text))
     registry = _registry(args)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -268,13 +262,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = llava_config("demo") if model_path is None else _read_config(str(model_path))
     # Check the request against the config before loading (possibly many GB of) weights.
     geometry = registry.adapter_for_config(config).geometry_from_config(config)
-    policy = registry.policy(args.policy).from_params(dict(args.param))
-    if fixed is not None:
-        policy = FixedSchedule(fixed, str(dict(fixed.meta).get("partitioner", policy.default_partitioner)))
+    policy = fixed or registry.policy(args.policy).from_params(dict(args.param))
     if policy.uses_budget:
         budget.resolve(geometry.num_visual)
     if not hasattr(policy, "calibrate"):
-        policy.schedule(geometry, fixed.groups if fixed else ("subject", "non_subject"),
+        policy.schedule(geometry, fixed.fixed.groups if fixed else ("subject", "non_subject"),
                         budget if policy.uses_budget else None)
     extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})
     scheduler = _load_scheduler(args.model, registry, args.device, **extra)

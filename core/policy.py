@@ -23,7 +23,7 @@ from .partition import NON_SUBJECT, SUBJECT, Partition
 from .schedule import Schedule
 from .tokens import PromptBatch
 
-__all__ = ["Policy", "Partitioner", "FixedSchedule", "DEFAULT_GROUPS", "coerce_params"]
+__all__ = ["Policy", "Partitioner", "FixedSchedule", "build_policy", "DEFAULT_GROUPS", "coerce_params"]
 
 DEFAULT_GROUPS = (SUBJECT, NON_SUBJECT)
 
@@ -103,8 +103,23 @@ class FixedSchedule(Policy):
             raise ScheduleError(f"the schedule file names groups {list(self.fixed.groups)}, the partition {list(groups)}")
         return self.fixed
 
+    @classmethod
+    def from_file(cls, path: str) -> FixedSchedule:
+        """A saved schedule (``explain --json``, ``search-k``), with the partitioner its meta names."""
+        from .io import read_text
+
+        fixed = Schedule.from_json(read_text(path, "schedule"))
+        return cls(fixed, str(dict(fixed.meta).get("partitioner", "cls")))
+
     def describe(self) -> str:
-        return f"schedule-file({self.fixed.meta and dict(self.fixed.meta).get('policy', '') or 'custom'})"
+        return f"schedule-file({dict(self.fixed.meta).get('policy', 'custom')})"
+
+
+def build_policy(registry: Any, name: str, params: Mapping[str, Any] | None = None) -> Policy:
+    """A policy by registry name, or ``"schedule:PATH"`` for a saved schedule run exactly."""
+    if name.startswith("schedule:"):
+        return FixedSchedule.from_file(name.split(":", 1)[1])
+    return registry.policy(name).from_params(params)
 
 
 class Partitioner(_Parametrised, ABC):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from .engine import Engine
 from .errors import InputError, VtschedError
 from .generation import GenerationConfig, Generated, generate
 from .partition import Partition
-from .policy import Partitioner, Policy
+from .policy import Partitioner, Policy, build_policy
 from .registry import Registry, build_registry
 from .schedule import Schedule
 from .tokens import PromptBatch
@@ -104,13 +105,7 @@ class Scheduler:
         """A policy by registry name, or ``"schedule:PATH"`` for a saved schedule run exactly."""
         if isinstance(name, Policy):
             return name
-        if name.startswith("schedule:"):
-            from .io import read_text
-            from .policy import FixedSchedule
-
-            fixed = Schedule.from_json(read_text(name.split(":", 1)[1], "schedule"))
-            return FixedSchedule(fixed, str(dict(fixed.meta).get("partitioner", "cls")))
-        return self.registry.policy(name).from_params(params)
+        return build_policy(self.registry, name, params)
 
     def make_partitioner(self, name: str | Partitioner, params: Mapping[str, Any] | None = None) -> Partitioner:
         if isinstance(name, Partitioner):
@@ -156,11 +151,9 @@ class Scheduler:
         policy_obj = self.make_policy(policy, policy_params)
         part = self.make_partitioner(partitioner) if partitioner is not None else None
         plan = self.plan(batch, policy_obj, part, Budget.parse(budget) if budget is not None else None)
-        config = generation or GenerationConfig(stop_token_ids=self.adapter.stop_token_ids())
-        if not config.stop_token_ids:
-            from dataclasses import replace
-
-            config = replace(config, stop_token_ids=self.adapter.stop_token_ids())
+        config = generation or GenerationConfig()
+        if not config.stop_token_ids:  # the model's own end-of-sequence tokens
+            config = dataclasses.replace(config, stop_token_ids=self.adapter.stop_token_ids())
         generated = generate(self.engine, batch, plan.schedule, plan.partition, config)
         stats = generated.prefill.stats
         layers = self.adapter.geometry.num_layers
