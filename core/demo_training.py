@@ -159,7 +159,8 @@ def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: b
     if config.init_from:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        model = LlavaForConditionalGeneration.from_pretrained(config.init_from).to(config.device)
+        model = LlavaForConditionalGeneration.from_pretrained(config.init_from)
+        model.to(config.device)  # type: ignore[arg-type]
         processor = AutoProcessor.from_pretrained(config.init_from)
     model.train()
     grid = DEMO_SHAPE.image_size // DEMO_SHAPE.patch_size

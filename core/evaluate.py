@@ -188,14 +188,15 @@ def evaluate(
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = scheduler.prepare([it.load() for it in chunk], [it.question for it in chunk])
-        reference_logits, reference_answers = None, None
+        reference_logits: Any = None
+        reference_answers: list[str] | None = None
         for case, policy, partitioner in built:
             budget = Budget.parse(case.budget) if case.budget is not None else None
             plan = scheduler.plan(batch, policy, partitioner, budget)
             out = generate(scheduler.engine, batch, plan.schedule, plan.partition, config)
             answers = [scheduler.adapter.decode_text([t for t in toks if t not in stop]) for toks in out.tokens]
             logits = out.prefill.logits
-            if reference_logits is None:
+            if reference_logits is None or reference_answers is None:  # the first case is full
                 reference_logits, reference_answers = logits, answers
             kl = next_token_kl(reference_logits, logits)
             visual = out.prefill.stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor)

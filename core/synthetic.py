@@ -108,6 +108,7 @@ def render(scene: dict[str, str]) -> tuple[Any, np.ndarray]:
             s = int(r * 0.85)
             d.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
         else:
+            assert polygon is not None
             d.polygon(polygon, fill=fill)
     x0, y0 = _mark_origin(scene["corner"])
     draw.rectangle((x0, y0, x0 + MARK_SIZE - 1, y0 + MARK_SIZE - 1), fill=SUBJECT_COLOURS[scene["mark_colour"]])
