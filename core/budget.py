@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import BudgetError
+from vtsched.core.errors import BudgetError
 
 __all__ = ["Budget"]
 

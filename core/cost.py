@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .adapters.base import ModelGeometry
-from .stats import RunStats
+from vtsched.core.geometry import ModelGeometry
+from vtsched.core.engine.stats import RunStats
 
 __all__ = [
     "layer_flops", "prefill_flops", "executed_prefill_flops", "nominal_parallel_flops", "vision_flops", "scoring_flops",

@@ -13,7 +13,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from .errors import ScheduleError
+from vtsched.core.errors import ScheduleError
 
 __all__ = ["FusionInputs", "FusionRule", "check_weights"]
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from .engine import Engine, Prefill
-from .errors import VtschedError
-from .partition import Partition
-from .schedule import Schedule
-from .tokens import PromptBatch
+from vtsched.core.engine import Engine, Prefill
+from vtsched.core.errors import VtschedError
+from vtsched.core.partition import Partition
+from vtsched.core.schedule import Schedule
+from vtsched.core.tokens import PromptBatch
 
 __all__ = ["GenerationConfig", "Generated", "generate"]
 

@@ -7,9 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from vtsched.core.errors import InputError
 
-__all__ = ["load_image", "read_text", "write_atomic"]
+__all__ = ["load_image", "read_text", "write_atomic", "check_model_path", "umask_mode"]
 
 
 def load_image(path: str | os.PathLike[str]) -> Any:
@@ -38,6 +38,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; results are shared like any file the user writes
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,3 +54,25 @@ def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
         raise InputError(f"{what} file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {what} file {p}: {exc}") from None
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as the process umask leaves it: what ``open(path, "w")`` would have created."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def check_model_path(path: str) -> None:
+    """Refuse a model path that names a local folder which does not exist, in one plain line.
+
+    A hub id is ``name`` or ``owner/name``; an absolute path, one starting with ``.`` or ``~``, or
+    one with more than one ``/`` can only be a folder. Without this check transformers treats a
+    missing folder as a hub id and answers with a message about repo-id characters.
+    """
+    expanded = os.path.expanduser(path)
+    looks_local = os.path.isabs(expanded) or path.startswith((".", "~")) or path.count("/") > 1
+    if looks_local and not os.path.exists(expanded):
+        raise InputError(f"cannot load {path!r}: no such model folder (check the path)")
+    if os.path.exists(expanded) and not os.path.isdir(expanded):
+        raise InputError(f"model path is a file, not a checkpoint folder: {path}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ScheduleError
+from vtsched.core.errors import ScheduleError
 
 __all__ = ["Partition", "SUBJECT", "NON_SUBJECT", "top_k_partition"]
 

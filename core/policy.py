@@ -16,14 +16,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
-from .adapters.base import ModelGeometry
-from .budget import Budget
-from .errors import ScheduleError, VtschedError
-from .partition import NON_SUBJECT, SUBJECT, Partition
-from .schedule import Schedule
-from .tokens import PromptBatch
+from vtsched.core.geometry import ModelGeometry
+from vtsched.core.budget import Budget
+from vtsched.core.errors import ScheduleError, VtschedError
+from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
+from vtsched.core.schedule import Schedule
+from vtsched.core.tokens import PromptBatch
 
-__all__ = ["Policy", "Partitioner", "FixedSchedule", "build_policy", "DEFAULT_GROUPS", "coerce_params"]
+__all__ = ["Policy", "Partitioner", "CalibratedPolicy", "Calibration", "DEFAULT_GROUPS", "coerce_params"]
 
 DEFAULT_GROUPS = (SUBJECT, NON_SUBJECT)
 
@@ -77,49 +77,37 @@ class Policy(_Parametrised, ABC):
 
 
 @dataclass(frozen=True)
-class FixedSchedule(Policy):
-    """Runs a saved schedule exactly as written (``vtsched run --schedule FILE``)."""
+class Calibration:
+    """What a calibrated policy asks the planner to search before it can run.
 
-    name: ClassVar[str] = "schedule-file"
-    fixed: Schedule = None  # type: ignore[assignment]
-    partitioner_name: str = "cls"
+    The planner runs ``base`` (built with ``params``) at every value of ``layer_param`` on the
+    calibration data (``data``: a JSONL file; empty means the batch being answered) and keeps the
+    first value whose mean next-token KL to ``full`` is at most ``threshold``.
+    """
 
-    @property
-    def default_partitioner(self) -> str:  # type: ignore[override]
-        return self.partitioner_name
+    base: str
+    layer_param: str = "drop_layer"
+    threshold: float = 0.003
+    data: str = ""
+    params: tuple[tuple[str, Any], ...] = ()
 
-    @property
-    def needs_partition(self) -> bool:  # type: ignore[override]
-        return len(self.fixed.groups) > 1
+
+class CalibratedPolicy(Policy):
+    """A policy whose parameters are chosen on data (drop-layer search) before it runs.
+
+    It never calls the scheduler: it states a :class:`Calibration` (``calibration_request()``), and the scheduler's planning
+    step (:func:`vtsched.core.tools.search.calibrate`) returns the chosen policy and its fixed
+    schedule. ``schedule()`` of a calibrated policy itself is refused.
+    """
+
+    @abstractmethod
+    def calibration_request(self) -> Calibration:
+        """The search to run before planning."""
 
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
     ) -> Schedule:
-        if self.fixed.num_layers != geometry.num_layers:
-            raise ScheduleError(
-                f"the schedule file is for {self.fixed.num_layers} layers, the model has {geometry.num_layers}"
-            )
-        if tuple(groups) != tuple(self.fixed.groups):
-            raise ScheduleError(f"the schedule file names groups {list(self.fixed.groups)}, the partition {list(groups)}")
-        return self.fixed
-
-    @classmethod
-    def from_file(cls, path: str) -> FixedSchedule:
-        """A saved schedule (``explain --json``, ``search-k``), with the partitioner its meta names."""
-        from .io import read_text
-
-        fixed = Schedule.from_json(read_text(path, "schedule"))
-        return cls(fixed, str(dict(fixed.meta).get("partitioner", "cls")))
-
-    def describe(self) -> str:
-        return f"schedule-file({dict(self.fixed.meta).get('policy', 'custom')})"
-
-
-def build_policy(registry: Any, name: str, params: Mapping[str, Any] | None = None) -> Policy:
-    """A policy by registry name, or ``"schedule:PATH"`` for a saved schedule run exactly."""
-    if name.startswith("schedule:"):
-        return FixedSchedule.from_file(name.split(":", 1)[1])
-    return registry.policy(name).from_params(params)
+        raise ScheduleError(f"{self.name}: needs a model to calibrate on; run it through a Scheduler")
 
 
 class Partitioner(_Parametrised, ABC):

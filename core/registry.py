@@ -16,8 +16,8 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import InputError, PluginError
+from vtsched.core import hookspecs
+from vtsched.core.errors import InputError, PluginError
 
 __all__ = ["Registry", "Component", "make_plugin_manager", "build_registry", "BUILTIN_PLUGINS", "KINDS"]
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Union
 
-from .errors import ScheduleError
+from vtsched.core.errors import ScheduleError
 
 __all__ = [
     "Stream",

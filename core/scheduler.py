@@ -1,7 +1,9 @@
 """The front door: load a model, pick a policy and a partitioner, run a request.
 
 ``image + question -> adapter.prepare -> partitioner -> Partition -> policy -> Schedule
--> engine.prefill -> generation.decode -> text``.
+-> engine.prefill -> generation.decode -> text``. Planning goes through the one
+:class:`~vtsched.core.planner.Planner`; a calibrated policy (drop-layer search) is calibrated in an
+explicit step first (:func:`vtsched.core.tools.search.calibrate`), which returns a fixed schedule.
 """
 
 from __future__ import annotations
@@ -14,27 +16,17 @@ from typing import Any
 
 import torch
 
-from .budget import Budget
-from .cost import prefill_flops
-from .engine import Engine
-from .errors import InputError, VtschedError
-from .generation import GenerationConfig, Generated, generate
-from .partition import Partition
-from .policy import Partitioner, Policy, build_policy
-from .registry import Registry, build_registry
-from .schedule import Schedule
-from .tokens import PromptBatch
+from vtsched.core.budget import Budget
+from vtsched.core.cost import prefill_flops
+from vtsched.core.engine import Engine
+from vtsched.core.errors import InputError
+from vtsched.core.generation import GenerationConfig, Generated, generate
+from vtsched.core.planner import Plan, Planner
+from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
+from vtsched.core.registry import Registry, build_registry
+from vtsched.core.tokens import PromptBatch
 
 __all__ = ["Scheduler", "RunResult", "Plan"]
-
-
-@dataclass(frozen=True)
-class Plan:
-    policy: Policy
-    partitioner: Partitioner | None
-    budget: Budget | None
-    partition: Partition
-    schedule: Schedule
 
 
 @dataclass
@@ -69,6 +61,8 @@ class Scheduler:
         self.registry = registry or build_registry()
         self.adapter = self.registry.adapter_for(model)(model, processor)
         self.engine = Engine(self.adapter.decoder(), self.registry.fusion_rules(), share_prefix=share_prefix)
+        self.planner = Planner(self.registry, self.adapter.geometry)
+        self._calibrated: dict[tuple[Any, ...], Policy] = {}  # calibrations on a fixed data file, once each
 
     @classmethod
     def from_pretrained(cls, path: str, *, device: str = "cpu", dtype: torch.dtype | None = None,
@@ -76,6 +70,9 @@ class Scheduler:
         """Load a checkpoint folder (or hub id, where a hub is reachable) with its processor."""
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+        from vtsched.core.io import check_model_path
+
+        check_model_path(path)
         try:
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as exc:
@@ -95,7 +92,7 @@ class Scheduler:
     @classmethod
     def random(cls, shape: str = "demo", **kwargs: Any) -> Scheduler:
         """A random-weight LLaVA of a named shape (see :mod:`vtsched.core.demo`)."""
-        from .demo import build_random_llava
+        from vtsched.core.demo.shapes import build_random_llava
 
         registry = kwargs.pop("registry", None)
         return cls(*build_random_llava(shape, **kwargs), registry=registry)
@@ -103,34 +100,30 @@ class Scheduler:
     # -- components --------------------------------------------------------------------------
     def make_policy(self, name: str | Policy, params: Mapping[str, Any] | None = None) -> Policy:
         """A policy by registry name, or ``"schedule:PATH"`` for a saved schedule run exactly."""
-        if isinstance(name, Policy):
-            return name
-        return build_policy(self.registry, name, params)
+        return self.planner.policy(name, params)
 
     def make_partitioner(self, name: str | Partitioner, params: Mapping[str, Any] | None = None) -> Partitioner:
-        if isinstance(name, Partitioner):
-            return name
-        return self.registry.partitioner(name).from_params(params)
+        return self.planner.partitioner(name, params)
 
     def plan(self, batch: PromptBatch, policy: Policy, partitioner: Partitioner | None, budget: Budget | None) -> Plan:
-        if hasattr(policy, "calibrate"):  # a policy that picks its parameters on data (search)
-            policy = policy.calibrate(self, batch, partitioner, budget)
-        if not policy.needs_partition:
-            partition = Partition.single(batch.num_visual)
-            partitioner = None
-            if not policy.uses_budget:
-                budget = None
-            elif budget is not None:  # a policy that cannot do without one says so itself
-                for n in batch.num_visual:
-                    budget.resolve(n)  # refuse a budget larger than an image's tokens
-        else:
-            if partitioner is None:
-                partitioner = self.make_partitioner(policy.default_partitioner)
-            if budget is None:
-                raise VtschedError(f"policy {policy.name!r} needs a budget (--budget)")
-            partition = partitioner.partition(batch, budget)
-        schedule = policy.schedule(self.adapter.geometry, partition.groups, budget)
-        return Plan(policy, partitioner, budget, partition, schedule)
+        """The plan for ``batch``: calibrate first where the policy asks for it, then the one planner."""
+        if isinstance(policy, CalibratedPolicy):
+            policy = self.calibrate(policy, batch, partitioner, budget)
+        return self.planner.plan(batch, policy, partitioner, budget)
+
+    def calibrate(self, policy: CalibratedPolicy, batch: PromptBatch, partitioner: Partitioner | None,
+                  budget: Budget | None) -> Policy:
+        """The policy a calibrated policy's search chooses (computed once per scheduler for a data file)."""
+        from vtsched.core.tools.search import calibrate
+
+        request = policy.calibration_request()
+        key = (request, str(budget), partitioner.describe() if partitioner is not None else None)
+        if request.data and key in self._calibrated:
+            return self._calibrated[key]
+        chosen = calibrate(self, request, batch, partitioner, budget).policy
+        if request.data:
+            self._calibrated[key] = chosen
+        return chosen
 
     # -- running -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:

@@ -7,11 +7,12 @@ from vtsched.core.hookspecs import hookimpl
 from .cls import ClsAttention
 from .random import RandomTokens
 from .uniform import UniformGrid
+from .visionzip import VisionZipPartitioner
 
-__all__ = ["ClsAttention", "RandomTokens", "UniformGrid"]
+__all__ = ["ClsAttention", "RandomTokens", "UniformGrid", "VisionZipPartitioner"]
 
 
 @hookimpl
 def vtsched_register_partitioners(register):
-    for partitioner in (ClsAttention, RandomTokens, UniformGrid):
+    for partitioner in (ClsAttention, RandomTokens, UniformGrid, VisionZipPartitioner):
         register(partitioner)

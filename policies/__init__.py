@@ -13,24 +13,20 @@ from .pdrop import PDrop
 from .prune import Prune
 from .search import Search
 from .subject_first import SubjectFirst
-from .visionzip import VisionZip, VisionZipPartitioner
+from .schedule_file import FixedSchedule
+from .visionzip import VisionZip
 from .vtw import VTW
 
 __all__ = [
     "Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FastV", "VTW", "PDrop", "VisionZip",
-    "VisionZipPartitioner", "Search", "FixedFusion", "SizeFusion", "AttentionFusion",
+    "FixedSchedule", "Search", "FixedFusion", "SizeFusion", "AttentionFusion",
 ]
 
 
 @hookimpl
 def vtsched_register_policies(register):
-    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, VTW, PDrop, VisionZip, Search):
+    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, VTW, PDrop, VisionZip, Search, FixedSchedule):
         register(policy)
-
-
-@hookimpl
-def vtsched_register_partitioners(register):
-    register(VisionZipPartitioner)  # VisionZip's pruning-and-merging lives with its policy
 
 
 @hookimpl

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.geometry import ModelGeometry
 from vtsched.core.budget import Budget
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import EndStream, Fuse, Schedule, Stream

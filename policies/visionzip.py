@@ -8,7 +8,9 @@ token is the mean of its target and the tokens that joined it. Merged tokens tak
 id of their target token.
 Simplified: VisionZip merges the vision encoder's hidden states before the projector; we merge
 the projected features (the mean of projections, not the projection of the mean), so the same
-LLM-side engine runs it. The dominant selection and the key-similarity assignment follow the paper.
+LLM-side engine runs it. The dominant selection and the key-similarity assignment follow the
+paper. The selection and merging is the ``visionzip`` partitioner
+(:mod:`vtsched.partitioners.visionzip`); this policy runs what it kept.
 """
 
 from __future__ import annotations
@@ -16,66 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
-from vtsched.core.adapters.base import ModelGeometry
+from vtsched.core.geometry import ModelGeometry
 from vtsched.core.budget import Budget
-from vtsched.core.errors import InputError
-from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
-from vtsched.core.policy import DEFAULT_GROUPS, Partitioner, Policy
+from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import Schedule, Stream
-from vtsched.core.tokens import PromptBatch
-
-
-def merge_contextual(features: torch.Tensor, keys: torch.Tensor, rest: torch.Tensor, contextual: int):
-    """Merge tokens ``rest`` into ``contextual`` evenly spaced targets among them.
-
-    Returns ``(targets, merged_features, assignment)``: target token indices, their merged
-    features (mean of the target and the tokens assigned to it) and, for every token of ``rest``,
-    the target it joined.
-    """
-    if contextual <= 0 or rest.numel() == 0:
-        empty = rest[:0]
-        return empty, features[:0], torch.full_like(rest, -1)
-    contextual = min(contextual, rest.numel())
-    step = rest.numel() / contextual
-    targets = rest[(torch.arange(contextual) * step).long()]
-    normed = torch.nn.functional.normalize(keys.float(), dim=-1)
-    similarity = normed[rest] @ normed[targets].T  # (rest, contextual)
-    choice = similarity.argmax(-1)
-    is_target = torch.isin(rest, targets)
-    choice[is_target] = torch.searchsorted(targets, rest[is_target])  # a target joins itself
-    merged = torch.zeros(contextual, features.shape[-1], dtype=torch.float64)
-    merged.index_add_(0, choice, features[rest].double())
-    counts = torch.bincount(choice, minlength=contextual).clamp(min=1)
-    return targets, (merged / counts[:, None]).to(features.dtype), targets[choice]
-
-
-@dataclass(frozen=True)
-class VisionZipPartitioner(Partitioner):
-    """Dominant tokens by [CLS] attention plus contextual tokens merged from the rest by key similarity."""
-
-    name: ClassVar[str] = "visionzip"
-    contextual_share: float = 10 / 64
-
-    def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
-        assignment, scores, overrides = [], [], []
-        for b, sample in enumerate(batch.samples):
-            if sample.cls_scores is None or "patch_keys" not in sample.extras:
-                raise InputError(f"sample {b}: visionzip needs the adapter's [CLS] attention and patch keys")
-            keep = budget.resolve(sample.num_visual)
-            contextual = int(round(keep * self.contextual_share)) if keep < sample.num_visual else 0
-            dominant = torch.sort(-sample.cls_scores.float(), stable=True).indices[: keep - contextual]
-            rest = torch.tensor(sorted(set(range(sample.num_visual)) - set(dominant.tolist())), dtype=torch.long)
-            targets, merged, _ = merge_contextual(sample.visual_features.detach().cpu(),
-                                                  sample.extras["patch_keys"], rest, contextual)
-            ids = torch.ones(sample.num_visual, dtype=torch.long)
-            ids[dominant] = 0
-            ids[targets] = 0
-            assignment.append(ids)
-            scores.append(sample.cls_scores.float())
-            overrides.append((targets, merged) if targets.numel() else None)
-        return Partition((SUBJECT, NON_SUBJECT), tuple(assignment), tuple(scores), tuple(overrides))
 
 
 @dataclass(frozen=True)

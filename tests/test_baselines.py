@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from vtsched.core import Budget, Role
 from vtsched.core.testing import prompts, tiny_llava, tiny_llava_shapes
-from vtsched.policies.visionzip import merge_contextual
+from vtsched.partitioners.visionzip import merge_contextual
 
 from .helpers import plan, run_logits, scheduler
 
@@ -73,7 +73,7 @@ def test_pdrop_token_counts_per_layer_match_its_configuration(stages, ratio):
 
 
 def test_pdrop_fits_its_ratio_to_a_budget_and_refuses_unreachable_ones():
-    from vtsched.core.demo import llava_config
+    from vtsched.core.demo.shapes import llava_config
     from vtsched.core.adapters import LlavaAdapter
     from vtsched.core.errors import BudgetError
     from vtsched.policies import PDrop

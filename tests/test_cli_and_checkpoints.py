@@ -61,7 +61,7 @@ def test_cli_run_on_a_checkpoint_prints_answer_and_what_ran(checkpoint, image_fi
 
 
 def test_cli_run_without_model_uses_the_shipped_demo_model(tmp_path, capsys):
-    from vtsched.core.synthetic import render
+    from vtsched.core.demo.synthetic import render
 
     scene = {"shape": "square", "subject_colour": "blue", "position": "left", "background": "grey",
              "pattern": "plain", "mark_colour": "red", "corner": "top-right"}

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vtsched.core import PromptBatch, Role, Sample
 from vtsched.core.cli import main
 from vtsched.core.cost import executed_prefill_flops, nominal_parallel_flops, prefill_flops, scoring_flops
-from vtsched.core.demo import llava_config
+from vtsched.core.demo.shapes import llava_config
 from vtsched.core.adapters import LlavaAdapter
 from vtsched.core.testing import TinyShape, random_image, tiny_llava
 

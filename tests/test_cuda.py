@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vtsched.core import GenerationConfig, generate
-from vtsched.core.demo import build_random_llava
+from vtsched.core.demo.shapes import build_random_llava
 from vtsched.core.testing import random_image
 
 from .helpers import hf_inputs, plan, scheduler

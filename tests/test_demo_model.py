@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from vtsched.core.bench import Case
-from vtsched.core.demo import demo_model_path
-from vtsched.core.evaluate import evaluate, load_items, summarise
+from vtsched.core.tools.bench import Case
+from vtsched.core.demo.shapes import demo_model_path
+from vtsched.core.tools.evaluate import evaluate, load_items, summarise
 from vtsched.core.scheduler import Scheduler
 
 from .helpers import registry
@@ -13,7 +13,7 @@ from .helpers import registry
 def test_demo_model_ships_loads_offline_and_beats_chance(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = demo_model_path()
-    assert path is not None, "core/demo_model is missing: run `vtsched train-demo --out core/demo_model`"
+    assert path is not None, "core/demo/model is missing: run `vtsched train-demo --out core/demo/model`"
     assert (path / "model.safetensors").stat().st_size <= 20 * 2**20
     s = Scheduler.from_pretrained(str(path), registry=registry())
     items = load_items("synthetic:2:12")  # held-out seed: training uses seed 1000

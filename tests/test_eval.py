@@ -7,8 +7,8 @@ import json
 import pytest
 
 from vtsched.core.cli import main
-from vtsched.core.evaluate import EvalItem, Prediction, evaluate, load_items, normalise, summarise
-from vtsched.core.bench import Case
+from vtsched.core.tools.evaluate import EvalItem, Prediction, evaluate, load_items, normalise, summarise
+from vtsched.core.tools.bench import Case
 from vtsched.core.testing import TinyShape, tiny_llava
 
 from .helpers import scheduler
@@ -58,7 +58,7 @@ def test_full_agrees_with_itself_and_metrics_are_consistent():
 
 
 def test_eval_command_on_a_jsonl_dataset(tmp_path, capsys):
-    from vtsched.core.synthetic import export, generate
+    from vtsched.core.demo.synthetic import export, generate
 
     model, processor = tiny_llava(TinyShape(layers=2, image_size=42))
     ckpt = tmp_path / "ckpt"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from vtsched.core import InputError, PromptBatch
 from vtsched.core.cli import main
-from vtsched.core.search import load_calibration, next_token_kl, search_drop_layer
+from vtsched.core.tools.search import load_calibration, next_token_kl, search_drop_layer
 from vtsched.core.testing import TinyShape, random_image, tiny_llava
 
 from .helpers import scheduler

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vtsched.core.synthetic import (
+from vtsched.core.demo.synthetic import (
     BACKGROUNDS, MARK_SIZE, POSITIONS, QUESTIONS, SUBJECT_COLOURS, _mark_origin, _stripe_colour, export, generate,
 )
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl
-from .base import DecoderParts, ModelAdapter, ModelGeometry
-from .llava import LlavaAdapter
+from vtsched.core.hookspecs import hookimpl
+from vtsched.core.adapters.base import DecoderParts, ModelAdapter
+from vtsched.core.geometry import ModelGeometry
+from vtsched.core.adapters.llava import LlavaAdapter
 
 __all__ = ["ModelAdapter", "ModelGeometry", "DecoderParts", "LlavaAdapter"]
 

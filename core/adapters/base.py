@@ -15,27 +15,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..tokens import PromptBatch
+from vtsched.core.tokens import PromptBatch
+
+from vtsched.core.geometry import ModelGeometry
 
 __all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter"]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelGeometry:
-    """Sizes that schedules and FLOPs accounting depend on."""
-
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    num_visual: int  # visual tokens per image (the nominal count; samples may differ)
-    vision_layers: int = 0
-    vision_hidden_size: int = 0
-    vision_intermediate_size: int = 0
-    vision_tokens: int = 0  # tokens inside the vision tower (patches + CLS)
 
 
 @dataclass

@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..tokens import PromptBatch, Role, Sample
-from .base import DecoderParts, ModelAdapter, ModelGeometry
+from vtsched.core.errors import InputError
+from vtsched.core.tokens import PromptBatch, Role, Sample
+from vtsched.core.adapters.base import DecoderParts, ModelAdapter
+from vtsched.core.geometry import ModelGeometry
 
 __all__ = ["LlavaAdapter"]
 

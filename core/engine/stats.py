@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .tokens import Role
+from vtsched.core.tokens import Role
 
 __all__ = ["RunStats", "LayerWork"]
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from .budget import Budget
-from .cost import prefill_flops, scoring_flops, vision_flops
-from .scheduler import Scheduler
+from vtsched.core.budget import Budget
+from vtsched.core.cost import prefill_flops, scoring_flops, vision_flops
+from vtsched.core.scheduler import Scheduler
 
-__all__ = ["Case", "CaseResult", "BenchReport", "run_bench", "parse_case"]
+__all__ = ["expand_cases", "Case", "CaseResult", "BenchReport", "run_bench", "parse_case"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,39 @@ class Case:
 
 
 def parse_case(text: str, budget: str | None = None) -> Case:
-    """``"parvts:drop_layer=2,fusion=fixed"`` -> Case (budget given separately)."""
+    """``"parvts:drop_layer=2,fusion=fixed"`` -> Case (budget given separately); ``schedule:PATH`` as is."""
+    if text.startswith("schedule:"):
+        return Case(text.strip(), budget)
     name, _, rest = text.partition(":")
     params = tuple(tuple(p.split("=", 1)) for p in rest.split(",") if p) if rest else ()
     return Case(name.strip(), budget, tuple((k.strip(), v.strip()) for k, v in params))  # type: ignore[misc]
+
+
+def expand_cases(planner: Any, specs: Sequence[str], budgets: Sequence[str], *, keep_full: bool) -> list[Case]:
+    """Cases for ``specs`` x ``budgets``, each checked by the planner before any weights load.
+
+    ``full`` comes first when ``keep_full``; a policy a budget does not change runs once; a saved
+    schedule runs at the budget its file records (else the last budget).
+    """
+    cases = [Case("full")] if keep_full else []
+    for spec in specs:
+        case = parse_case(spec)
+        policy = planner.policy(case.policy, dict(case.params))  # refuse bad names/params early
+        if case.policy == "full":
+            continue
+        saved = getattr(policy, "saved_budget", None)
+        if case.policy.startswith("schedule:"):
+            budget = saved if saved is not None else budgets[-1]
+            planner.check(policy, Budget.parse(budget))
+            cases.append(Case(case.policy, budget))
+        elif not policy.uses_budget:
+            planner.check(policy, None)
+            cases.append(case)
+        else:
+            for b in budgets:
+                planner.check(policy, Budget.parse(b))
+            cases += [Case(case.policy, b, case.params, case.partitioner) for b in budgets]
+    return cases
 
 
 @dataclass

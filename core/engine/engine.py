@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapters.base import DecoderParts
-from .attention import KVTap, attention_probs, build_attention_mask
-from .errors import ScheduleError
-from .fusion import FusionInputs, FusionRule, check_weights
-from .partition import Partition
-from .rows import Rows, pad_stack
-from .schedule import EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule
-from .stats import RunStats
-from .tokens import PromptBatch, Role
+from vtsched.core.adapters.base import DecoderParts
+from vtsched.core.engine.attention import KVTap, attention_probs, build_attention_mask
+from vtsched.core.errors import ScheduleError
+from vtsched.core.fusion import FusionInputs, FusionRule, check_weights
+from vtsched.core.partition import Partition
+from vtsched.core.engine.rows import Rows, pad_stack
+from vtsched.core.schedule import EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule
+from vtsched.core.engine.stats import RunStats
+from vtsched.core.tokens import PromptBatch, Role
 
 __all__ = ["Engine", "Prefill", "DecodeState"]
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench import Case
-from .budget import Budget
-from .cost import prefill_flops
-from .errors import InputError
-from .generation import GenerationConfig, generate
-from .scheduler import Scheduler
-from .search import next_token_kl
+from vtsched.core.tools.bench import Case
+from vtsched.core.budget import Budget
+from vtsched.core.cost import prefill_flops
+from vtsched.core.errors import InputError
+from vtsched.core.generation import GenerationConfig, generate
+from vtsched.core.scheduler import Scheduler
+from vtsched.core.tools.search import next_token_kl
 
 __all__ = ["EvalItem", "Prediction", "EvalReport", "normalise", "load_items", "evaluate", "summarise"]
 
@@ -48,7 +48,7 @@ class EvalItem:
 
     def load(self) -> Any:
         if isinstance(self.image, (str, Path)):
-            from .io import load_image
+            from vtsched.core.io import load_image
 
             return load_image(self.image)
         return self.image
@@ -114,7 +114,7 @@ def load_items(spec: str, limit: int | None = None) -> list[EvalItem]:
     """Items from ``synthetic:SEED:IMAGES``, a JSONL file (+ image folder), or ``hf:PATH[:SPLIT]``
     (a Hugging Face ``datasets`` dataset saved on disk, with image/question/answer columns)."""
     if spec.startswith("synthetic:"):
-        from .synthetic import generate
+        from vtsched.core.demo.synthetic import generate
 
         try:
             _, seed, images = spec.split(":")
@@ -132,7 +132,7 @@ def load_items(spec: str, limit: int | None = None) -> list[EvalItem]:
 
 
 def _jsonl_items(path: Path) -> list[EvalItem]:
-    from .io import read_text
+    from vtsched.core.io import read_text
 
     if path.is_dir():
         path = path / "data.jsonl"

@@ -29,7 +29,7 @@ def demo_model_path():
     """The demo model shipped inside the package (trained by ``vtsched train-demo``), or ``None``."""
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent / "demo_model"
+    path = Path(__file__).resolve().parent / "model"
     return path if (path / "model.safetensors").exists() else None
 
 
@@ -171,7 +171,7 @@ def build_random_llava(
 
 
 def get_shape(name: str) -> Shape:
-    from .errors import InputError
+    from vtsched.core.errors import InputError
 
     try:
         return SHAPES[name]

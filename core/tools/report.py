@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .io import write_atomic
+from vtsched.core.io import write_atomic
 
 __all__ = ["write_json", "write_csv", "plot_time_vs_flops"]
 

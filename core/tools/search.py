@@ -19,13 +19,15 @@ from typing import Any
 
 import torch
 
-from .budget import Budget
-from .cost import prefill_flops
-from .errors import InputError, VtschedError
-from .scheduler import Scheduler
-from .tokens import PromptBatch
+from vtsched.core.budget import Budget
+from vtsched.core.cost import prefill_flops
+from vtsched.core.errors import InputError, VtschedError
+from vtsched.core.policy import Calibration, Partitioner, Policy
+from vtsched.core.schedule import Schedule
+from vtsched.core.scheduler import Scheduler
+from vtsched.core.tokens import PromptBatch
 
-__all__ = ["SearchResult", "search_drop_layer", "next_token_kl", "load_calibration"]
+__all__ = ["SearchResult", "Calibrated", "calibrate", "search_drop_layer", "next_token_kl", "load_calibration"]
 
 
 @dataclass
@@ -110,9 +112,45 @@ def search_drop_layer(
     return result
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    """The result of calibration: the chosen policy and the schedule it fixes, plus the KL curve."""
+
+    policy: Policy
+    schedule: Schedule
+    result: SearchResult
+
+
+def calibrate(
+    scheduler: Scheduler, request: Calibration, batch: PromptBatch, partitioner: Partitioner | None,
+    budget: Budget | None,
+) -> Calibrated:
+    """Run the search a calibrated policy asks for; return the chosen policy and its fixed schedule.
+
+    An explicit planning step: the policy states what to search, this function runs it on the
+    scheduler's model (``request.data`` if given, else ``batch``) and never plans for the caller.
+    """
+    if request.data:
+        batch = scheduler.prepare(*load_calibration(request.data))
+    result = search_drop_layer(
+        scheduler, batch, request.base, params=dict(request.params),
+        budgets=[str(budget)] if budget is not None else ["0.111"], threshold=request.threshold,
+        layer_param=request.layer_param, partitioner=partitioner.name if partitioner is not None else None,
+        progress=False,
+    )
+    if result.chosen is None:
+        best = min(result.curve, key=lambda r: r["kl"])
+        raise VtschedError(f"search: no {request.layer_param} of {request.base} reaches KL <= {request.threshold:g} "
+                           f"(lowest {best['kl']:.4g} at {best['layer']}); raise the threshold")
+    chosen = scheduler.make_policy(request.base, dict(request.params, **{request.layer_param: result.chosen["layer"]}))
+    planner = scheduler.planner
+    schedule = chosen.schedule(planner.geometry, planner.groups(chosen), planner.budget_seen(chosen, budget))
+    return Calibrated(chosen, schedule, result)
+
+
 def load_calibration(path: str | Path) -> tuple[list[Any], list[str]]:
     """Read a JSONL file of ``{"image": path, "question": text}`` (paths relative to the file)."""
-    from .io import load_image, read_text
+    from vtsched.core.io import load_image, read_text
 
     path = Path(path)
     images, questions = [], []

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .demo import Shape, build_random_llava
-from .synthetic import (
+from vtsched.core.demo.shapes import Shape, build_random_llava
+from vtsched.core.demo.synthetic import (
     BACKGROUNDS, MARK_SIZE, POSITIONS, QUESTIONS, SHAPES, SUBJECT_COLOURS, SyntheticSample, _mark_origin, draw_scene,
     render, scene_rng,
 )

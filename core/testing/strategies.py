@@ -13,8 +13,8 @@ from functools import lru_cache
 import torch
 from hypothesis import strategies as st
 
-from .demo import QUESTION_WORDS, SHAPES, Shape, build_random_llava, random_image
-from .schedule import EndStream, Fuse, InsertGroup, RemoveGroup, Schedule, Stream
+from vtsched.core.demo.shapes import QUESTION_WORDS, SHAPES, Shape, build_random_llava, random_image
+from vtsched.core.schedule import EndStream, Fuse, InsertGroup, RemoveGroup, Schedule, Stream
 
 __all__ = [
     "TinyShape", "tiny_llava_shapes", "tiny_llava", "random_image", "prompts", "budgets", "schedules",

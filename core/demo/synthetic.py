@@ -152,7 +152,7 @@ def export(samples: Iterator[SyntheticSample], folder: str | Path) -> Path:
     """Write ``data.jsonl``, ``images/`` and ``masks/`` (the format ``vtsched eval`` reads)."""
     from PIL import Image
 
-    from .io import write_atomic
+    from vtsched.core.io import write_atomic
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)

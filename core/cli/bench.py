@@ -1,0 +1,94 @@
+"""``vtsched bench``: policies side by side: prefill time, FLOPs, decode speed, memory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vtsched.core.cli.common import add_common, read_config, registry_for
+
+# pdrop at budgets down to 64 of 576 needs its stages earlier than its default (see its docstring)
+DEFAULT_BENCH_POLICIES = ("prune", "parvts:drop_layer=2", "parvts:drop_layer=3", "fastv", "vtw", "pdrop:layers=2/6/12",
+                          "visionzip")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = sub.add_parser("bench", help="measure policies side by side: prefill time, FLOPs, decode, memory")
+    bench.add_argument("--shape", default=None,
+                       help="random-weight model shape (default: llava-1.5-7b on a GPU, llava-1.5-cpu on a CPU)")
+    bench.add_argument("--model", default=None, help="benchmark this checkpoint instead of a random shape")
+    bench.add_argument("--policies", nargs="+", default=None, metavar="POLICY[:NAME=VALUE,...]",
+                       help="cases to compare (default: every built-in policy family); full is always added")
+    bench.add_argument("--budgets", nargs="+", default=None,
+                       help="budgets per image (default: 192 128 64 scaled to the model's visual tokens)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--decode-tokens", type=int, default=8, help="decode steps timed per case (0: skip)")
+    bench.add_argument("--question-words", type=int, default=40, help="length of the benchmark question")
+    bench.add_argument("--device", default=None, help="cuda if available, else cpu")
+    bench.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                       help="default: bfloat16 on a GPU, float32 on a CPU")
+    bench.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    bench.add_argument("--out", default="vtsched-out/bench", help="folder for results.json, results.csv, plot.png")
+    bench.add_argument("--no-progress", action="store_true")
+    add_common(bench)
+
+
+def default_budgets(num_visual: int) -> list[str]:
+    if num_visual == 576:
+        return ["192", "128", "64"]
+    return [str(max(1, round(num_visual * r / 576))) for r in (192, 128, 64)]
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from vtsched.core.demo import QUESTION_WORDS, get_shape, llava_config, random_image
+    from vtsched.core.errors import InputError
+    from vtsched.core.planner import Planner
+    from vtsched.core.scheduler import Scheduler
+    from vtsched.core.tools.bench import expand_cases, run_bench
+    from vtsched.core.tools.report import plot_time_vs_flops, write_csv, write_json
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is visible")
+    on_gpu = device.startswith("cuda")
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
+    registry = registry_for(args)
+    if args.model:
+        config = read_config(args.model)
+        shape_name = args.model
+    else:
+        shape_name = args.shape or ("llava-1.5-7b" if on_gpu else "llava-1.5-cpu")
+        get_shape(shape_name)
+        config = llava_config(shape_name)
+    planner = Planner(registry, registry.adapter_for_config(config).geometry_from_config(config))
+    geometry = planner.geometry
+    budgets = args.budgets or default_budgets(geometry.num_visual)
+    specs = args.policies or [p for p in DEFAULT_BENCH_POLICIES if p.split(":")[0] in registry.names("policy")]
+    cases = expand_cases(planner, specs, budgets, keep_full=True)
+    print(f"bench: {shape_name} ({geometry.num_layers} layers, hidden {geometry.hidden_size}, "
+          f"{geometry.num_visual} visual tokens) on {device}, {str(dtype).replace('torch.', '')}, "
+          f"{len(cases)} cases x {args.repeats} runs", file=sys.stderr)
+    if args.model:
+        scheduler = Scheduler.from_pretrained(args.model, device=device, dtype=dtype, attn_implementation=args.attn,
+                                              registry=registry)
+    else:
+        scheduler = Scheduler.random(shape_name, dtype=dtype, device=device, attn_implementation=args.attn,
+                                     registry=registry)
+    words = [QUESTION_WORDS[i % len(QUESTION_WORDS)] for i in range(args.question_words)]
+    images = [random_image(i, 336, 336) for i in range(args.batch_size)]
+    questions = [" ".join(words) + "?" for _ in range(args.batch_size)]
+    report = run_bench(scheduler, images, questions, cases, repeats=args.repeats, warmup=args.warmup,
+                       decode_tokens=args.decode_tokens, shape=shape_name, progress=not args.no_progress)
+    print(report.table())
+    out = Path(args.out)
+    write_json(out / "results.json", report.to_dict())
+    write_csv(out / "results.csv", report.rows())
+    plot_time_vs_flops(out / "plot.png", report.rows(), f"{shape_name} on {report.device}, {report.dtype}")
+    print(f"wrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'plot.png'}")
+    return 0

@@ -1,0 +1,104 @@
+"""What every command shares: arguments, the registry, reading configs, loading a model, planning."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from vtsched.core.budget import Budget
+from vtsched.core.errors import InputError
+from vtsched.core.io import check_model_path
+from vtsched.core.schedule import Schedule
+
+__all__ = [
+    "DEFAULT_BUDGET", "key_value", "add_common", "add_policy_args", "registry_for", "read_config", "load_scheduler",
+    "with_run_meta", "config_and_source", "planner_for_model",
+]
+
+DEFAULT_BUDGET = "0.111"  # 64 of LLaVA-1.5's 576 tokens: 88.9% pruned
+
+
+def key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-plugins", action="store_true", help="do not autoload installed plugins")
+    parser.add_argument("--traceback", action="store_true", help="show Python tracebacks on errors")
+
+
+def add_policy_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", default="parvts", help="scheduling policy (see `vtsched list`)")
+    parser.add_argument("--partitioner", default=None, help="partitioner (default: the policy's, usually cls)")
+    parser.add_argument("--budget", default=None,
+                        help="subject tokens per image: a count (64), a ratio (0.111) or a percentage (11.1%%); "
+                        f"default {DEFAULT_BUDGET} (a schedule file's own budget with --schedule)")
+    parser.add_argument("-p", "--param", action="append", type=key_value, default=[], metavar="NAME=VALUE",
+                        help="policy parameter, e.g. -p drop_layer=2 -p fusion=fixed -p alpha=0.7")
+    parser.add_argument("--partitioner-param", action="append", type=key_value, default=[], metavar="NAME=VALUE")
+
+
+def registry_for(args: argparse.Namespace) -> Any:
+    from vtsched.core.registry import build_registry, make_plugin_manager
+
+    return build_registry(make_plugin_manager(load_entrypoints=False if args.no_plugins else None))
+
+
+def read_config(path: str) -> Any:
+    """A checkpoint's config, or one line saying why it cannot be read (a missing folder said plainly)."""
+    from transformers import AutoConfig
+
+    check_model_path(path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load {path!r}: {str(exc).splitlines()[0]}") from None
+
+
+def config_and_source(args: argparse.Namespace, shape: str) -> tuple[Any, str]:
+    """The config of ``--model`` if given, else of the named random shape; and what to call it."""
+    from vtsched.core.demo import llava_config
+
+    if getattr(args, "model", None):
+        return read_config(args.model), args.model
+    return llava_config(shape), f"shape {shape}"
+
+
+def planner_for_model(model: str | None, registry: Any) -> Any:
+    """A planner for ``--model`` (else the shipped demo model) from its config alone: no weights load."""
+    from vtsched.core.demo import demo_model_path, llava_config
+    from vtsched.core.planner import Planner
+
+    path = model or demo_model_path()
+    config = llava_config("demo") if path is None else read_config(str(path))
+    return Planner(registry, registry.adapter_for_config(config).geometry_from_config(config))
+
+
+def load_scheduler(model: str | None, registry: Any, device: str = "cpu", **kwargs: Any) -> Any:
+    """The checkpoint asked for; else the shipped demo model; else a random one (said plainly)."""
+    from vtsched.core.demo import demo_model_path
+    from vtsched.core.scheduler import Scheduler
+
+    if model is None:
+        shipped = demo_model_path()
+        if shipped is None:
+            print("note: no --model given and no demo model installed; using a LLaVA with random weights: "
+                  "its answers are meaningless.", file=sys.stderr)
+            return Scheduler.random("demo", device=device, registry=registry, **kwargs)
+        model = str(shipped)
+    return Scheduler.from_pretrained(str(model), device=device, registry=registry, **kwargs)
+
+
+def with_run_meta(schedule: Schedule, budget: Budget | None, partitioner: str | None) -> Schedule:
+    """The schedule with what else a run needs to reproduce it (budget, partitioner) in its meta."""
+    meta = dict(schedule.meta)
+    if budget is not None:
+        meta["budget"] = str(budget)
+    if partitioner is not None:
+        meta["partitioner"] = partitioner
+    return dataclasses.replace(schedule, meta=tuple(sorted(meta.items())))

@@ -1,0 +1,46 @@
+"""``vtsched eval``: answer a dataset under several policies: accuracy, agreement with full, KL, cost."""
+
+from __future__ import annotations
+
+import argparse
+
+from vtsched.core.cli.common import add_common, load_scheduler, planner_for_model, registry_for
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ev = sub.add_parser("eval", help="answer a dataset under several policies: accuracy, agreement, KL, cost")
+    ev.add_argument("--model", default=None, help="checkpoint (default: the shipped demo model)")
+    ev.add_argument("--data", default="synthetic:1:30",
+                    help="JSONL file or folder with data.jsonl, synthetic:SEED:IMAGES, or hf:PATH[:SPLIT]")
+    ev.add_argument("--policies", nargs="+", default=["prune", "parvts:drop_layer=2"],
+                    metavar="POLICY[:NAME=VALUE,...]", help="cases besides full, which always runs")
+    ev.add_argument("--budgets", nargs="+", default=["7"], help="budgets per image")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-new-tokens", type=int, default=4)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", default="vtsched-out/eval", help="folder for results.json and results.csv")
+    ev.add_argument("--no-progress", action="store_true")
+    add_common(ev)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vtsched.core.tools.bench import expand_cases
+    from vtsched.core.tools.evaluate import evaluate, load_items
+    from vtsched.core.tools.report import write_csv, write_json
+
+    registry = registry_for(args)
+    cases = expand_cases(planner_for_model(args.model, registry), args.policies, args.budgets, keep_full=False)
+    items = load_items(args.data, args.limit)
+    scheduler = load_scheduler(args.model, registry, args.device)
+    report = evaluate(scheduler, items, cases, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                      progress=not args.no_progress)
+    print(report.table())
+    out = Path(args.out)
+    write_json(out / "results.json", {"data": args.data, "model": args.model or "demo", "rows": report.rows(),
+                                      "predictions": [p.__dict__ for p in report.predictions]})
+    write_csv(out / "results.csv", report.rows())
+    print(f"wrote {out / 'results.json'}, {out / 'results.csv'}")
+    return 0

@@ -1,0 +1,47 @@
+"""``vtsched explain``: the schedule a policy would run, for a named shape or a checkpoint's config."""
+
+from __future__ import annotations
+
+import argparse
+
+from vtsched.core.cli.common import add_common, add_policy_args, config_and_source, registry_for, with_run_meta
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    explain = sub.add_parser("explain", help="print the schedule a policy would run (no weights needed)")
+    add_policy_args(explain)
+    explain.add_argument("--shape", default="llava-1.5-7b", help="named model shape (see vtsched.core.demo)")
+    explain.add_argument("--model", default=None, help="read the geometry from this checkpoint's config instead")
+    explain.add_argument("--json", default=None, metavar="FILE", help="write the schedule JSON to FILE")
+    add_common(explain)
+
+
+def main(args: argparse.Namespace) -> int:
+    from vtsched.core.budget import Budget
+    from vtsched.core.cli.common import DEFAULT_BUDGET
+    from vtsched.core.errors import VtschedError
+    from vtsched.core.io import write_atomic
+    from vtsched.core.planner import Planner
+
+    registry = registry_for(args)
+    config, source = config_and_source(args, args.shape)
+    geometry = registry.adapter_for_config(config).geometry_from_config(config)
+    planner = Planner(registry, geometry)
+    policy = planner.policy(args.policy, dict(args.param))
+    budget = Budget.parse(args.budget or DEFAULT_BUDGET)
+    check = planner.check(policy, budget, args.partitioner)
+    if check.schedule is None:
+        raise VtschedError(f"policy {policy.name!r} chooses its schedule on data; run `vtsched search-k` to see it")
+    print(f"model: {source} ({geometry.num_layers} layers, {geometry.num_visual} visual tokens per image)")
+    keep = budget.resolve(geometry.num_visual)
+    if check.partitioner is not None:
+        print(f"partition: {check.partitioner}, budget {budget}: subject = {keep} tokens per image, "
+              f"non_subject = {geometry.num_visual - keep} ({100 * (1 - keep / geometry.num_visual):.1f}% pruned)")
+    elif check.budget is not None:
+        print(f"budget {budget}: {keep} visual tokens per image, applied inside the LLM by the policy")
+    print(check.schedule.explain())
+    if args.json:
+        saved = with_run_meta(check.schedule, check.budget, check.partitioner)
+        write_atomic(args.json, saved.to_json() + "\n")
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,30 @@
+"""``vtsched list``: every component by kind, with the plugin that provided it."""
+
+from __future__ import annotations
+
+import argparse
+
+from vtsched.core.cli.common import add_common, registry_for
+
+TITLES = {"policy": "policies", "partitioner": "partitioners", "fusion_rule": "fusion rules",
+          "adapter": "model adapters"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters and plugins")
+    add_common(lister)
+
+
+def main(args: argparse.Namespace) -> int:
+    from vtsched.core.registry import KINDS
+
+    registry = registry_for(args)
+    for kind in KINDS:
+        print(f"{TITLES[kind]}:")
+        for c in registry.entries(kind):
+            alias = f" (alias {', '.join(c.aliases)})" if c.aliases else ""
+            print(f"  {c.name:<20s} {c.summary}{alias}  [{c.plugin}]")
+    print("plugins:")
+    for plugin, hooks in registry.plugins.items():
+        print(f"  {plugin:<28s} {', '.join(hooks)}")
+    return 0

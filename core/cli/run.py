@@ -1,0 +1,85 @@
+"""``vtsched run``: answer a question about an image under a scheduling policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from vtsched.core.cli.common import (
+    DEFAULT_BUDGET, add_common, add_policy_args, load_scheduler, planner_for_model, registry_for,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help="answer a question about an image under a scheduling policy")
+    run.add_argument("--model", default=None,
+                     help="checkpoint folder or model id (default: the shipped demo model)")
+    run.add_argument("--image", required=True)
+    run.add_argument("--question", required=True)
+    add_policy_args(run)
+    run.add_argument("--schedule", default=None, help="run this schedule JSON (from `explain --json`) as it is")
+    run.add_argument("--max-new-tokens", type=int, default=32)
+    run.add_argument("--do-sample", action="store_true")
+    run.add_argument("--temperature", type=float, default=1.0)
+    run.add_argument("--top-k", type=int, default=0)
+    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    run.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+    run.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    add_common(run)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from vtsched.core.budget import Budget
+    from vtsched.core.errors import InputError
+    from vtsched.core.generation import GenerationConfig
+    from vtsched.core.io import load_image, write_atomic
+
+    if not args.question.strip():
+        raise InputError("--question is empty: ask something about the image")
+    image = load_image(args.image)
+    registry = registry_for(args)
+    # Check the request against the config before loading (possibly many GB of) weights.
+    planner = planner_for_model(args.model, registry)
+    policy = planner.policy(f"schedule:{args.schedule}" if args.schedule else args.policy,
+                            {} if args.schedule else dict(args.param))
+    budget_text = args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET
+    budget = Budget.parse(str(budget_text))
+    check = planner.check(policy, budget, args.partitioner)
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})
+    scheduler = load_scheduler(args.model, registry, args.device, **extra)
+    partitioner = (scheduler.make_partitioner(check.partitioner, dict(args.partitioner_param))
+                   if check.partitioner is not None else None)
+    generation = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        stop_token_ids=scheduler.adapter.stop_token_ids(),
+    )
+    result = scheduler.run([image], [args.question], policy, partitioner=partitioner, budget=budget,
+                           generation=generation)
+    print(result.texts[0])
+    print(f"ran: {result.summary()}")
+    if args.json:
+        write_atomic(args.json, json.dumps(_record(result), indent=2) + "\n")
+    return 0
+
+
+def _record(result: Any) -> dict[str, Any]:
+    plan = result.plan
+    return {
+        "answer": result.texts[0],
+        "tokens": result.generated.tokens[0],
+        "policy": plan.policy.describe(),
+        "partitioner": plan.partitioner.describe() if plan.partitioner else None,
+        "budget": str(plan.budget) if plan.budget else None,
+        "schedule": plan.schedule.to_dict(),
+        "subject_tokens": plan.partition.members(0, plan.partition.groups[0]).tolist(),
+        "prefill_flops": float(result.flops[0]),
+        "visual_tokens_per_layer": float(result.visual_per_layer_survivor[0]),
+    }

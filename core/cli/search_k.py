@@ -1,0 +1,72 @@
+"""``vtsched search-k``: choose the drop layer K by KL divergence to full on calibration data."""
+
+from __future__ import annotations
+
+import argparse
+
+from vtsched.core.cli.common import DEFAULT_BUDGET, add_common, key_value, load_scheduler, registry_for, with_run_meta
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    search = sub.add_parser("search-k", help="choose the drop layer K by KL divergence to full on calibration data")
+    search.add_argument("--model", default=None, help="checkpoint (default: the shipped demo model)")
+    search.add_argument("--data", default=None, help="calibration JSONL: one {\"image\": path, \"question\": text} per line")
+    search.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="calibrate on N generated images instead of --data (for trying the command)")
+    search.add_argument("--policy", default="parvts", help="a layered policy (default parvts)")
+    search.add_argument("--layer-param", default="drop_layer", help="the policy's layer parameter")
+    search.add_argument("-p", "--param", action="append", type=key_value, default=[], metavar="NAME=VALUE")
+    search.add_argument("--budgets", nargs="+", default=[DEFAULT_BUDGET], help="budgets to search over")
+    search.add_argument("--alphas", nargs="+", type=float, default=None,
+                        help="also search fixed-fusion alpha over these values")
+    search.add_argument("--partitioner", default=None)
+    search.add_argument("--threshold", type=float, default=0.003, help="mean KL threshold (VTW: 0.003)")
+    search.add_argument("--out", default="vtsched-out/search-k.json", help="where the chosen schedule goes")
+    search.add_argument("--device", default="cpu")
+    search.add_argument("--no-progress", action="store_true")
+    add_common(search)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vtsched.core.budget import Budget
+    from vtsched.core.demo import QUESTION_WORDS, random_image
+    from vtsched.core.errors import InputError
+    from vtsched.core.io import write_atomic
+    from vtsched.core.tools.report import write_json
+    from vtsched.core.tools.search import load_calibration, search_drop_layer
+
+    if args.data:
+        images, questions = load_calibration(args.data)
+    elif args.synthetic > 0:
+        images = [random_image(i, 336, 336) for i in range(args.synthetic)]
+        questions = [" ".join(QUESTION_WORDS[i % 7: i % 7 + 6]) + "?" for i in range(args.synthetic)]
+    else:
+        raise InputError("no calibration data: give --data FILE.jsonl (or --synthetic N to try the command)")
+    scheduler = load_scheduler(args.model, registry_for(args), args.device)
+    batch = scheduler.prepare(images, questions)
+    result = search_drop_layer(
+        scheduler, batch, args.policy, params=dict(args.param), budgets=args.budgets, alphas=args.alphas,
+        threshold=args.threshold, layer_param=args.layer_param, partitioner=args.partitioner,
+        progress=not args.no_progress,
+    )
+    print(result.table())
+    out = {"policy": args.policy, "threshold": args.threshold, "curve": result.curve, "chosen": result.chosen}
+    curve_path = Path(args.out).with_suffix(".curve.json")
+    if result.chosen is None:
+        write_json(curve_path, out)
+        raise InputError(f"no {args.layer_param} meets KL <= {args.threshold:g}; the curve is in {curve_path}")
+    chosen = result.chosen
+    values = dict(args.param, **{args.layer_param: chosen["layer"]})
+    if chosen["alpha"] is not None:
+        values.update(fusion="fixed", alpha=chosen["alpha"])
+    planner = scheduler.planner
+    policy = planner.policy(args.policy, values)
+    check = planner.check(policy, Budget.parse(chosen["budget"]), args.partitioner)
+    assert check.schedule is not None
+    schedule = with_run_meta(check.schedule, check.budget, check.partitioner)
+    write_atomic(args.out, schedule.to_json() + "\n")
+    write_json(curve_path, out)
+    print(f"wrote {args.out} (run it with: vtsched run --schedule {args.out} ...)")
+    return 0

@@ -1,0 +1,152 @@
+"""One planning path: from a policy, a partitioner and a budget to what the engine runs.
+
+The CLI checks a request against a checkpoint's config with :meth:`Planner.check` before any
+weights load, and the :class:`~vtsched.core.scheduler.Scheduler` plans every batch with
+:meth:`Planner.plan`. Both ask the same questions here, so a request the check accepts is
+planned the same way, and a request it refuses is refused with the same line:
+
+- which groups a policy schedules (:meth:`Planner.groups`),
+- which budget it sees (:meth:`Planner.budget_seen`: a budget a policy does not use is dropped),
+- how the budget resolves per sample (counts larger than an image's tokens are refused),
+- which partitioner splits the tokens (the user's, else the policy's default).
+
+Policies and partitioners are built here, by name and parameters, in one way
+(:meth:`Planner.policy`, :meth:`Planner.partitioner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vtsched.core.budget import Budget
+from vtsched.core.errors import VtschedError
+from vtsched.core.geometry import ModelGeometry
+from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
+from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
+from vtsched.core.schedule import Schedule
+from vtsched.core.tokens import PromptBatch
+
+__all__ = ["Planner", "Plan", "RequestCheck", "SCHEDULE_PREFIX"]
+
+SCHEDULE_PREFIX = "schedule:"  # "schedule:PATH" names a saved schedule run exactly
+SCHEDULE_FILE_POLICY = "schedule-file"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one batch runs: the policy (after calibration), its partition and its schedule."""
+
+    policy: Policy
+    partitioner: Partitioner | None
+    budget: Budget | None
+    partition: Partition
+    schedule: Schedule
+
+
+@dataclass(frozen=True)
+class RequestCheck:
+    """A request checked against a model's geometry, before any weights load.
+
+    ``schedule`` is the schedule for the nominal token count (``None`` for a calibrated policy,
+    whose schedule depends on data); ``keep`` the subject tokens per image the budget resolves to.
+    """
+
+    policy: Policy
+    groups: tuple[str, ...]
+    budget: Budget | None
+    keep: int | None
+    partitioner: str | None
+    schedule: Schedule | None
+
+
+class Planner:
+    """Builds components by name and plans requests for one model geometry.
+
+    Args:
+        registry: the component registry (:func:`~vtsched.core.registry.build_registry`).
+        geometry: the model's sizes (from an adapter, or from a config alone).
+    """
+
+    def __init__(self, registry: Any, geometry: ModelGeometry) -> None:
+        self.registry = registry
+        self.geometry = geometry
+
+    # -- building components ---------------------------------------------------------------------
+    def policy(self, name: str | Policy, params: Mapping[str, Any] | None = None) -> Policy:
+        """A policy by registry name, or ``"schedule:PATH"`` for a saved schedule run exactly."""
+        if isinstance(name, Policy):
+            return name
+        if name.startswith(SCHEDULE_PREFIX):
+            params = dict(params or {}, path=name[len(SCHEDULE_PREFIX):])
+            name = SCHEDULE_FILE_POLICY
+        policy = self.registry.policy(name).from_params(params)
+        return policy  # type: ignore[no-any-return]
+
+    def partitioner(self, name: str | Partitioner, params: Mapping[str, Any] | None = None) -> Partitioner:
+        if isinstance(name, Partitioner):
+            return name
+        return self.registry.partitioner(name).from_params(params)  # type: ignore[no-any-return]
+
+    # -- the rules ------------------------------------------------------------------------------
+    @staticmethod
+    def groups(policy: Policy) -> tuple[str, ...]:
+        """The groups a policy schedules: a saved schedule's own, else subject/non-subject or one group."""
+        saved = getattr(policy, "groups", None)
+        if isinstance(saved, tuple):
+            return saved
+        return (SUBJECT, NON_SUBJECT) if policy.needs_partition else (SUBJECT,)
+
+    @staticmethod
+    def budget_seen(policy: Policy, budget: Budget | None) -> Budget | None:
+        """The budget a policy's ``schedule()`` receives: none for a policy a budget does not change."""
+        return budget if policy.uses_budget else None
+
+    def default_partitioner(self, policy: Policy, name: str | None = None) -> str | None:
+        """The partitioner a run uses: the one asked for, else the policy's; none without a partition."""
+        if not policy.needs_partition:
+            return None
+        return name or policy.default_partitioner
+
+    def resolve(self, policy: Policy, budget: Budget | None, num_visual: Sequence[int]) -> list[int] | None:
+        """Per-sample subject sizes; refuses a missing budget a policy needs and one larger than an image."""
+        if not policy.uses_budget:
+            return None
+        if budget is None:
+            if policy.needs_partition:
+                raise VtschedError(f"policy {policy.name!r} needs a budget (--budget)")
+            return None
+        return [budget.resolve(n) for n in num_visual]
+
+    # -- the two entry points -------------------------------------------------------------------
+    def check(self, policy: Policy, budget: Budget | None, partitioner: str | None = None) -> RequestCheck:
+        """Check a request against the geometry alone (no weights): what the CLI does first."""
+        keep = self.resolve(policy, budget, [self.geometry.num_visual])
+        groups = self.groups(policy)
+        if isinstance(policy, CalibratedPolicy):
+            request = policy.calibration_request()
+            self.policy(request.base, dict(request.params))  # the base must exist and take its params
+            schedule = None
+        else:
+            schedule = policy.schedule(self.geometry, groups, self.budget_seen(policy, budget))
+        return RequestCheck(policy, groups, self.budget_seen(policy, budget), keep[0] if keep else None,
+                            self.default_partitioner(policy, partitioner), schedule)
+
+    def plan(self, batch: PromptBatch, policy: Policy, partitioner: Partitioner | None,
+             budget: Budget | None) -> Plan:
+        """Partition ``batch`` and schedule it. A calibrated policy must be calibrated first."""
+        if isinstance(policy, CalibratedPolicy):
+            raise VtschedError(f"policy {policy.name!r} must be calibrated before planning (Scheduler.plan does it)")
+        self.resolve(policy, budget, batch.num_visual)
+        if policy.needs_partition:
+            assert budget is not None  # resolve() refused a missing one
+            name = self.default_partitioner(policy)
+            partitioner = partitioner or self.partitioner(name or "cls")
+            partition = partitioner.partition(batch, budget)
+        else:
+            partitioner = None
+            partition = Partition.single(batch.num_visual)
+        seen = self.budget_seen(policy, budget)
+        schedule = policy.schedule(self.geometry, partition.groups, seen)
+        return Plan(policy, partitioner, seen, partition, schedule)

@@ -1,0 +1,1 @@
+"""Applications around the engine: benchmark, evaluation, drop-layer search, reports."""
