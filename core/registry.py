@@ -7,7 +7,9 @@ CLI's ``--no-plugins`` or ``VTSCHED_DISABLE_PLUGIN_AUTOLOAD=1``, for reproducibl
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any
 import pluggy
 
 from vtsched.core import hookspecs
+from vtsched.core.contracts import PROBLEMS_OF_KIND
 from vtsched.core.errors import InputError, PluginError
 
 __all__ = ["Registry", "Component", "make_plugin_manager", "build_registry", "BUILTIN_PLUGINS", "KINDS"]
@@ -59,6 +62,10 @@ class Registry:
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin!r} registered a {kind} without a 'name'")
+        problems = PROBLEMS_OF_KIND[kind](obj)
+        if problems:
+            raise PluginError(f"plugin {plugin!r} registered {kind.replace('_', ' ')} {name!r}, which cannot run: "
+                              + "; ".join(problems))
         aliases = tuple(getattr(obj, "aliases", ()))
         table = self.components[kind]
         for key in (name, *aliases):
@@ -70,6 +77,11 @@ class Registry:
         component = Component(kind, name, obj, plugin, aliases)
         for key in (name, *aliases):
             table[key] = component
+
+    def plugin_of(self, kind: str, name: str) -> str | None:
+        """The plugin that registered ``name`` (``None`` if nothing did)."""
+        component = self.components[kind].get(name)
+        return component.plugin if component is not None else None
 
     def get(self, kind: str, name: str) -> Any:
         try:
@@ -129,7 +141,35 @@ def make_plugin_manager(load_entrypoints: bool | None = None, extra: Sequence[An
         _load_entrypoints(pm)
     for plugin in extra:
         pm.register(plugin, name=getattr(plugin, "__name__", None))
+    check_hook_names(pm)
     return pm
+
+
+def check_hook_names(pm: pluggy.PluginManager) -> None:
+    """Refuse hook implementations vtsched would silently ignore, naming the plugin.
+
+    Two mistakes look like a working plugin and do nothing: a misspelt hook name (pluggy keeps an
+    implementation of an unknown hook pending) and a hook function without ``@hookimpl`` (pluggy
+    never sees it). Both are refused here with the closest real hook name.
+    """
+    specs = sorted(name for name in dir(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_"))
+    for plugin_name, plugin in pm.list_name_plugin():
+        for attr in dir(plugin):
+            if not attr.startswith(f"{hookspecs.PROJECT}_") or not callable(getattr(plugin, attr, None)):
+                continue
+            function = getattr(plugin, attr)
+            if attr not in specs:
+                close = difflib.get_close_matches(attr, specs, n=1)
+                hint = f"; did you mean {close[0]}?" if close else f"; hooks: {', '.join(specs)}"
+                raise PluginError(f"plugin {plugin_name!r} implements {attr}, which is not a vtsched hook{hint}")
+            marked = pm.parse_hookimpl_opts(plugin, attr) is not None
+            if not marked and (inspect.isfunction(function) or inspect.ismethod(function)):
+                raise PluginError(f"plugin {plugin_name!r} defines {attr} without @hookimpl, so vtsched would "
+                                  "never call it; decorate it with vtsched.core.hookimpl")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {getattr(exc, 'plugin_name', '?')!r}: {exc}") from None
 
 
 def _load_entrypoints(pm: pluggy.PluginManager) -> None:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, Union
 from vtsched.core.errors import ScheduleError
 
 __all__ = [
+    "KNOWN_RANKERS",
     "Stream",
     "RemoveGroup",
     "InsertGroup",
@@ -91,6 +92,9 @@ class Fuse:
         args = ", ".join(f"{k}={v}" for k, v in self.params)
         rule = f"{self.rule}({args})" if args else self.rule
         return f"fuse {self.tokens} tokens of {', '.join(self.streams)} -> {self.into} by {rule}"
+
+
+KNOWN_RANKERS = ("last_token_attention",)  # how the engine can score tokens for KeepTop
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +306,8 @@ def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[st
                 isinstance(event.keep, int) and event.keep < 0
             ):
                 raise ScheduleError(f"{where}: keep must be a count >= 0 or a ratio in (0, 1]")
+            elif event.ranker not in KNOWN_RANKERS:
+                raise ScheduleError(f"{where}: the engine knows no ranker {event.ranker!r}; rankers: {list(KNOWN_RANKERS)}")
             elif event.ranker == "last_token_attention" and event.layer == 0:
                 raise ScheduleError(f"{where}: ranking by attention needs a layer before it (layer >= 1)")
         elif isinstance(event, Fuse):

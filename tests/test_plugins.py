@@ -24,7 +24,7 @@ class Keep0(Policy):
 
     name: ClassVar[str] = "keep0"
 
-    def schedule(self, geometry, groups=("subject", "non_subject")):
+    def schedule(self, geometry, groups=("subject", "non_subject"), budget=None):
         return Schedule(geometry.num_layers, groups, (Stream("main", groups[:1]),), "main")
 
 
@@ -107,3 +107,90 @@ def test_every_hook_is_documented():
     for name in hooks:
         assert getattr(hookspecs, name).__doc__, name
         assert f"### {name}(register)" in text, f"{name} is not documented in docs/plugins.md"
+
+
+def _registry_with(plugin):
+    return build_registry(make_plugin_manager(load_entrypoints=False, extra=[plugin]))
+
+
+def _plugin(hook_name, component, *, marked=True):
+    """A throwaway plugin object named 'bad' that registers ``component`` through ``hook_name``."""
+    def hook(register):
+        register(component)
+
+    hook.__name__ = hook_name
+    return type("Bad", (), {"__name__": "bad", hook_name: staticmethod(hookimpl(hook) if marked else hook)})()
+
+
+def test_misspelt_hook_is_refused_with_the_real_name():
+    plugin = _plugin("vtsched_register_policy", Keep0)  # singular: pluggy would keep it pending forever
+    with pytest.raises(PluginError, match=r"plugin 'bad' implements vtsched_register_policy, which is not a "
+                                          r"vtsched hook; did you mean vtsched_register_policies\?"):
+        make_plugin_manager(load_entrypoints=False, extra=[plugin])
+
+
+def test_hook_without_hookimpl_marker_is_refused():
+    plugin = _plugin("vtsched_register_policies", Keep0, marked=False)
+    with pytest.raises(PluginError, match=r"plugin 'bad' defines vtsched_register_policies without @hookimpl"):
+        make_plugin_manager(load_entrypoints=False, extra=[plugin])
+
+
+@dataclass(frozen=True)
+class NoBudget(Policy):
+    """Breaks the contract: schedule() cannot receive the budget."""
+
+    name: ClassVar[str] = "no-budget"
+
+    def schedule(self, geometry, groups=("subject", "non_subject")):
+        return Schedule(geometry.num_layers, groups, (Stream("main", groups[:1]),), "main")
+
+
+class NameOnly:
+    """A 'policy' with only a name (accepted before registration checked contracts)."""
+
+    name = "name-only"
+
+
+@dataclass
+class Mutable(Policy):
+    """Not frozen: a policy must be a hashable value."""
+
+    name: ClassVar[str] = "mutable"
+
+    def schedule(self, geometry, groups=("subject", "non_subject"), budget=None):
+        return Schedule(geometry.num_layers, groups, (Stream("main", groups[:1]),), "main")
+
+
+@pytest.mark.parametrize(
+    ("hook", "component", "message"),
+    [
+        ("vtsched_register_policies", NoBudget, r"policy 'no-budget', which cannot run: schedule\(\) must accept "
+                                                r"\(geometry, groups, budget\); it lacks budget"),
+        ("vtsched_register_policies", NameOnly, "policy 'name-only', which cannot run: is not a class subclassing"),
+        ("vtsched_register_policies", Mutable, "policy 'mutable', which cannot run: is not frozen"),
+        ("vtsched_register_partitioners", Keep0, "partitioner 'keep0', which cannot run: is not a class subclassing"),
+        ("vtsched_register_fusion_rules", NameOnly, "fusion rule 'name-only', which cannot run: has no boolean"),
+        ("vtsched_register_adapters", NameOnly, "adapter 'name-only', which cannot run: is not a class subclassing"),
+    ],
+)
+def test_components_that_break_their_kind_contract_are_refused_naming_the_plugin(hook, component, message):
+    with pytest.raises(PluginError, match=r"^plugin 'bad' registered " + message) as info:
+        _registry_with(_plugin(hook, component))
+    assert "\n" not in str(info.value)
+
+
+def test_every_built_in_component_meets_its_contract():
+    from vtsched.core.contracts import PROBLEMS_OF_KIND
+
+    registry = build_registry(make_plugin_manager(load_entrypoints=True))
+    for kind, check in PROBLEMS_OF_KIND.items():
+        for component in registry.entries(kind):
+            assert check(component.obj) == [], (kind, component.name)
+
+
+def test_keep_top_with_a_ranker_the_engine_does_not_know_is_refused():
+    from vtsched.core import KeepTop, ScheduleError
+
+    with pytest.raises(ScheduleError, match="the engine knows no ranker 'by_magic'"):
+        Schedule(4, ("subject",), (Stream("main", ("subject",)),), "main",
+                 (KeepTop(2, "main", "subject", 3, ranker="by_magic"),))
