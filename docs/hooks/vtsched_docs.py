@@ -1,0 +1,68 @@
+"""Build helpers for the docs site (an mkdocs hook and a griffe extension); not part of the site.
+
+1. Source lookup. The import package ``vtsched`` has no folder of its own: ``vtsched.core`` is
+   ``core/``, ``vtsched.policies`` is ``policies/``, ``vtsched.partitioners`` is
+   ``partitioners/`` (``package-dir`` in pyproject.toml). Griffe, which reads the sources for
+   mkdocstrings, finds a package by its folder name, so before each build this hook lays out a
+   temporary ``vtsched/`` folder of symlinks to those three folders and puts it first on the
+   python handler's search paths. Nothing is imported; the sources are read as they are.
+2. Sphinx roles. Docstrings cross-reference in reST (``:class:`~vtsched.core.schedule.Schedule```).
+   :class:`SphinxRoles` turns each role into an optional cross-reference: a link where the target
+   is documented on the site, plain code where it is not, never a broken link.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import griffe
+from mkdocs.plugins import event_priority
+
+# import package name -> folder of the repository that holds it (pyproject.toml's package-dir)
+PACKAGE_DIRS = {"core": "core", "policies": "policies", "partitioners": "partitioners"}
+
+_trees: list[Path] = []
+
+
+@event_priority(100)  # before mkdocstrings' on_config, which builds the python handler
+def on_config(config: Any) -> Any:
+    root = Path(config.config_file_path).resolve().parent
+    tree = Path(tempfile.mkdtemp(prefix="vtsched-docs-"))
+    (tree / "vtsched").mkdir()
+    for name, folder in PACKAGE_DIRS.items():
+        (tree / "vtsched" / name).symlink_to(root / folder, target_is_directory=True)
+    _trees.append(tree)
+    handlers = config.plugins["mkdocstrings"].config.handlers
+    python = handlers.setdefault("python", {})
+    python["paths"] = [str(tree), *python.get("paths", [])]
+    return config
+
+
+def on_post_build(config: Any) -> None:
+    while _trees:
+        shutil.rmtree(_trees.pop(), ignore_errors=True)
+
+
+def on_shutdown() -> None:
+    on_post_build(None)
+
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`(~?)([\w.]+)(?:\(\))?`")
+
+
+def _optional_ref(match: re.Match[str]) -> str:
+    short, identifier = match.group(1), match.group(2)
+    title = identifier.rsplit(".", 1)[-1] if short else identifier
+    return f'<autoref identifier="{identifier}" optional><code>{title}</code></autoref>'
+
+
+class SphinxRoles(griffe.Extension):
+    """Rewrite reST cross-reference roles in docstrings as optional autorefs cross-references."""
+
+    def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None and ":`" in obj.docstring.value:
+            obj.docstring.value = _ROLE.sub(_optional_ref, obj.docstring.value)
