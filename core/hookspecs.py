@@ -24,10 +24,17 @@ Register = Callable[..., None]
 def vtsched_register_policies(register: Register) -> None:
     """Register scheduling policies.
 
-    Called once, when the registry is built. Call ``register(policy_cls)`` for each policy, where
-    ``policy_cls`` is a frozen dataclass with a class attribute ``name`` (and optional
-    ``aliases``) whose fields are the policy's parameters and whose ``schedule(geometry, groups)``
-    returns a :class:`~vtsched.core.schedule.Schedule`. The return value is ignored.
+    Called once per registry, when :func:`~vtsched.core.registry.build_registry` runs (every
+    ``vtsched`` command, every :class:`~vtsched.core.scheduler.Scheduler`). Call
+    ``register(policy_cls)`` once per policy. ``policy_cls`` must be a frozen dataclass
+    subclassing :class:`~vtsched.core.policy.Policy` with a class attribute ``name`` (and
+    optionally ``aliases``), dataclass fields for its parameters (``-p NAME=VALUE`` fills them,
+    converted to each field's type) and
+    ``schedule(self, geometry: ModelGeometry, groups: tuple[str, ...], budget: Budget | None) -> Schedule``.
+    A calibrated policy subclasses :class:`~vtsched.core.policy.CalibratedPolicy` and implements
+    ``calibration_request(self) -> Calibration`` instead. A class that does not meet this contract
+    is refused with a :class:`~vtsched.core.errors.PluginError` naming the plugin
+    (:mod:`vtsched.core.contracts`). The return value is ignored.
     """
 
 
@@ -35,9 +42,11 @@ def vtsched_register_policies(register: Register) -> None:
 def vtsched_register_partitioners(register: Register) -> None:
     """Register partitioners.
 
-    Called once, when the registry is built. Call ``register(partitioner_cls)`` for each; the
-    class has a ``name`` and ``partition(batch, budget, groups)`` returning a
-    :class:`~vtsched.core.partition.Partition`. The return value is ignored.
+    Called once per registry, like every hook here. Call ``register(partitioner_cls)`` for each;
+    the class is a frozen dataclass subclassing :class:`~vtsched.core.policy.Partitioner` with a
+    ``name`` and ``partition(self, batch: PromptBatch, budget: Budget) -> Partition``, whose
+    group 0 (the subject) holds exactly ``budget.resolve(n)`` of a sample's ``n`` visual tokens.
+    Contract violations are refused naming the plugin. The return value is ignored.
     """
 
 
@@ -45,9 +54,11 @@ def vtsched_register_partitioners(register: Register) -> None:
 def vtsched_register_fusion_rules(register: Register) -> None:
     """Register fusion rules for ``Fuse`` events.
 
-    Called once, when the registry is built. Call ``register(rule_cls)``; the class has ``name``,
-    ``needs_attention_mass`` and ``weights(inputs)`` (see :mod:`vtsched.core.fusion`), and is
-    built with the Fuse event's params as keyword arguments. The return value is ignored.
+    Called once per registry. Call ``register(rule_cls)``; the class has ``name``, a boolean
+    ``needs_attention_mass`` and ``weights(self, inputs: FusionInputs) -> Tensor`` returning
+    ``(streams, batch, tokens)`` weights that are finite and sum to one over streams (the engine
+    checks both; see :mod:`vtsched.core.fusion`). It is built with the Fuse event's params as
+    keyword arguments. The return value is ignored.
     """
 
 
@@ -55,7 +66,8 @@ def vtsched_register_fusion_rules(register: Register) -> None:
 def vtsched_register_adapters(register: Register) -> None:
     """Register model adapters.
 
-    Called once, when the registry is built. Call ``register(adapter_cls)``; the class subclasses
-    :class:`~vtsched.core.adapters.base.ModelAdapter`. Adapters are asked in registration order
+    Called once per registry. Call ``register(adapter_cls)``; the class is a concrete subclass of
+    :class:`~vtsched.core.adapters.base.ModelAdapter` with ``name`` and ``model_type`` (the
+    transformers config ``model_type`` it reads). Adapters are asked in registration order
     whether they ``accepts(model)``. The return value is ignored.
     """

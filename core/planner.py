@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vtsched.core.budget import Budget
-from vtsched.core.errors import VtschedError
+from vtsched.core.errors import ScheduleError, VtschedError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
@@ -114,10 +114,20 @@ class Planner:
         if not policy.uses_budget:
             return None
         if budget is None:
-            if policy.needs_partition:
+            if policy.needs_partition or policy.budget_required:
                 raise VtschedError(f"policy {policy.name!r} needs a budget (--budget)")
             return None
         return [budget.resolve(n) for n in num_visual]
+
+    def _schedule(self, policy: Policy, groups: tuple[str, ...], budget: Budget | None) -> Schedule:
+        """``policy.schedule``; an invalid schedule from a plugin's policy names the plugin."""
+        try:
+            return policy.schedule(self.geometry, groups, budget)
+        except ScheduleError as exc:
+            plugin = self.registry.plugin_of("policy", policy.name) if hasattr(self.registry, "plugin_of") else None
+            if plugin is None or plugin.startswith("vtsched."):
+                raise
+            raise ScheduleError(f"{exc} (policy {policy.name!r} from plugin {plugin!r})") from None
 
     # -- the two entry points -------------------------------------------------------------------
     def check(self, policy: Policy, budget: Budget | None, partitioner: str | None = None) -> RequestCheck:
@@ -129,7 +139,7 @@ class Planner:
             self.policy(request.base, dict(request.params))  # the base must exist and take its params
             schedule = None
         else:
-            schedule = policy.schedule(self.geometry, groups, self.budget_seen(policy, budget))
+            schedule = self._schedule(policy, groups, self.budget_seen(policy, budget))
         return RequestCheck(policy, groups, self.budget_seen(policy, budget), keep[0] if keep else None,
                             self.default_partitioner(policy, partitioner), schedule)
 
@@ -148,5 +158,5 @@ class Planner:
             partitioner = None
             partition = Partition.single(batch.num_visual)
         seen = self.budget_seen(policy, budget)
-        schedule = policy.schedule(self.geometry, partition.groups, seen)
+        schedule = self._schedule(policy, partition.groups, seen)
         return Plan(policy, partitioner, seen, partition, schedule)

@@ -52,6 +52,8 @@ class Policy(_Parametrised, ABC):
         needs_partition: ``False`` for policies that see every visual token as one group (``full``,
             and in-LLM pruning that ranks tokens itself, like ``fastv``).
         uses_budget: ``False`` for policies a budget does not change (``full``, ``vtw``).
+        budget_required: ``False`` for a budget-using policy that also runs without one (``pdrop``
+            then keeps its ``ratio``); the planner refuses a missing budget otherwise.
         default_partitioner: used when the user names none.
 
     ``schedule(geometry, groups, budget)`` receives the budget for policies that act on it inside
@@ -61,6 +63,7 @@ class Policy(_Parametrised, ABC):
     aliases: ClassVar[tuple[str, ...]] = ()
     needs_partition: ClassVar[bool] = True
     uses_budget: ClassVar[bool] = True
+    budget_required: ClassVar[bool] = True
     default_partitioner: ClassVar[str] = "cls"
 
     @abstractmethod

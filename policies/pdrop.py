@@ -14,7 +14,7 @@ be reached by any ratio: it is refused with the smallest reachable value (move t
 earlier with ``-p layers=2/6/12`` for 64 of 576 tokens on 32 layers). No stage can come before
 layer 1 (ranking reads the attention of the layer before), so no placement averages fewer than
 ``num_visual / num_layers`` tokens per layer: 10.7 on the 6-layer demo model, where
-``--budget 11`` with ``-p layers=1/2/3`` is the smallest pdrop run.
+``--budget 11 -p layers=1`` is the smallest pdrop run.
 Simplified: PDrop ranks by the last instruction token of the *prompt*; we use the last prompt
 token, which in LLaVA's template is the end of "ASSISTANT:"; the lightweight attention
 recomputation is ours (the same row PDrop computes).
@@ -45,6 +45,7 @@ class PDrop(Policy):
 
     name: ClassVar[str] = "pdrop"
     needs_partition: ClassVar[bool] = False
+    budget_required: ClassVar[bool] = False  # without one, each stage keeps ``ratio``
     layers: tuple[int, ...] | None = None  # None: a quarter, half and three quarters of the depth
     ratio: float = 0.5
 
@@ -65,7 +66,7 @@ class PDrop(Policy):
             lowest = geometry.num_visual / geometry.num_layers  # first stage after layer 1
             hint = ("move the stages earlier (-p layers=2/6/12)" if lowest <= target + 1e-9 else
                     f"no stage placement reaches it on {geometry.num_layers} layers: use a budget of at least "
-                    f"{math.ceil(lowest - 1e-9)} with -p layers=1/2/3")
+                    f"{math.ceil(lowest - 1e-9)} with one early stage, -p layers=1")
             raise BudgetError(
                 f"pdrop with stages at layers {'/'.join(map(str, layers))} keeps at least {floor:.0f} visual "
                 f"tokens per layer on average; budget {budget} is below that: {hint}"

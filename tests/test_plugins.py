@@ -194,3 +194,25 @@ def test_keep_top_with_a_ranker_the_engine_does_not_know_is_refused():
     with pytest.raises(ScheduleError, match="the engine knows no ranker 'by_magic'"):
         Schedule(4, ("subject",), (Stream("main", ("subject",)),), "main",
                  (KeepTop(2, "main", "subject", 3, ranker="by_magic"),))
+
+
+def test_a_plugin_policy_whose_schedule_uses_an_unknown_ranker_is_refused_naming_the_plugin():
+    from vtsched.core import KeepTop, ScheduleError
+    from vtsched.core.demo import llava_config
+    from vtsched.core.planner import Planner
+
+    @dataclass(frozen=True)
+    class Magic(Policy):
+        name: ClassVar[str] = "magic"
+        needs_partition: ClassVar[bool] = False
+        uses_budget: ClassVar[bool] = False
+
+        def schedule(self, geometry, groups=("subject",), budget=None):
+            return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main",
+                            (KeepTop(1, "main", groups[0], 3, ranker="by_magic"),))
+
+    registry = _registry_with(_plugin("vtsched_register_policies", Magic))
+    config = llava_config("tiny")
+    planner = Planner(registry, registry.adapter_for_config(config).geometry_from_config(config))
+    with pytest.raises(ScheduleError, match=r"knows no ranker 'by_magic'.*\(policy 'magic' from plugin 'bad'\)"):
+        planner.check(planner.policy("magic"), None)

@@ -138,6 +138,9 @@ class LlavaAdapter(ModelAdapter):
             raise InputError("this model was loaded without a processor; save one next to the weights")
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions")
+        for b, question in enumerate(questions):
+            if not isinstance(question, str) or not question.strip():
+                raise InputError(f"question {b} is empty: ask something about the image")
         pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
         features, cls, keys = self.encode_images(pixel_values)
         side = int(round(features.shape[1] ** 0.5))
