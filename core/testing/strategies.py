@@ -1,7 +1,14 @@
 """Hypothesis strategies and helpers for testing vtsched and its plugins.
 
 Strategies are keyword-only and valid by construction with small bounds, so a plugin author can
-reuse them: ``tiny_llava_shapes()``, ``prompts()``, ``budgets()``, ``schedules()``.
+reuse them:
+
+- models and prompts: ``tiny_llava_shapes()``, ``tiny_llava()``, ``prompts()``;
+- the vocabulary: ``schedules()`` (every event kind: remove, insert, fuse, keep-top, end),
+  ``geometries()``, ``group_sets()``, ``token_budgets()`` (:class:`Budget` values),
+  ``budgets()`` (token counts), ``prompt_batches()`` (synthetic :class:`PromptBatch` es whose
+  samples have different numbers of visual tokens), ``fusion_inputs()``.
+
 Models are built with random weights and cached per shape, so a property can draw shapes freely.
 """
 
@@ -13,14 +20,24 @@ from functools import lru_cache
 import torch
 from hypothesis import strategies as st
 
+from vtsched.core.budget import Budget
 from vtsched.core.demo.shapes import QUESTION_WORDS, SHAPES, Shape, build_random_llava, random_image
-from vtsched.core.schedule import EndStream, Fuse, InsertGroup, RemoveGroup, Schedule, Stream
+from vtsched.core.fusion import FusionInputs
+from vtsched.core.geometry import ModelGeometry
+from vtsched.core.partition import NON_SUBJECT, SUBJECT
+from vtsched.core.schedule import (
+    FUSED_TOKENS, KNOWN_RANKERS, EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule, Stream,
+)
+from vtsched.core.tokens import PromptBatch, Role, Sample
 
 __all__ = [
     "TinyShape", "tiny_llava_shapes", "tiny_llava", "random_image", "prompts", "budgets", "schedules",
-    "QUESTION_WORDS",
+    "QUESTION_WORDS", "geometries", "group_sets", "token_budgets", "prompt_batches", "fusion_inputs",
+    "BUILTIN_FUSION_RULES", "GROUP_NAMES",
 ]
 
+BUILTIN_FUSION_RULES = ("fixed", "size", "attention")
+GROUP_NAMES = (SUBJECT, NON_SUBJECT, "background", "corner", "rest")  # what group_sets() draws from
 
 
 @dataclass(frozen=True)
@@ -43,12 +60,12 @@ class TinyShape:
 
 
 @st.composite
-def tiny_llava_shapes(draw, *, max_layers: int = 3, max_visual_side: int = 3) -> TinyShape:
-    """Tiny LLaVA geometries: 1..max_layers layers, MHA or GQA, 1..max_visual_side^2 visual tokens."""
+def tiny_llava_shapes(draw, *, max_layers: int = 3, max_visual_side: int = 3, min_layers: int = 1) -> TinyShape:
+    """Tiny LLaVA geometries: min_layers..max_layers layers, MHA or GQA, 4..max_visual_side^2 visual tokens."""
     heads = draw(st.sampled_from([2, 4]))
     kv_heads = draw(st.sampled_from([h for h in (1, 2, 4) if heads % h == 0]))
     return TinyShape(
-        layers=draw(st.integers(1, max_layers)),
+        layers=draw(st.integers(min_layers, max_layers)),
         heads=heads,
         kv_heads=kv_heads,
         head_dim=draw(st.sampled_from([4, 8])),
@@ -81,33 +98,178 @@ def budgets(*, num_visual: int):
     return st.integers(0, num_visual)
 
 
+def token_budgets(*, num_visual: int, ratios: bool = True):
+    """:class:`Budget` values valid for images of at least ``num_visual`` tokens: a count
+    ``0..num_visual`` or (with ``ratios``) a ratio in [0, 1]."""
+    counts = st.integers(0, num_visual).map(lambda n: Budget(count=n))
+    if not ratios:
+        return counts
+    shares = st.one_of(st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.floats(0.0, 1.0, allow_subnormal=False))
+    return st.one_of(counts, shares.map(lambda r: Budget(ratio=r)))
+
+
 @st.composite
-def schedules(draw, *, max_layers: int = 6, max_groups: int = 3) -> Schedule:
-    """Valid schedules: parallel streams, fusion, inserts and removals at random layers."""
+def geometries(draw, *, min_layers: int = 1, max_layers: int = 4, min_visual: int = 1,
+               max_visual: int = 16) -> ModelGeometry:
+    """Model geometries: min_layers..max_layers layers, MHA or GQA, min_visual..max_visual visual tokens."""
+    heads = draw(st.sampled_from([1, 2, 4]))
+    kv_heads = draw(st.sampled_from([h for h in (1, 2, 4) if heads % h == 0]))
+    head_dim = draw(st.sampled_from([4, 8, 16]))
+    hidden = heads * head_dim
+    num_visual = draw(st.integers(min_visual, max_visual))
+    vision_hidden = draw(st.sampled_from([8, 16, 32]))
+    return ModelGeometry(
+        num_layers=draw(st.integers(min_layers, max_layers)),
+        hidden_size=hidden,
+        intermediate_size=hidden * draw(st.integers(1, 4)),
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=draw(st.integers(16, 1024)),
+        num_visual=num_visual,
+        vision_layers=draw(st.integers(0, 3)),
+        vision_hidden_size=vision_hidden,
+        vision_intermediate_size=2 * vision_hidden,
+        vision_tokens=num_visual + 1,
+    )
+
+
+def group_sets(*, min_size: int = 1, max_size: int = 3, names: tuple[str, ...] = GROUP_NAMES):
+    """Tuples of distinct group names (the first is the subject), ``min_size..max_size`` long.
+
+    Names vary on purpose: a policy must schedule ``groups[0]`` as the subject, whatever it is called.
+    """
+    return st.lists(st.sampled_from(names), min_size=min_size, max_size=max_size, unique=True).map(tuple)
+
+
+@st.composite
+def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: int = 3,
+              max_events_per_layer: int = 2, fusion_rules: tuple[str, ...] = BUILTIN_FUSION_RULES) -> Schedule:
+    """Valid schedules drawing every event kind: ``RemoveGroup``, ``InsertGroup``, ``Fuse``, ``KeepTop``
+    and ``EndStream``, on 1..max_streams streams that start with any subsets of the groups.
+
+    Events are drawn layer by layer from what is valid in the layout at that layer; streams other
+    than the survivor (the first) that are still running at the last layer end there.
+    """
     num_layers = draw(st.integers(1, max_layers))
     groups = tuple(f"g{i}" for i in range(draw(st.integers(1, max_groups))))
-    streams = [Stream(g, (g,)) for g in groups]
-    events: list = []
-    if len(groups) > 1 and draw(st.booleans()):
-        k = draw(st.integers(0, num_layers))
-        rule = draw(st.sampled_from(["fixed", "size", "attention"]))
-        params = (("alpha", draw(st.floats(0, 1))),) if rule == "fixed" else ()
-        tokens = draw(st.sampled_from(["question", "post_image"]))
-        events.append(Fuse(k, groups, groups[0], rule, tokens, params))
-        events.extend(EndStream(k, g) for g in groups[1:])
-        if k < num_layers and draw(st.booleans()):
-            at = draw(st.integers(k, num_layers))
-            events.append(InsertGroup(at, groups[0], groups[1]))
-    else:
-        streams = [Stream("main", groups[:1])]
-        for g in groups[1:]:
-            at = draw(st.integers(0, num_layers))
-            events.append(InsertGroup(at, "main", g))
+    names = [f"s{i}" for i in range(draw(st.integers(1, max_streams)))]
+    subsets = st.lists(st.sampled_from(groups), unique=True, max_size=len(groups)).map(tuple)
+    streams = tuple(Stream(name, draw(subsets)) for name in names)
+    survivor = names[0]
+    alive = {s.name: list(s.groups) for s in streams}
+    events: list[Event] = []
+    for layer in range(num_layers + 1):
+        for _ in range(draw(st.integers(0, max_events_per_layer))):
+            event = draw(_next_event(layer, alive, groups, survivor, fusion_rules))
+            if event is None:
+                break
+            events.append(event)
+            _apply(event, alive)
+    events.extend(EndStream(num_layers, name) for name in list(alive) if name != survivor)
+    return Schedule(num_layers, groups, streams, survivor, tuple(events))
+
+
+def _next_event(layer: int, alive: dict[str, list[str]], groups: tuple[str, ...], survivor: str,
+                fusion_rules: tuple[str, ...]):
+    """A strategy for one event valid in the layout ``alive`` at ``layer`` (``None`` if none is)."""
+    carried = [(s, g) for s, gs in alive.items() for g in gs]
+    missing = [(s, g) for s, gs in alive.items() for g in groups if g not in gs]
+    options = []
+    if carried:
+        options.append(st.sampled_from(carried).map(lambda sg: RemoveGroup(layer, *sg)))
+        if layer >= 1:  # the attention ranker reads the layer before
+            keep = st.one_of(st.integers(0, 8), st.floats(0.0, 1.0, exclude_min=True, allow_subnormal=False))
+            options.append(st.builds(lambda sg, k, r: KeepTop(layer, sg[0], sg[1], k, r),
+                                     st.sampled_from(carried), keep, st.sampled_from(KNOWN_RANKERS)))
+    if missing:
+        options.append(st.sampled_from(missing).map(lambda sg: InsertGroup(layer, *sg)))
+    if len(alive) >= 2 and fusion_rules:
+        options.append(_fuse(layer, list(alive), fusion_rules))
+    enders = [s for s in alive if s != survivor]
+    if enders:
+        options.append(st.sampled_from(enders).map(lambda s: EndStream(layer, s)))
+    return st.one_of(*options) if options else st.none()
+
+
+@st.composite
+def _fuse(draw, layer: int, alive: list[str], fusion_rules: tuple[str, ...]) -> Fuse:
+    fused = tuple(draw(st.lists(st.sampled_from(alive), min_size=2, max_size=len(alive), unique=True)))
+    rule = draw(st.sampled_from(fusion_rules))
+    params = (("alpha", draw(st.floats(0.0, 1.0, allow_subnormal=False))),) if rule == "fixed" else ()
+    return Fuse(layer, fused, draw(st.sampled_from(fused)), rule, draw(st.sampled_from(FUSED_TOKENS)), params)
+
+
+def _apply(event: Event, alive: dict[str, list[str]]) -> None:
+    if isinstance(event, RemoveGroup):
+        alive[event.stream].remove(event.group)
+    elif isinstance(event, InsertGroup):
+        alive[event.stream].append(event.group)
+    elif isinstance(event, EndStream):
+        del alive[event.stream]
+
+
+IMAGE_TOKEN_ID = 4  # token id synthetic samples use for visual tokens
+
+
+@st.composite
+def prompt_batches(draw, *, min_size: int = 1, max_size: int = 3, max_side: int = 4, hidden_size: int = 8,
+                   key_size: int = 4, vocab_size: int = 64, distinct_visual: bool = False) -> PromptBatch:
+    """Synthetic prompt batches for partitioners, no model needed.
+
+    Each sample has its own patch grid (1..max_side rows and columns, so samples in one batch
+    carry different numbers of visual tokens; ``distinct_visual`` makes every count different),
+    random features ``(num_visual, hidden_size)``, [CLS] scores (sometimes all tied), patch keys
+    in ``extras["patch_keys"]`` and a small noise image, laid out as prefix, image, question,
+    suffix like an adapter's prompt.
+    """
+    size = draw(st.integers(max(min_size, 2 if distinct_visual else 1), max_size))
+    grid = st.tuples(st.integers(1, max_side), st.integers(1, max_side))
+    grids = draw(st.lists(grid, min_size=size, max_size=size,
+                          unique_by=(lambda g: g[0] * g[1]) if distinct_visual else None))
+    samples = []
+    for rows, cols in grids:
+        seed = draw(st.integers(0, 2**16))
+        gen = torch.Generator().manual_seed(seed)
+        n = rows * cols
+        prefix, question, suffix = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 3))
+        roles = torch.tensor([Role.PREFIX] * prefix + [Role.VISUAL] * n + [Role.QUESTION] * question
+                             + [Role.SUFFIX] * suffix, dtype=torch.long)
+        ids = torch.randint(IMAGE_TOKEN_ID + 1, vocab_size, (roles.numel(),), generator=gen)
+        ids[roles == Role.VISUAL] = IMAGE_TOKEN_ID
         if draw(st.booleans()):
-            at = max([e.layer for e in events] + [0])
-            events.append(RemoveGroup(at, "main", groups[0]))
-    events.sort(key=lambda e: e.layer)
-    return Schedule(num_layers, groups, tuple(streams), streams[0].name, tuple(events))
+            cls = torch.softmax(torch.randn(n, generator=gen), 0)
+        else:  # ties: a partitioner must still be deterministic
+            cls = torch.full((n,), 1.0 / n)
+        samples.append(Sample(
+            input_ids=ids,
+            roles=roles,
+            visual_features=torch.randn(n, hidden_size, generator=gen, dtype=torch.float64),
+            cls_scores=cls.float(),
+            grid=(rows, cols),
+            image=random_image(seed, 14 * cols, 14 * rows),
+            extras={"patch_keys": torch.randn(n, key_size, generator=gen)},
+        ))
+    return PromptBatch(samples)
+
+
+@st.composite
+def fusion_inputs(draw, *, max_streams: int = 4, max_batch: int = 3, max_tokens: int = 5,
+                  attention_mass: bool = True) -> FusionInputs:
+    """What the engine hands a fusion rule: visual counts (some streams empty), attention mass
+    (zeros and near-zeros included; ``None`` without ``attention_mass``), padded token slots."""
+    streams, batch, tokens = draw(st.integers(2, max_streams)), draw(st.integers(1, max_batch)), draw(
+        st.integers(1, max_tokens))
+    counts = draw(st.lists(st.integers(0, 9), min_size=streams * batch, max_size=streams * batch))
+    visual_counts = torch.tensor(counts, dtype=torch.float32).view(streams, batch)
+    mass = None
+    if attention_mass:
+        values = st.one_of(st.sampled_from([0.0, 1e-9, 0.1, 0.5, 1.0]), st.floats(0.0, 1.0, allow_subnormal=False))
+        cells = streams * batch * tokens
+        mass = torch.tensor(draw(st.lists(values, min_size=cells, max_size=cells))).view(streams, batch, tokens)
+    lengths = draw(st.lists(st.integers(1, tokens), min_size=batch, max_size=batch))
+    token_valid = torch.arange(tokens)[None, :] < torch.tensor(lengths)[:, None]
+    return FusionInputs(visual_counts, mass, token_valid, draw(st.integers(0, streams - 1)))
 
 
 __all__ += ["SHAPES"]
