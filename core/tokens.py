@@ -37,6 +37,9 @@ class Sample:
         cls_scores: ``(num_visual,)`` head-averaged CLS->patch attention of the vision feature layer.
         grid: ``(rows, cols)`` of the patch grid (``rows * cols == num_visual``).
         image: the input image, for partitioners that look at pixels (segmentation).
+        pixel_boxes: where each visual token's pixels came from in the original image
+            (:class:`~vtsched.core.pixels.TokenBoxes`), set by adapters that know their
+            preprocessing; mask-based partitioners map masks through it.
         extras: adapter signals by name; ``"patch_keys"``: ``(num_visual, head_dim)`` head-averaged
             keys of the CLS-score layer (token similarity for merging).
     """
@@ -48,6 +51,7 @@ class Sample:
     grid: tuple[int, int] | None = None
     image: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    pixel_boxes: Any = None
 
     def __post_init__(self) -> None:
         n_visual = int((self.roles == Role.VISUAL).sum())

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vtsched.core.errors import InputError
+from vtsched.core.pixels import TokenBoxes, grid_boxes, processed_window
 from vtsched.core.tokens import PromptBatch, Role, Sample
 from vtsched.core.adapters.base import DecoderParts, ModelAdapter
 from vtsched.core.geometry import ModelGeometry
@@ -173,4 +174,32 @@ class LlavaAdapter(ModelAdapter):
             if t > first and b > a and a < q_end and b > q_start:
                 roles[t] = Role.QUESTION
         roles[visual] = Role.VISUAL
-        return Sample(ids, roles, features, None if cls is None else cls.float().cpu(), grid, image)
+        sample = Sample(ids, roles, features, None if cls is None else cls.float().cpu(), grid, image)
+        if grid is not None and image is not None and hasattr(image, "size"):
+            sample.pixel_boxes = self.token_boxes(tuple(image.size), grid)
+        return sample
+
+    def token_boxes(self, image_size: tuple[int, int], grid: tuple[int, int]) -> TokenBoxes:
+        """Which rectangle of the original image each visual token saw, under this processor's
+        resize / center-crop / pad-to-square settings (see :mod:`vtsched.core.pixels`)."""
+        ip = self.processor.image_processor
+        size, crop_size = getattr(ip, "size", None), getattr(ip, "crop_size", None)
+        resize: tuple[int, int] | int | None = None
+        if getattr(ip, "do_resize", True):
+            if _field(size, "shortest_edge"):
+                resize = int(_field(size, "shortest_edge"))
+            elif _field(size, "height") and _field(size, "width"):
+                resize = (int(_field(size, "width")), int(_field(size, "height")))
+        crop = None
+        if getattr(ip, "do_center_crop", False) and _field(crop_size, "height"):
+            crop = (int(_field(crop_size, "width")), int(_field(crop_size, "height")))
+        window = processed_window(image_size, pad_to_square=bool(getattr(ip, "do_pad", False)), resize=resize,
+                                  crop=crop)
+        return TokenBoxes(grid_boxes(image_size, grid[0], grid[1], window=window), image_size)
+
+
+def _field(size: Any, key: str) -> Any:
+    """``size[key]`` for the dicts and ``SizeDict`` objects image processors carry (``None`` if absent)."""
+    if size is None:
+        return None
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
