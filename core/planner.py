@@ -91,12 +91,15 @@ class Planner:
 
     # -- the rules ------------------------------------------------------------------------------
     @staticmethod
-    def groups(policy: Policy) -> tuple[str, ...]:
-        """The groups a policy schedules: a saved schedule's own, else subject/non-subject or one group."""
+    def groups(policy: Policy, partitioner: Partitioner | None = None) -> tuple[str, ...]:
+        """The groups a policy schedules: a saved schedule's own, else the partitioner's (subject /
+        non-subject by default), or one group for a policy that needs no partition."""
         saved = getattr(policy, "groups", None)
         if isinstance(saved, tuple):
             return saved
-        return (SUBJECT, NON_SUBJECT) if policy.needs_partition else (SUBJECT,)
+        if not policy.needs_partition:
+            return (SUBJECT,)
+        return partitioner.group_names() if partitioner is not None else (SUBJECT, NON_SUBJECT)
 
     @staticmethod
     def budget_seen(policy: Policy, budget: Budget | None) -> Budget | None:
@@ -130,10 +133,17 @@ class Planner:
             raise ScheduleError(f"{exc} (policy {policy.name!r} from plugin {plugin!r})") from None
 
     # -- the two entry points -------------------------------------------------------------------
-    def check(self, policy: Policy, budget: Budget | None, partitioner: str | None = None) -> RequestCheck:
-        """Check a request against the geometry alone (no weights): what the CLI does first."""
+    def check(self, policy: Policy, budget: Budget | None, partitioner: str | None = None,
+              partitioner_params: Mapping[str, Any] | None = None) -> RequestCheck:
+        """Check a request against the geometry alone (no weights): what the CLI does first.
+
+        The partitioner (the one named, else the policy's default) is built here too, so a bad
+        name or parameter is refused before weights load, and its group names shape the schedule.
+        """
         keep = self.resolve(policy, budget, [self.geometry.num_visual])
-        groups = self.groups(policy)
+        name = self.default_partitioner(policy, partitioner)
+        built = self.partitioner(name, partitioner_params) if name is not None else None
+        groups = self.groups(policy, built)
         if isinstance(policy, CalibratedPolicy):
             request = policy.calibration_request()
             self.policy(request.base, dict(request.params))  # the base must exist and take its params

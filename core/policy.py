@@ -121,6 +121,11 @@ class Partitioner(_Parametrised, ABC):
     @abstractmethod
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition: ...
 
+    def group_names(self) -> tuple[str, ...]:
+        """The groups its partitions name (subject first), known before any image is seen, so a
+        schedule can be explained and checked without weights. Override for more than two groups."""
+        return DEFAULT_GROUPS
+
 
 def coerce_params(cls: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -29,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
     planner = Planner(registry, geometry)
     policy = planner.policy(args.policy, dict(args.param))
     budget = Budget.parse(args.budget or DEFAULT_BUDGET)
-    check = planner.check(policy, budget, args.partitioner)
+    check = planner.check(policy, budget, args.partitioner, dict(args.partitioner_param))
     if check.schedule is None:
         raise VtschedError(f"policy {policy.name!r} chooses its schedule on data; run `vtsched search-k` to see it")
     print(f"model: {source} ({geometry.num_layers} layers, {geometry.num_visual} visual tokens per image)")

@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
                             {} if args.schedule else dict(args.param))
     budget_text = args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET
     budget = Budget.parse(str(budget_text))
-    check = planner.check(policy, budget, args.partitioner)
+    check = planner.check(policy, budget, args.partitioner, dict(args.partitioner_param))
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})
     scheduler = load_scheduler(args.model, registry, args.device, **extra)
