@@ -7,6 +7,8 @@ right however tokens are pruned, inserted or shared between streams.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 __all__ = ["build_attention_mask", "KVTap", "attention_probs"]
@@ -54,7 +56,15 @@ class KVTap:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
 
-    def update(self, key_states, value_states, layer_idx=None, cache_kwargs=None, **kwargs):
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int | None = None,
+        cache_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, kv_heads, C + T, head_dim)`` keys/values to attend over: ``past`` then the layer's own."""
         if self.past is not None:
             key_states = torch.cat((self.past[0], key_states), dim=2)
             value_states = torch.cat((self.past[1], value_states), dim=2)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vtsched.core.engine.rows import Rows
 from vtsched.core.tokens import Role
 
 __all__ = ["RunStats", "LayerWork"]
@@ -46,7 +47,20 @@ class RunStats:
         self.prefix = tokens.cpu()
         self.prefix_layers = layers
 
-    def add_segment(self, start, end, names, rows, blocks, context_index, roles) -> None:
+    def add_segment(
+        self,
+        start: int,
+        end: int,
+        names: list[str],
+        rows: Rows,
+        blocks: list[slice],
+        context_index: torch.Tensor,
+        roles: torch.Tensor,
+    ) -> None:
+        """Record layers ``start..end-1`` on packed ``rows`` (``names[i]`` in column block ``blocks[i]``).
+
+        ``context_index``: ``(batch, C)`` positions of shared context keys; ``roles``: ``(batch, T)``.
+        """
         valid = rows.valid
         context = (context_index >= 0).sum(1)
         packed = context + valid.sum(1)

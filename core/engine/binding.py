@@ -1,0 +1,116 @@
+"""Binding a prompt batch to a partition: the per-token tables every other engine module reads.
+
+Samples arrive as token ids, roles and visual features; a partition gives each visual token a
+group. Binding turns them, once per prefill, into padded tables on the model's device (layer-0
+embeddings, roles, group ids), indexed by a token's *original position*. Every later step
+(initial stream rows, events, probes, statistics) addresses tokens by position through these
+tables, so no other module needs to know how a sample is laid out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vtsched.core.engine.rows import Rows, pad_stack
+from vtsched.core.errors import ScheduleError
+from vtsched.core.partition import Partition
+from vtsched.core.schedule import Schedule
+from vtsched.core.tokens import PromptBatch, Role
+
+__all__ = ["Bound", "bind", "initial_rows", "gather"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A prompt batch bound to a partition: per-token lookup tables on the model's device.
+
+    Attributes:
+        embeds: ``(batch, T_max, hidden)`` layer-0 input embeddings, visual features in place.
+        roles: ``(batch, T_max)`` :class:`~vtsched.core.tokens.Role` codes, ``-1`` past the end.
+        groups: ``(batch, T_max)`` partition group id of visual tokens, ``-1`` elsewhere.
+        lengths: ``(batch,)`` prompt length (tail included).
+    """
+
+    embeds: torch.Tensor
+    roles: torch.Tensor
+    groups: torch.Tensor
+    lengths: torch.Tensor
+
+    def lookup(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``table[b, index[b, t]]`` for ``(rows, T)`` positions ``index``; ``-1`` at padding."""
+        return table.gather(1, index.clamp(min=0)).masked_fill(index < 0, -1)
+
+
+def bind(
+    embed_tokens: nn.Module,
+    batch: PromptBatch,
+    partition: Partition,
+    schedule: Schedule,
+    tail: list[torch.Tensor] | None,
+) -> Bound:
+    """Embed every sample (tail tokens appended, visual features in place) and tabulate roles and groups.
+
+    Raises :class:`~vtsched.core.errors.ScheduleError` when the partition does not fit the batch
+    or lacks a group the schedule names.
+    """
+    if partition.batch_size != len(batch):
+        raise ScheduleError(f"partition is for {partition.batch_size} samples, the batch has {len(batch)}")
+    for name in schedule.groups:
+        partition.group_id(name)  # raises on a group the partition lacks
+    device = next(embed_tokens.parameters()).device
+    embeds, roles, groups = [], [], []
+    for b, sample in enumerate(batch.samples):
+        if partition.assignment[b].numel() != sample.num_visual:
+            raise ScheduleError(
+                f"sample {b}: partition covers {partition.assignment[b].numel()} visual tokens, "
+                f"the image has {sample.num_visual}"
+            )
+        ids, role = sample.input_ids.to(device), sample.roles.to(device)
+        if tail is not None and tail[b].numel():
+            ids = torch.cat((ids, tail[b].to(device)))
+            role = torch.cat((role, torch.full_like(tail[b], Role.TAIL, device=device)))
+        emb = embed_tokens(ids)
+        visual = torch.nonzero(role == Role.VISUAL).flatten()
+        features = sample.visual_features
+        override = partition.features[b] if partition.features is not None else None
+        if override is not None:  # merged tokens (visionzip) replace the features they stand for
+            replaced, values = override
+            features = features.index_put((replaced.to(features.device),), values.to(features.dtype))
+        emb = emb.index_put((visual,), features.to(emb.device, emb.dtype))
+        group_ids = torch.full_like(ids, -1)
+        group_ids[visual] = partition.assignment[b].to(device)
+        embeds.append(emb)
+        roles.append(role)
+        groups.append(group_ids)
+    return Bound(
+        embeds=pad_stack(embeds, 0.0),
+        roles=pad_stack(roles, -1),
+        groups=pad_stack(groups, -1),
+        lengths=torch.tensor([r.numel() for r in roles], device=device),
+    )
+
+
+def initial_rows(
+    bound: Bound, partition: Partition, groups: tuple[str, ...], *, share_prefix: bool, survivor: bool
+) -> Rows:
+    """The rows a stream starts with: its text tokens and the visual tokens of ``groups``.
+
+    Only the surviving stream carries the tail; with ``share_prefix`` the text before the image
+    is left out (it runs once, as context, in the shared prefix pass).
+    """
+    ids = torch.tensor([partition.group_id(g) for g in groups], device=bound.groups.device, dtype=torch.long)
+    text = (bound.roles >= 0) & (bound.roles != Role.VISUAL)
+    if not survivor:
+        text &= bound.roles != Role.TAIL
+    if share_prefix:
+        text &= bound.roles != Role.PREFIX
+    return gather(bound, text | torch.isin(bound.groups, ids))
+
+
+def gather(bound: Bound, member: torch.Tensor) -> Rows:
+    """Rows of the layer-0 embeddings at the positions where ``member`` (``(batch, T_max)`` bool) holds."""
+    positions = [torch.nonzero(m).flatten() for m in member]
+    return Rows.from_parts([bound.embeds[b, p] for b, p in enumerate(positions)], positions)

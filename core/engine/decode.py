@@ -1,0 +1,109 @@
+"""Decoding from the surviving stream's cache, one step for all layers.
+
+After prefill the surviving stream's keys/values per layer form the cache (layers before a fuse
+hold its own states, later layers the fused ones). New tokens continue the original position
+numbering and attend to every cached key of their layer.
+
+Layers whose cached keys sit at the same positions share one :class:`KeyLayout`, so a step
+builds one mask per layout, not one per layer. A single new token after a cache without padding
+may attend to every key: it gets no mask at all, as in transformers' own decoding, so SDPA runs
+its unmasked kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vtsched.core.adapters.base import DecoderParts
+from vtsched.core.engine.attention import KVTap, build_attention_mask
+from vtsched.core.engine.layout import LayerInputs
+from vtsched.core.engine.loop import call_layer
+from vtsched.core.engine.run import LayerCache
+
+__all__ = ["DecodeState", "KeyLayout", "decode_state", "extend"]
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Positions of the cached keys of one or more layers.
+
+    Attributes:
+        index: ``(batch, C)`` original positions, ``-1`` for padding.
+        padded: whether any slot is padding (new tokens never are, so this stays as prefill left it).
+    """
+
+    index: torch.Tensor
+    padded: bool
+
+    def grown(self, new_index: torch.Tensor) -> KeyLayout:
+        """The layout after ``(batch, n)`` new tokens at positions ``new_index`` joined the cache."""
+        return KeyLayout(torch.cat((self.index, new_index), dim=1), self.padded)
+
+    def mask(self, query_index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive ``(batch, 1, n, C)`` mask for queries at ``query_index`` over this layout (``None``: see all)."""
+        if query_index.shape[1] == 1 and not self.padded:
+            return None  # one query after unpadded earlier keys sees every key
+        return build_attention_mask(query_index, self.index, dtype)
+
+
+@dataclass
+class DecodeState:
+    """The surviving stream's cache after prefill: what decoding continues from.
+
+    Attributes:
+        keys, values: per layer ``(batch, kv_heads, C_l, head_dim)``.
+        layouts: the distinct key layouts; ``layer_layout[l]`` indexes the one layer ``l`` follows.
+        next_position: ``(batch,)`` position id of the next token.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    layouts: list[KeyLayout]
+    layer_layout: list[int]
+    next_position: torch.Tensor
+
+    def key_index(self, layer: int) -> torch.Tensor:
+        """``(batch, C_l)`` positions of layer ``layer``'s cached keys, ``-1`` for padding."""
+        return self.layouts[self.layer_layout[layer]].index
+
+
+def decode_state(cache: list[LayerCache], next_position: torch.Tensor) -> DecodeState:
+    """Collect a prefill's per-layer caches; layers with equal key positions share one layout."""
+    layouts: list[KeyLayout] = []
+    layer_layout: list[int] = []
+    for entry in cache:
+        last = layouts[-1].index if layouts else None
+        if last is None or not (last is entry.index or _same(last, entry.index)):
+            layouts.append(KeyLayout(entry.index, bool((entry.index < 0).any())))
+        layer_layout.append(len(layouts) - 1)
+    return DecodeState(
+        keys=[e.keys for e in cache], values=[e.values for e in cache],
+        layouts=layouts, layer_layout=layer_layout, next_position=next_position,
+    )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def extend(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> torch.Tensor:
+    """Feed ``(batch, n)`` new tokens after the cache; return their ``(batch, n, vocab)`` logits.
+
+    ``state`` is updated in place: each layer's keys/values grow by the new tokens.
+    """
+    n = token_ids.shape[1]
+    index = state.next_position[:, None] + torch.arange(n, device=token_ids.device)
+    hidden = parts.embed_tokens(token_ids)
+    positions = index.clamp(min=0)
+    cos, sin = parts.rotary(hidden, positions)
+    state.layouts = [layout.grown(index) for layout in state.layouts]
+    inputs = [LayerInputs(layout.mask(index, hidden.dtype), cos, sin, positions) for layout in state.layouts]
+    for layer in range(len(parts.layers)):
+        tap = KVTap((state.keys[layer], state.values[layer]))
+        hidden = call_layer(parts, layer, hidden, inputs[state.layer_layout[layer]], tap)
+        assert tap.keys is not None and tap.values is not None
+        state.keys[layer], state.values[layer] = tap.keys, tap.values
+    state.next_position = state.next_position + n
+    return parts.lm_head(parts.norm(hidden)).float()

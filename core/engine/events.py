@@ -1,0 +1,115 @@
+"""Events between layers: how each schedule event changes the live streams of a run.
+
+An event at layer ``k`` acts on the states entering layer ``k``. Removing and inserting groups,
+keeping the top-ranked tokens of a group, fusing text-token states across streams and ending a
+stream are each one short function below, chosen by the event's type (``apply_event`` is a
+``functools.singledispatch`` function, so there is no dispatch chain to extend).
+"""
+
+from __future__ import annotations
+
+from functools import singledispatch
+
+import torch
+
+from vtsched.core.engine.binding import gather
+from vtsched.core.engine.rows import Rows, pad_stack
+from vtsched.core.engine.run import PrefillRun
+from vtsched.core.errors import ScheduleError
+from vtsched.core.fusion import FusionInputs, check_weights
+from vtsched.core.schedule import EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup
+from vtsched.core.tokens import Role
+
+__all__ = ["apply_event"]
+
+
+@singledispatch
+def apply_event(event: Event, run: PrefillRun) -> None:
+    """Apply ``event`` to ``run.streams`` (before the layer it names)."""
+    raise ScheduleError(f"the engine cannot execute {event!r}")  # the schedule validates event types
+
+
+@apply_event.register
+def _end_stream(event: EndStream, run: PrefillRun) -> None:
+    del run.streams[event.stream]  # releases its states
+
+
+@apply_event.register
+def _remove_group(event: RemoveGroup, run: PrefillRun) -> None:
+    rows = run.streams[event.stream]
+    group = run.partition.group_id(event.group)
+    run.streams[event.stream] = rows.keep(run.bound.lookup(run.bound.groups, rows.index) != group)
+
+
+@apply_event.register
+def _insert_group(event: InsertGroup, run: PrefillRun) -> None:
+    """The group's tokens join the stream with their layer-0 embeddings."""
+    member = run.bound.groups == run.partition.group_id(event.group)
+    run.streams[event.stream] = run.streams[event.stream].merge(gather(run.bound, member))
+
+
+@apply_event.register
+def _keep_top(event: KeepTop, run: PrefillRun) -> None:
+    """Keep the group's tokens the probe before this layer ranked highest (stable on ties)."""
+    rows, bound = run.streams[event.stream], run.bound
+    ranked_index, ranked = run.readings.rank.pop(id(event))
+    by_position = torch.full(bound.roles.shape, float("-inf"), device=ranked.device)
+    valid = ranked_index >= 0
+    by_position[torch.nonzero(valid)[:, 0], ranked_index[valid]] = ranked[valid]
+    in_group = bound.lookup(bound.groups, rows.index) == run.partition.group_id(event.group)
+    scores = by_position.gather(1, rows.positions).masked_fill(~in_group, float("-inf"))
+    keep = ~in_group
+    for b in range(rows.num_rows):
+        n = int(in_group[b].sum())
+        k = min(n, event.keep) if isinstance(event.keep, int) else int(round(event.keep * n))
+        top = torch.sort(-scores[b], stable=True).indices[:k]
+        keep[b, top] = True
+    run.streams[event.stream] = rows.keep(keep)
+
+
+@apply_event.register
+def _fuse(event: Fuse, run: PrefillRun) -> None:
+    """Replace the fused text tokens of ``event.into`` by the rule-weighted sum over ``event.streams``."""
+    slots, states = _fused_slots(event, run)
+    token_valid = pad_stack([torch.ones(s.numel(), dtype=torch.bool, device=s.device) for s in slots[0]], False)
+    weights = _fusion_weights(event, run, token_valid)
+    fused = sum(w[..., None] * s.float() for w, s in zip(weights, states)).to(states[0].dtype)
+    target = run.streams[event.into]
+    into_slot = slots[event.streams.index(event.into)]
+    b_idx = torch.cat([torch.full_like(s, b) for b, s in enumerate(into_slot)])
+    t_idx = torch.cat(into_slot)
+    values = torch.cat([fused[b, : s.numel()] for b, s in enumerate(into_slot)])
+    run.streams[event.into] = Rows(target.hidden.index_put((b_idx, t_idx), values), target.index)
+
+
+def _fused_slots(event: Fuse, run: PrefillRun) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    """Per stream: the fused tokens' slots per row, and their states ``(batch, tokens, hidden)``."""
+    fused_roles = torch.tensor(Role.FUSED[event.tokens], device=run.bound.roles.device)
+    slots, states = [], []
+    for name in event.streams:
+        rows = run.streams[name]
+        sel = torch.isin(run.bound.lookup(run.bound.roles, rows.index), fused_roles)
+        slot = [torch.nonzero(s).flatten() for s in sel]
+        slots.append(slot)
+        states.append(pad_stack([rows.hidden[b, s] for b, s in enumerate(slot)], 0.0))
+    return slots, states
+
+
+def _fusion_weights(event: Fuse, run: PrefillRun, token_valid: torch.Tensor) -> torch.Tensor:
+    """``(streams, batch, tokens)`` weights from the event's rule, checked and recorded."""
+    bound = run.bound
+    counts = torch.stack([
+        (bound.lookup(bound.roles, run.streams[n].index) == Role.VISUAL).sum(1).float() for n in event.streams
+    ])
+    mass = None
+    rule_cls = run.rule(event.rule)
+    if rule_cls.needs_attention_mass:
+        mass = torch.stack([run.readings.mean_mass(event, n, token_valid) for n in event.streams])
+    inputs = FusionInputs(counts, mass, token_valid, event.streams.index(event.into))
+    try:
+        rule = rule_cls(**event.param_dict)
+    except TypeError as exc:
+        raise ScheduleError(f"fusion rule {event.rule!r}: bad parameters {event.param_dict}: {exc}") from None
+    weights = check_weights(event.rule, rule.weights(inputs), inputs)
+    run.stats.add_fusion(event.layer, event.streams, weights)
+    return weights

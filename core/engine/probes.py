@@ -1,0 +1,172 @@
+"""Attention probes: the attention a later event needs, recomputed for the few query rows it reads.
+
+Some events decide from attention: ``Fuse`` with a rule that weighs streams by the attention
+mass question tokens gave to each stream's visual tokens, and ``KeepTop`` ranking visual tokens by
+the attention the last prompt token gave them in the layer before. The model is never switched
+to eager attention and no layer runs twice: a probe recomputes the rotated queries of its rows
+from the layer input (``DecoderParts.query_rows``) and scores them against the keys the layer
+attended over (handed out by :class:`~vtsched.core.engine.attention.KVTap`).
+
+Which rows a probe reads, their rotary embeddings and their mask rows depend only on the
+segment's layout, so :func:`plan_probes` builds them once per segment; each layer only computes
+queries and scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import singledispatch
+from typing import Protocol
+
+import torch
+
+from vtsched.core.engine.attention import attention_probs
+from vtsched.core.engine.layout import Segment
+from vtsched.core.engine.rows import pad_stack
+from vtsched.core.engine.run import PrefillRun
+from vtsched.core.schedule import Event, Fuse, KeepTop
+from vtsched.core.tokens import Role
+
+__all__ = ["Probe", "QueryRows", "MassProbe", "RankProbe", "plan_probes", "probes_for"]
+
+
+@dataclass(frozen=True)
+class QueryRows:
+    """Query rows a probe scores, with everything about them that the segment's layers share.
+
+    Attributes:
+        slot: ``(rows, q)`` slots of the query rows in the packed row (padded with ``0``).
+        row: ``(rows, 1)`` row numbers, to index ``slot`` with.
+        count: ``(rows,)`` real query rows per row (what the statistics record).
+        cos, sin: ``(rows, q, head_dim)`` their rotary embeddings.
+        mask: ``(rows, 1, q, keys)`` their additive mask rows.
+    """
+
+    slot: torch.Tensor
+    row: torch.Tensor
+    count: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def select(cls, segment: Segment, sel: torch.Tensor) -> QueryRows:
+        """The slots of ``segment`` where ``sel`` (``(rows, T)`` bool) holds."""
+        slot = pad_stack([torch.nonzero(s).flatten() for s in sel], 0)
+        row = torch.arange(sel.shape[0], device=slot.device)[:, None]
+        inputs = segment.inputs
+        if inputs.mask is not None:
+            mask = inputs.mask[row, :, slot].transpose(1, 2)
+        else:  # plain causal layout: slot t sees slots <= t
+            dtype = segment.rows.hidden.dtype
+            allowed = torch.arange(segment.key_index.shape[1], device=slot.device)[None, None, :] <= slot[:, :, None]
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=slot.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+        return cls(slot, row, sel.sum(1), inputs.cos[row, slot], inputs.sin[row, slot], mask)
+
+    def probs(self, run: PrefillRun, layer: int, layer_input: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``(rows, heads, q, keys)`` attention of these rows at ``layer``.
+
+        ``layer_input``: ``(rows, T, hidden)`` states entering the layer; ``keys``:
+        ``(rows, kv_heads, keys, head_dim)`` as the layer attended over.
+        """
+        queries = run.parts.query_rows(layer, layer_input[self.row, self.slot], self.cos, self.sin)
+        run.stats.add_probe(layer, self.count, keys.shape[2])
+        return attention_probs(queries, keys, self.mask, run.parts.scaling)
+
+
+class Probe(Protocol):
+    """Reads attention at one layer and keeps what its event needs in ``run.readings``."""
+
+    def read(self, run: PrefillRun, layer: int, layer_input: torch.Tensor, keys: torch.Tensor) -> None: ...
+
+
+@dataclass(frozen=True)
+class MassProbe:
+    """For a ``Fuse``: the share of each fused token's attention on its own stream's visual tokens.
+
+    ``key_is_visual``: ``(rows, keys)`` float32, 1.0 where the key is a visual token.
+    Cross-stream keys are masked, so the mass is on this stream's own visual tokens.
+    """
+
+    queries: QueryRows
+    event: Fuse
+    stream: str
+    key_is_visual: torch.Tensor
+
+    def read(self, run: PrefillRun, layer: int, layer_input: torch.Tensor, keys: torch.Tensor) -> None:
+        probs = self.queries.probs(run, layer, layer_input, keys)
+        mass = (probs * self.key_is_visual[:, None, None, :]).sum(-1).mean(1)  # (rows, q)
+        run.readings.add_mass(self.event, self.stream, mass)
+
+
+@dataclass(frozen=True)
+class RankProbe:
+    """For a ``KeepTop``: the attention the stream's last prompt token gives each of its tokens.
+
+    ``own``: the stream's key columns; ``index``: ``(rows, T_s)`` their positions.
+    """
+
+    queries: QueryRows
+    event: KeepTop
+    own: slice
+    index: torch.Tensor
+
+    def read(self, run: PrefillRun, layer: int, layer_input: torch.Tensor, keys: torch.Tensor) -> None:
+        probs = self.queries.probs(run, layer, layer_input, keys)
+        run.readings.rank[id(self.event)] = (self.index, probs[..., self.own][:, :, 0].mean(1))  # by position
+
+
+def plan_probes(run: PrefillRun, segment: Segment) -> dict[int, list[Probe]]:
+    """Which layers of ``segment`` must read attention, and the probes they run (in event order)."""
+    plan: dict[int, list[Probe]] = {}
+    for event in run.schedule.events:
+        for layer, probe in probes_for(event, run, segment):
+            plan.setdefault(layer, []).append(probe)
+    return plan
+
+
+@singledispatch
+def probes_for(event: Event, run: PrefillRun, segment: Segment) -> list[tuple[int, Probe]]:
+    """``(layer, probe)`` pairs ``event`` needs read in ``segment``; most events read nothing."""
+    return []
+
+
+@probes_for.register
+def _fuse_probes(event: Fuse, run: PrefillRun, segment: Segment) -> list[tuple[int, Probe]]:
+    """Every layer before the fuse, while all fused streams run, for rules that weigh by attention mass."""
+    if event.layer < segment.end or not run.rule(event.rule).needs_attention_mass:
+        return []
+    if not all(s in segment.names for s in event.streams):
+        return []
+    roles = segment.row_roles
+    fused = torch.tensor(Role.FUSED[event.tokens], device=roles.device)
+    visual_keys = run.bound.lookup(run.bound.roles, segment.key_index) == Role.VISUAL
+    key_is_visual = visual_keys.to(torch.float32)
+    probes: list[Probe] = []
+    for stream in event.streams:
+        block = segment.block(stream)
+        sel = torch.zeros_like(roles, dtype=torch.bool)
+        sel[:, block] = torch.isin(roles[:, block], fused)
+        queries = QueryRows.select(segment, sel)
+        probes.append(MassProbe(queries, event=event, stream=stream, key_is_visual=key_is_visual))
+    return [(layer, probe) for layer in range(segment.start, segment.end) for probe in probes]
+
+
+@probes_for.register
+def _keep_top_probes(event: KeepTop, run: PrefillRun, segment: Segment) -> list[tuple[int, Probe]]:
+    """The layer right before the event, from the stream's last prompt token (tail excluded)."""
+    layer = event.layer - 1
+    if not segment.start <= layer < segment.end:
+        return []
+    roles = segment.row_roles
+    block = segment.block(event.stream)
+    prompt = (roles >= 0) & (roles != Role.TAIL)
+    prompt[:, : block.start] = False
+    prompt[:, block.stop :] = False
+    last = prompt.long().cumsum(1).argmax(1)  # last prompt slot of the stream, per row
+    sel = torch.zeros_like(roles, dtype=torch.bool)
+    sel[torch.arange(roles.shape[0], device=sel.device), last] = True
+    own = slice(segment.n_context + block.start, segment.n_context + block.stop)
+    return [(layer, RankProbe(QueryRows.select(segment, sel), event=event, own=own,
+                              index=segment.rows.index[:, block]))]
