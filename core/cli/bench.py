@@ -1,4 +1,4 @@
-"""``vtsched bench``: policies side by side: prefill time, FLOPs, decode speed, memory."""
+"""``vtsched bench``: policies side by side: prefill time, FLOPs, decode speed, memory; overhead against transformers."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     bench.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                        help="default: bfloat16 on a GPU, float32 on a CPU")
     bench.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    bench.add_argument("--no-reference", action="store_true",
+                       help="skip the transformers references (its forward on the full and shortened prompt, "
+                            "its generate) that measure the engine's overhead")
     bench.add_argument("--out", default="vtsched-out/bench", help="folder for results.json, results.csv, plot.png")
     bench.add_argument("--no-progress", action="store_true")
     add_common(bench)
@@ -84,7 +87,8 @@ def main(args: argparse.Namespace) -> int:
     images = [random_image(i, 336, 336) for i in range(args.batch_size)]
     questions = [" ".join(words) + "?" for _ in range(args.batch_size)]
     report = run_bench(scheduler, images, questions, cases, repeats=args.repeats, warmup=args.warmup,
-                       decode_tokens=args.decode_tokens, shape=shape_name, progress=not args.no_progress)
+                       decode_tokens=args.decode_tokens, shape=shape_name, progress=not args.no_progress,
+                       reference=not args.no_reference)
     print(report.table())
     out = Path(args.out)
     write_json(out / "results.json", report.to_dict())

@@ -4,24 +4,35 @@ Cases are interleaved within every repetition (rotating their order), after warm
 drift of the machine hits every policy alike and ratios are fair. On CUDA, times come from
 CUDA events with synchronisation; on CPU from ``time.perf_counter``. Medians and inter-quartile
 ranges are reported, never a single run.
+
+Reference cases measure the engine's own overhead: transformers' language model run directly on
+the same input embeddings (the full prompt, and the prompt physically shortened to the kept
+visual tokens of the smallest ``prune`` budget, at their original position ids), and
+transformers' ``generate`` for decoding. They run in the same interleaved loop, and their
+next-token logits (tokens, for ``generate``) are compared with the engine's, so a reference can
+never silently time something else.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from functools import partial
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from vtsched.core.budget import Budget
 from vtsched.core.cost import prefill_flops, scoring_flops, vision_flops
+from vtsched.core.engine import DecodeState, Engine, Prefill
+from vtsched.core.planner import Plan
 from vtsched.core.scheduler import Scheduler
+from vtsched.core.tokens import PromptBatch, Role, Sample
 
-__all__ = ["expand_cases", "Case", "CaseResult", "BenchReport", "run_bench", "parse_case"]
+__all__ = ["expand_cases", "Case", "CaseResult", "ReferenceResult", "BenchReport", "run_bench", "parse_case"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,40 @@ class CaseResult:
     def prefill_iqr_ms(self) -> float:
         return 1e3 * self._iqr(self.prefill_s)
 
+    def decode_ms_per_token(self, tokens: int) -> float | None:
+        return 1e3 * self._median(self.decode_s) / tokens if self.decode_s and tokens else None
+
+
+@dataclass
+class ReferenceResult:
+    """A transformers reference timed in the same loop as the cases, and the engine case it checks.
+
+    Attributes:
+        name: what ran (``"forward"``: the language model on the full prompt, ``"forward-shortened"``:
+            on the kept tokens of ``case``; ``"generate"``: decoding).
+        case: label of the engine case it is compared with.
+        seconds: per measured repetition: the forward's time, or ``generate``'s time per decoded token.
+        agreement: ``forward``: max |difference| of next-token logits to the engine's;
+            ``generate``: fraction of generated tokens equal to the engine's greedy tokens.
+    """
+
+    name: str
+    case: str
+    seconds: list[float] = field(default_factory=list)
+    agreement: float | None = None
+
+    @property
+    def decoding(self) -> bool:
+        return self.name == "generate"
+
+    @property
+    def ms(self) -> float:
+        return 1e3 * CaseResult._median(self.seconds)
+
+    @property
+    def iqr_ms(self) -> float:
+        return 1e3 * CaseResult._iqr(self.seconds)
+
 
 @dataclass
 class BenchReport:
@@ -120,9 +165,13 @@ class BenchReport:
     vision_s: list[float]
     vision_flops: float
     results: list[CaseResult]
+    references: list[ReferenceResult] = field(default_factory=list)
 
     def baseline(self) -> CaseResult | None:
         return next((r for r in self.results if r.case.policy == "full"), None)
+
+    def result(self, label: str) -> CaseResult | None:
+        return next((r for r in self.results if r.case.label == label), None)
 
     def rows(self) -> list[dict[str, Any]]:
         base = self.baseline()
@@ -151,6 +200,41 @@ class BenchReport:
             })
         return rows
 
+    def reference_rows(self) -> list[dict[str, Any]]:
+        """Each reference against its engine case: milliseconds (per decoded token for ``generate``) and ratio."""
+        rows = []
+        for ref in self.references:
+            engine = self.result(ref.case)
+            engine_ms = None
+            if engine is not None:
+                engine_ms = engine.decode_ms_per_token(self.decode_tokens) if ref.decoding else engine.prefill_ms
+            rows.append({
+                "reference": ref.name,
+                "case": ref.case,
+                "per": "decoded token" if ref.decoding else "prefill",
+                "transformers_ms": ref.ms,
+                "transformers_iqr_ms": ref.iqr_ms,
+                "engine_ms": engine_ms,
+                "engine_to_transformers": engine_ms / ref.ms if engine_ms is not None else None,
+                "agreement": ref.agreement,
+            })
+        return rows
+
+    def flops_predictions(self) -> list[dict[str, Any]]:
+        """Each ``parvts`` case against ``prune`` at its budget: time ratio over FLOPs ratio (1.0 = as predicted)."""
+        rows = []
+        for r in self.results:
+            if r.case.policy not in ("parvts", "parallel"):
+                continue
+            prune = next((p for p in self.results
+                          if p.case.policy == "prune" and p.case.budget == r.case.budget and not p.case.params), None)
+            if prune is None or not prune.flops or not prune.prefill_s:
+                continue
+            time_ratio, flops_ratio = r.prefill_ms / prune.prefill_ms, r.flops / prune.flops
+            rows.append({"case": r.case.label, "against": prune.case.label, "time_ratio": time_ratio,
+                         "flops_ratio": flops_ratio, "time_over_flops": time_ratio / flops_ratio})
+        return rows
+
     def table(self) -> str:
         header = (f"{'case':<34s} {'prefill ms':>11s} {'iqr':>7s} {'x full':>7s} {'GFLOPs':>9s} {'x full':>7s} "
                   f"{'vis/layer':>9s} {'dec tok/s':>9s}")
@@ -167,7 +251,32 @@ class BenchReport:
         vision_ms = 1e3 * statistics.median(self.vision_s) if self.vision_s else 0.0
         lines.append(f"vision tower + projector (common to all cases): {vision_ms:.2f} ms, "
                      f"{self.vision_flops / 1e9:.2f} GFLOPs per image")
+        lines += self._reference_lines()
         return "\n".join(lines)
+
+    def _reference_lines(self) -> list[str]:
+        lines = []
+        if self.references:
+            header = (f"{'transformers, same input embeddings':<44s} {'ms':>9s} {'iqr':>7s} {'engine ms':>10s} "
+                      f"{'engine/tf':>9s}  check")
+            lines += ["", header, "-" * len(header)]
+        for row in self.reference_rows():
+            what = {"forward": f"forward, full prompt (vs {row['case']})",
+                    "forward-shortened": f"forward, kept tokens of {row['case']}",
+                    "generate": f"generate, per token (vs {row['case']} decode)"}[row["reference"]]
+            engine = f"{row['engine_ms']:.2f}" if row["engine_ms"] is not None else "-"
+            ratio = f"{row['engine_to_transformers']:.3f}" if row["engine_to_transformers"] is not None else "-"
+            agreement = row["agreement"]
+            check = "-" if agreement is None else (
+                f"tokens equal {agreement:.0%}" if row["reference"] == "generate" else f"max |dlogit| {agreement:.1e}")
+            lines.append(f"{what:<44s} {row['transformers_ms']:>9.2f} {row['transformers_iqr_ms']:>7.2f} "
+                         f"{engine:>10s} {ratio:>9s}  {check}")
+        for row in self.flops_predictions():
+            gap = 100 * (row["time_over_flops"] - 1)
+            lines.append(f"{row['case']}: time x {row['against']} {row['time_ratio']:.3f}, FLOPs x {row['against']} "
+                         f"{row['flops_ratio']:.3f}: {abs(gap):.1f}% {'above' if gap >= 0 else 'below'} "
+                         f"its FLOPs prediction")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +284,7 @@ class BenchReport:
             "batch_size": self.batch_size, "repeats": self.repeats, "decode_tokens": self.decode_tokens,
             "vision_ms": 1e3 * statistics.median(self.vision_s) if self.vision_s else None,
             "vision_gflops_per_image": self.vision_flops / 1e9, "rows": self.rows(),
+            "reference": {"rows": self.reference_rows(), "parvts_time_over_flops": self.flops_predictions()},
         }
 
 
@@ -182,7 +292,7 @@ class _Clock:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
 
-    def __call__(self, fn):
+    def __call__(self, fn: Callable[[], Any]) -> tuple[Any, float]:
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
@@ -207,74 +317,252 @@ def run_bench(
     decode_tokens: int = 8,
     shape: str = "?",
     progress: bool = True,
+    reference: bool = True,
 ) -> BenchReport:
+    """Time ``cases`` (and, with ``reference``, transformers' own forward and generate) interleaved.
+
+    References need the adapter's ``language_model`` and prompts of equal length; without them
+    the report has none.
+    """
     from tqdm.auto import tqdm
 
     device = scheduler.adapter.device
     clock = _Clock(device)
-    geometry = scheduler.adapter.geometry
     batch = scheduler.prepare(images, questions)
-    policies = [(c, scheduler.make_policy(c.policy, dict(c.params)),
-                 scheduler.make_partitioner(c.partitioner) if c.partitioner else None) for c in cases]
-    results = [CaseResult(c) for c in cases]
+    bench = _Bench(scheduler, batch, cases, clock, decode_tokens)
+    if reference:
+        bench.references = _references(scheduler, batch, bench, clock)
+    jobs = bench.jobs()
     vision_s: list[float] = []
-    steps = (warmup + repeats) * (len(cases) + 1)
-    bar = tqdm(total=steps, desc="bench", disable=not progress, leave=False)
+    bar = tqdm(total=(warmup + repeats) * (len(jobs) + 1), desc="bench", disable=not progress, leave=False)
     for rep in range(warmup + repeats):
         _, seconds = clock(lambda: scheduler.prepare(images, questions))
         if rep >= warmup:
             vision_s.append(seconds)
         bar.update()
-        order = list(range(len(cases)))
+        order = list(range(len(jobs)))
         order = order[rep % len(order):] + order[: rep % len(order)]  # rotate: no case always goes first
         for i in order:
-            case, policy, partitioner = policies[i]
-            budget = Budget.parse(case.budget) if case.budget is not None else None
-            if clock.cuda:
-                torch.cuda.reset_peak_memory_stats()
-
-            (plan, out), seconds = clock(partial(_prefill, scheduler, batch, policy, partitioner, budget))
-            kv_bytes = _cache_bytes(out.state, len(batch)) if out.state is not None else 0
-            decode_seconds = None
-            if decode_tokens > 0:
-                first = out.logits.argmax(-1)[:, None]
-                _, decode_seconds = clock(partial(_decode, scheduler.engine, out.state, first, decode_tokens))
-            if rep >= warmup:
-                r = results[i]
-                r.prefill_s.append(seconds)
-                if decode_seconds is not None:
-                    r.decode_s.append(decode_seconds)
-                if clock.cuda:
-                    r.peak_bytes.append(torch.cuda.max_memory_allocated())
-                if rep == warmup:
-                    stats = out.stats
-                    r.flops = float(prefill_flops(stats, geometry).mean())
-                    r.scoring_flops = float(scoring_flops(stats, geometry).mean())
-                    r.visual_kept = float(stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor).mean())
-                    r.visual_all = float(stats.visual_per_layer(geometry.num_layers).mean())
-                    r.kv_cache_bytes = kv_bytes
-            del out
+            jobs[i](rep >= warmup, rep == warmup)
             bar.update()
     bar.close()
+    bench.check_references()
     return BenchReport(
         device=_device_name(device), shape=shape, dtype=str(scheduler.adapter.dtype).replace("torch.", ""),
         attn=scheduler.engine.parts.attn_implementation, batch_size=len(batch), repeats=repeats,
-        decode_tokens=decode_tokens, vision_s=vision_s, vision_flops=vision_flops(geometry), results=results,
+        decode_tokens=decode_tokens, vision_s=vision_s, vision_flops=vision_flops(scheduler.adapter.geometry),
+        results=bench.results, references=[r.result for r in bench.references],
     )
 
 
-def _prefill(scheduler: Scheduler, batch, policy, partitioner, budget):
-    """What a request costs from the partition on: plan (scoring included) and prefill."""
-    plan = scheduler.plan(batch, policy, partitioner, budget)
-    return plan, scheduler.engine.prefill(batch, plan.schedule, plan.partition, use_cache=True)
+@dataclass
+class _Reference:
+    """A reference job: its result, and a call returning ``(seconds, output)`` for one run."""
+
+    result: ReferenceResult
+    run: Callable[[], tuple[float, torch.Tensor]]
+    output: torch.Tensor | None = None
 
 
-def _decode(engine, state, token: torch.Tensor, steps: int) -> None:
+class _Bench:
+    """One benchmark's cases, references and measurements; each run of a case or reference is a job."""
+
+    def __init__(self, scheduler: Scheduler, batch: PromptBatch, cases: Sequence[Case], clock: _Clock,
+                 decode_tokens: int) -> None:
+        self.scheduler, self.batch, self.clock, self.decode_tokens = scheduler, batch, clock, decode_tokens
+        self.policies = [(c, scheduler.make_policy(c.policy, dict(c.params)),
+                          scheduler.make_partitioner(c.partitioner) if c.partitioner else None) for c in cases]
+        self.results = [CaseResult(c) for c in cases]
+        self.references: list[_Reference] = []
+        self.logits: dict[str, torch.Tensor] = {}  # engine next-token logits by case label (first measured run)
+        self.tokens: dict[str, torch.Tensor] = {}  # engine greedy tokens, first one included
+
+    def jobs(self) -> list[Callable[[bool, bool], None]]:
+        """One callable per case and reference: ``job(measured, first_measured)``."""
+        cases = [partial(self.run_case, i) for i in range(len(self.results))]
+        return cases + [partial(self.run_reference, ref) for ref in self.references]
+
+    def plan(self, i: int) -> Plan:
+        case, policy, partitioner = self.policies[i]
+        budget = Budget.parse(case.budget) if case.budget is not None else None
+        return self.scheduler.plan(self.batch, policy, partitioner, budget)
+
+    def run_case(self, i: int, measured: bool, first: bool) -> None:
+        if self.clock.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        (plan, out), seconds = self.clock(partial(self._prefill, i))
+        decode_seconds, tokens = None, None
+        if self.decode_tokens > 0:
+            first_token = out.logits.argmax(-1)[:, None]
+            tokens, decode_seconds = self.clock(
+                partial(_decode, self.scheduler.engine, out.state, first_token, self.decode_tokens))
+        if not measured:
+            return
+        r = self.results[i]
+        r.prefill_s.append(seconds)
+        if decode_seconds is not None:
+            r.decode_s.append(decode_seconds)
+        if self.clock.cuda:
+            r.peak_bytes.append(torch.cuda.max_memory_allocated())
+        if first:
+            self._record_first(r, plan, out, tokens)
+
+    def _prefill(self, i: int) -> tuple[Plan, Prefill]:
+        """What a request costs from the partition on: plan (scoring included) and prefill."""
+        plan = self.plan(i)
+        return plan, self.scheduler.engine.prefill(self.batch, plan.schedule, plan.partition, use_cache=True)
+
+    def _record_first(self, r: CaseResult, plan: Plan, out: Prefill, tokens: torch.Tensor | None) -> None:
+        geometry = self.scheduler.adapter.geometry
+        stats = out.stats
+        r.flops = float(prefill_flops(stats, geometry).mean())
+        r.scoring_flops = float(scoring_flops(stats, geometry).mean())
+        r.visual_kept = float(stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor).mean())
+        r.visual_all = float(stats.visual_per_layer(geometry.num_layers).mean())
+        r.kv_cache_bytes = _cache_bytes(out.state, len(self.batch)) if out.state is not None else 0
+        self.logits[r.case.label] = out.logits
+        if tokens is not None:
+            self.tokens[r.case.label] = tokens
+
+    def run_reference(self, ref: _Reference, measured: bool, first: bool) -> None:
+        seconds, output = ref.run()
+        if measured:
+            ref.result.seconds.append(seconds)
+        if first:
+            ref.output = output
+
+    def check_references(self) -> None:
+        """Compare each reference's output with its engine case's (from the first measured run)."""
+        for ref in self.references:
+            if ref.output is None:
+                continue
+            if ref.result.decoding:
+                ours = self.tokens.get(ref.result.case)
+                if ours is not None and ours.shape == ref.output.shape:
+                    ref.result.agreement = float((ours == ref.output.to(ours.device)).float().mean())
+            else:
+                logits = self.logits.get(ref.result.case)
+                if logits is not None:
+                    ref.result.agreement = float((logits - ref.output.to(logits.device)).abs().max())
+
+
+def _references(scheduler: Scheduler, batch: PromptBatch, bench: _Bench, clock: _Clock) -> list[_Reference]:
+    """transformers' forward on the full and the shortened prompt, and its ``generate``, where they apply."""
+    lm = getattr(scheduler.adapter, "language_model", None)
+    if lm is None or len({s.length for s in batch.samples}) != 1:
+        return []  # needs the model's own language model, and prompts that need no padding
+    head = scheduler.engine.parts.lm_head
+    embeds = _merged_embeddings(lm, batch)
+    positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
+    labels = [r.case.label for r in bench.results]
+    refs = []
+    if "full" in labels:
+        refs.append(_Reference(ReferenceResult("forward", "full"),
+                               partial(_timed, clock, partial(_forward, lm, head, embeds, positions))))
+    shortened = _smallest_prune(bench)
+    if shortened is not None:
+        label, kept = shortened
+        short = embeds[torch.arange(embeds.shape[0], device=kept.device)[:, None], kept]
+        refs.append(_Reference(ReferenceResult("forward-shortened", label),
+                               partial(_timed, clock, partial(_forward, lm, head, short, kept))))
+    if "full" in labels and bench.decode_tokens > 0:
+        model = scheduler.adapter.model
+        refs.append(_Reference(ReferenceResult("generate", "full"),
+                               partial(_generate, model, embeds, bench.decode_tokens, clock.cuda)))
+    return refs
+
+
+def _merged_embeddings(lm: Any, batch: PromptBatch) -> torch.Tensor:
+    """``(batch, T, hidden)`` the language model's input embeddings with the image features in place."""
+    embed = lm.get_input_embeddings()
+    device = next(embed.parameters()).device
+    with torch.inference_mode():
+        embeds = embed(torch.stack([s.input_ids for s in batch.samples]).to(device))
+        for b, sample in enumerate(batch.samples):
+            embeds[b, sample.visual_positions.to(device)] = sample.visual_features.to(device, embeds.dtype)
+    return embeds
+
+
+def _smallest_prune(bench: _Bench) -> tuple[str, torch.Tensor] | None:
+    """The ``prune`` case keeping the fewest tokens, and ``(batch, T')`` positions of the tokens it keeps."""
+    best: tuple[str, torch.Tensor] | None = None
+    for i, r in enumerate(bench.results):
+        if r.case.policy != "prune":
+            continue
+        plan = bench.plan(i)
+        kept = [_kept_positions(plan, b, sample) for b, sample in enumerate(bench.batch.samples)]
+        if plan.schedule.events or len({k.numel() for k in kept}) != 1:
+            continue  # not a plain prune, or samples keep different counts (would need padding)
+        if best is None or kept[0].numel() < best[1].shape[1]:
+            best = (r.case.label, torch.stack(kept))
+    return best
+
+
+def _kept_positions(plan: Plan, b: int, sample: Sample) -> torch.Tensor:
+    """Positions of sample ``b``'s text tokens and of the visual tokens the surviving stream starts with."""
+    survivor = next(s for s in plan.schedule.streams if s.name == plan.schedule.survivor)
+    groups = torch.tensor([plan.partition.group_id(g) for g in survivor.groups], dtype=torch.long)
+    keep = sample.roles != Role.VISUAL
+    keep[sample.visual_positions[torch.isin(plan.partition.assignment[b].cpu(), groups)]] = True
+    device = sample.visual_features.device
+    return torch.nonzero(keep).flatten().to(device)
+
+
+def _timed(clock: _Clock, fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+    out, seconds = clock(fn)
+    return seconds, out
+
+
+def _forward(lm: Any, head: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """transformers' language model on ``(batch, T, hidden)`` embeddings; ``(batch, vocab)`` next-token logits.
+
+    ``use_cache=True`` as in a real prefill; it also keeps transformers from reading position ids
+    with gaps (a shortened prompt) as several packed sequences.
+    """
+    with torch.inference_mode():
+        hidden = lm(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
+        return head(hidden[:, -1]).float()
+
+
+class _StepClock(LogitsProcessor):
+    """Stamps the time whenever ``generate`` has new logits: after the prefill and after each decode step."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def _generate(model: Any, embeds: torch.Tensor, steps: int, cuda: bool) -> tuple[float, torch.Tensor]:
+    """transformers' greedy ``generate`` for ``steps`` decode steps after the prefill's token.
+
+    Returns seconds per decode step (prefill excluded) and the ``(batch, steps + 1)`` tokens.
+    """
+    clock = _StepClock(cuda)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    with torch.inference_mode():
+        out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=steps + 1,
+                             min_new_tokens=steps + 1, do_sample=False, eos_token_id=None, pad_token_id=0,
+                             logits_processor=LogitsProcessorList([clock]))
+    return (clock.stamps[-1] - clock.stamps[0]) / steps, out[:, -(steps + 1):]
+
+
+def _decode(engine: Engine, state: DecodeState | None, token: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decode ``steps`` tokens after ``token``; ``(batch, steps + 1)`` tokens, ``token`` first."""
+    assert state is not None
+    tokens = [token]
     for _ in range(steps):
         token = engine.extend(state, token)[:, -1].argmax(-1)[:, None]
+        tokens.append(token)
+    return torch.cat(tokens, dim=1)
 
 
-def _cache_bytes(state, batch_size: int) -> int:
+def _cache_bytes(state: DecodeState, batch_size: int) -> int:
     """KV-cache bytes per sample at the end of prefill (before decoding grew it)."""
     total = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(state.keys, state.values))
     return total // max(batch_size, 1)
