@@ -1,0 +1,229 @@
+"""``vtsched sweep``: ablations over models, datasets, policies, partitioners, budgets and seeds.
+
+A sweep config (:mod:`.sweep_config`) expands into cells (:mod:`.sweep_plan`), each hashed from its
+fully resolved configuration. Cells run on an executor (:mod:`.launch`: this process, one process
+per device, or Slurm arrays through submitit) or data-parallel under torchrun / accelerate launch
+(every rank runs this function and answers its shard of the samples). Each finished cell is one
+JSON line appended to the results file (:mod:`.sweep_results`); running the same sweep again skips
+finished cells, ``retry_failed`` reruns failed ones. At the end: a summary table, a CSV and plots
+(:mod:`.sweep_report`) over the cells of this config.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from vtsched.core.errors import InputError, VtschedError
+from vtsched.core.tools.launch import InlineExecutor, Job, make_executor
+from vtsched.core.tools.sweep_config import SweepConfig, load_config
+from vtsched.core.tools.sweep_plan import Cell, resolve_cells, shard_cells
+from vtsched.core.tools.sweep_report import summary_rows, summary_table, write_report
+from vtsched.core.tools.sweep_results import ResultsFile, SweepLock, read_rows
+from vtsched.core.tools.sweep_run import Ranks, run_cells
+
+__all__ = ["run_sweep", "SweepOutcome", "load_config", "dry_run_table", "Progress"]
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did: its cells, how many ran now, and the report over all of them."""
+
+    cells: list[Cell]
+    ran: int = 0
+    skipped: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # summary rows, one per cell with a result
+    files: list[Path] = field(default_factory=list)
+    wall_s: float = 0.0
+    rank: int = 0
+
+    def table(self) -> str:
+        return summary_table(self.rows)
+
+
+class Progress:
+    """Follows the results file: a progress bar (cells, ETA) over the rows of this sweep's pending cells."""
+
+    def __init__(self, results: Path, pending: Sequence[Cell], enabled: bool, desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.results = results
+        self.pending = {c.hash for c in pending}
+        self.seen: set[str] = set()
+        self.offset = results.stat().st_size if results.exists() else 0
+        self.bar = tqdm(total=len(self.pending), unit="cell", desc=desc, disable=not enabled, file=sys.stderr)
+
+    def __call__(self) -> None:
+        rows, self.offset = read_rows(self.results, self.offset)
+        for row in rows:
+            h = row.get("hash")
+            if h in self.pending and h not in self.seen:
+                self.seen.add(h)
+                self.bar.update(1)
+                if row.get("status") == "failed":
+                    self.bar.write(f"failed: {row.get('label')}: {row.get('error')}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _status(cell: Cell, finished: set[str], failed: set[str]) -> str:
+    if cell.hash in finished:
+        return "done"
+    if cell.hash in failed:
+        return "failed"
+    return "invalid" if cell.error else "pending"
+
+
+def dry_run_table(cells: Sequence[Cell], finished: set[str] = frozenset(), failed: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    """The cells with their estimated prefill FLOPs (per sample and in total) and their status."""
+    header = f"{'hash':<10s} {'model':<10s} {'dataset':<18s} {'cell':<40s} {'n':>5s} {'GFLOPs/sample':>13s} {'TFLOPs':>8s}  status"
+    lines = [header, "-" * len(header)]
+    total = 0.0
+    for c in cells:
+        est = "-" if c.est_gflops is None else f"{c.est_gflops:.4f}"
+        tf = "-" if c.est_gflops is None else f"{c.est_gflops * c.est_samples / 1e3:.4f}"
+        total += (c.est_gflops or 0.0) * c.est_samples / 1e3 if c.error is None else 0.0
+        status = _status(c, finished, failed)
+        line = (f"{c.hash[:10]:<10s} {Path(c.model).name[:10]:<10s} {str(c.spec['dataset'])[:18]:<18s} "
+                f"{c.label[:40]:<40s} {c.est_samples:>5d} {est:>13s} {tf:>8s}  {status}")
+        if c.error:
+            line += f": {c.error}"
+        lines.append(line)
+    lines.append(f"{len(cells)} cells, {total:.4f} TFLOPs of decoder prefill in all (nominal, from each schedule)")
+    return "\n".join(lines)
+
+
+def _registry(no_plugins: bool) -> Any:
+    from vtsched.core.registry import build_registry, make_plugin_manager
+
+    return build_registry(make_plugin_manager(load_entrypoints=False if no_plugins else None))
+
+
+def run_sweep(
+    config: SweepConfig | str | Path,
+    *,
+    executor: str = "local",
+    workers: int = 1,
+    devices: Sequence[str] | None = None,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    no_plugins: bool = False,
+    cluster: str | None = None,
+    report: bool = True,
+    stream: TextIO | None = None,
+) -> SweepOutcome:
+    """Run the cells of ``config`` that have no result yet; report over all of them.
+
+    Under torchrun / accelerate launch (``WORLD_SIZE`` > 1) every rank calls this; rank 0 holds the
+    lock, decides what runs and writes the rows and the report, the others answer their shards.
+    """
+    out = stream or sys.stdout
+    if not isinstance(config, SweepConfig):
+        config = load_config(config)
+    start = time.perf_counter()
+    ranks = Ranks() if dry_run else Ranks.from_environment(config.device)
+    registry = _registry(no_plugins)
+    cells = resolve_cells(config, registry)
+    results = config.results
+    if dry_run:
+        done = ResultsFile.read(results) if results.exists() else ResultsFile(results)
+        print(dry_run_table(cells, done.finished(), done.failed()), file=out)
+        return SweepOutcome(cells, wall_s=time.perf_counter() - start)
+    lock = SweepLock(results)
+    decision: tuple[str, Any] = ("ok", None)
+    if ranks.main:
+        try:
+            lock.acquire()
+            done = ResultsFile.read(results)
+            finished, failed = done.finished(), done.failed()
+            pending = [c for c in cells if c.hash not in finished and (
+                c.hash not in failed or (retry_failed and c.error is None))]
+            decision = ("ok", [c.hash for c in pending])
+        except VtschedError as exc:
+            decision = ("error", str(exc))
+    decision = ranks.broadcast(decision)
+    if decision[0] == "error":
+        lock.release()
+        ranks.close()
+        raise InputError(decision[1])
+    chosen = set(decision[1])
+    pending = [c for c in cells if c.hash in chosen]
+    outcome = SweepOutcome(cells, skipped=len(cells) - len(pending), rank=ranks.rank)
+    try:
+        if ranks.main:
+            where = f"{ranks.world} data-parallel ranks" if ranks.world > 1 else _where(executor, workers, devices)
+            print(f"sweep {config.name}: {len(cells)} cells, {len(cells) - len(pending)} already in {results.name}, "
+                  f"{len(pending)} to run on {where}", file=out, flush=True)
+        if pending:
+            job = Job(results=str(results), folder=str(config.out / "workers"), device=config.device,
+                      batch_size=config.batch_size, dtype=config.dtype, no_plugins=no_plugins)
+            follow = Progress(results, pending, progress and ranks.main, config.name)
+            try:
+                if ranks.world > 1:
+                    run_cells(pending, str(results), device=_rank_device(config.device), batch_size=config.batch_size,
+                              dtype=config.dtype, no_plugins=no_plugins, ranks=ranks, on_row=lambda _r: follow())
+                else:
+                    chosen_executor = make_executor(executor, workers=workers, devices=devices, slurm=dict(config.slurm),
+                                                    cluster=cluster)
+                    shards = shard_cells(pending, 1 if isinstance(chosen_executor, InlineExecutor) else
+                                         len(getattr(chosen_executor, "devices", [])) or workers)
+                    chosen_executor.run(shards, job, follow)
+            except KeyboardInterrupt:
+                follow()
+                follow.close()
+                print(f"\ninterrupted: {len(follow.seen)} of {len(pending)} cells finished and kept in {results}; "
+                      "run the same command again to resume", file=sys.stderr)
+                raise
+            follow.close()
+            outcome.ran = len(follow.seen)
+        if ranks.main:
+            latest = ResultsFile.read(results).latest()
+            mine = [latest[c.hash] for c in cells if c.hash in latest]
+            outcome.rows = summary_rows(mine)
+            if report:
+                print(summary_table(outcome.rows), file=out)
+                outcome.files = write_report(outcome.rows, config.out, config.name)
+                print(f"wrote {', '.join(str(p) for p in outcome.files)}", file=out)
+    finally:
+        lock.release()
+        ranks.close()
+    outcome.wall_s = time.perf_counter() - start
+    return outcome
+
+
+def _rank_device(device: str) -> str:
+    """On GPUs each rank takes the device of its local rank."""
+    import os
+
+    if device.startswith("cuda"):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def _where(executor: str, workers: int, devices: Sequence[str] | None) -> str:
+    if devices:
+        return f"{executor}: one worker per device ({', '.join(devices)})"
+    if executor == "local":
+        return "this process" if workers <= 1 else f"local: {workers} worker processes"
+    return executor
+
+
+def with_overrides(config: SweepConfig, *, results: str | None = None, out: str | None = None,
+                   device: str | None = None) -> SweepConfig:
+    """The config with command-line overrides of its results path, report folder and device."""
+    changes: dict[str, Any] = {}
+    if results:
+        changes["results"] = Path(results)
+        if not out:
+            changes["out"] = Path(results).with_suffix("").parent / (Path(results).stem + "-report")
+    if out:
+        changes["out"] = Path(out)
+    if device:
+        changes["device"] = device
+    return replace(config, **changes)
