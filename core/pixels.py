@@ -17,16 +17,41 @@ rank tokens by coverage (descending); among equal coverage, by the model's token
 mask smaller than one token still selects the tokens it touches most, an empty mask selects by
 score alone (the score partition), a full-image mask ties every image token and the score picks
 among them, and a mask covering fewer than ``keep`` tokens is topped up by score.
+
+The model's token score (:func:`token_scores`) is the vision tower's [CLS] attention where the
+model has one (``Sample.cls_scores``), else the adapter's own per-token score (a ``scores``
+attribute of the sample, or ``extras["scores"]``, e.g. for Qwen2-VL), else none: then ties and
+shortfall go by token index alone.
+
+Mask-based partitioners share the rest of the path here too: masks read from PNG/NPY files
+(:func:`load_mask`, one-line errors for a file of the wrong size or type), images keyed by
+content (:func:`image_digest`), and group ids from masks (:func:`mask_groups`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["TokenBoxes", "grid_boxes", "processed_window", "mask_coverage", "select_by_coverage"]
+from vtsched.core.errors import InputError
+from vtsched.core.partition import Partition
+
+__all__ = [
+    "TokenBoxes", "grid_boxes", "processed_window", "mask_coverage", "select_by_coverage", "coverage_ranking",
+    "token_scores", "mask_groups", "load_mask", "as_mask", "image_digest", "check_mask_inputs",
+    "partition_from_masks", "MASK_SUFFIXES", "OBJECTS", "BACKGROUND",
+]
+
+MASK_SUFFIXES = (".png", ".npy")
+OBJECTS = "objects"  # group names of a three-group mask partition: subject, objects, background
+BACKGROUND = "background"
 
 
 @dataclass(frozen=True)
@@ -151,11 +176,167 @@ def select_by_coverage(coverage: torch.Tensor, scores: torch.Tensor | None, keep
     n = coverage.numel()
     if not 0 <= keep <= n:
         raise ValueError(f"keep {keep} outside 0..{n}")
-    score = scores.to(torch.float64) if scores is not None else torch.zeros(n, dtype=torch.float64)
+    return torch.tensor(sorted(coverage_ranking(coverage, scores)[:keep]), dtype=torch.long)
+
+
+def coverage_ranking(coverage: torch.Tensor, scores: torch.Tensor | None) -> list[int]:
+    """Every token index, most subject-like first, under the module's selection rule."""
+    n = coverage.numel()
+    cover = coverage.to(torch.float64).flatten().tolist()
+    score = scores.to(torch.float64).flatten().tolist() if scores is not None else [0.0] * n
     # coverage rounded so that exact ties (a full-image mask) are not split by float rounding
-    order = sorted(range(n), key=lambda i: (-round(float(coverage[i]), 9), -_finite(float(score[i])), i))
-    return torch.tensor(sorted(order[:keep]), dtype=torch.long)
+    return sorted(range(n), key=lambda i: (-round(cover[i], 9), -_finite(score[i]), i))
 
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else -math.inf
+
+
+def token_scores(sample: Any) -> tuple[torch.Tensor | None, str]:
+    """The model's per-token score of a :class:`~vtsched.core.tokens.Sample`, and where it came from.
+
+    ``sample.cls_scores`` (``"cls"``) where the vision tower has a [CLS] token; else the adapter's
+    own score, a ``scores`` attribute (``"scores"``) or ``extras["scores"]`` (``"extras.scores"``),
+    for models without [CLS] (Qwen2-VL); else ``(None, "none")``: callers then rank by token
+    index and should say so.
+    """
+    for source, value in (("cls", getattr(sample, "cls_scores", None)), ("scores", getattr(sample, "scores", None)),
+                          ("extras.scores", getattr(sample, "extras", {}).get("scores"))):
+        if isinstance(value, torch.Tensor) and value.numel() == sample.num_visual:
+            return value.detach().float().cpu().flatten(), source
+    return None, "none"
+
+
+def mask_groups(coverage: torch.Tensor, scores: torch.Tensor | None, keep: int,
+                other: torch.Tensor | None = None) -> torch.Tensor:
+    """``(num_visual,)`` long group ids from mask coverage.
+
+    Group 0 is the ``keep`` subject tokens of :func:`select_by_coverage`. Without ``other`` every
+    other token is group 1. With ``other`` (the coverage of a second mask: other objects), a
+    non-subject token at least half covered by it is group 1 and the rest group 2 (background).
+    """
+    ids = torch.ones(coverage.numel(), dtype=torch.long)
+    if other is not None:
+        ids = torch.where(other.to(torch.float64) >= 0.5, 1, 2).long()
+    ids[select_by_coverage(coverage, scores, keep)] = 0
+    return ids
+
+
+def as_mask(values: Any, what: str = "mask") -> torch.Tensor:
+    """A 2-D mask as a float64 tensor in [0, 1]: bool and integer arrays are 1 where nonzero, float
+    arrays are soft coverage and must lie in [0, 1]. Anything else is one :class:`InputError` line."""
+    import numpy as np
+
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise InputError(f"{what} has shape {tuple(array.shape)}: a mask is 2-D (height, width)")
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
+        return torch.from_numpy(array != 0).to(torch.float64)
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and not (np.isfinite(array).all() and array.min() >= 0.0 and array.max() <= 1.0):
+            raise InputError(f"{what} has float values outside [0, 1]: a soft mask is a coverage fraction")
+        return torch.from_numpy(array.astype(np.float64))
+    raise InputError(f"{what} has dtype {array.dtype}: a mask is bool, integer (nonzero = inside) or float in [0, 1]")
+
+
+def load_mask(path: str | Path, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A mask file as ``(height, width)`` float64 in [0, 1] (see :func:`as_mask`).
+
+    PNG: one channel (bilevel, grayscale or palette indices), nonzero inside; an RGB PNG is
+    refused. NPY: a 2-D bool, integer or float array (loaded without pickle). With ``image_size``
+    ``(width, height)`` a mask of another size is refused, naming both sizes.
+    """
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"mask file not found: {p}" if not p.exists() else f"mask path is not a file: {p}")
+    if p.suffix.lower() == ".npy":
+        try:
+            array = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"not a NPY mask file: {p} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(p) as image:
+                if image.mode not in ("1", "L", "P", "I", "I;16", "F"):
+                    raise InputError(f"mask {p} is a {image.mode} image: a mask has one channel "
+                                     "(bilevel, grayscale or palette; nonzero = inside)")
+                array = np.asarray(image.convert("L") if image.mode == "1" else image)
+        except UnidentifiedImageError:
+            raise InputError(f"not a mask file (PNG or NPY): {p}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read mask {p}: {exc}") from None
+        if array.dtype.kind == "f":
+            array = array != 0  # 32-bit float images: nonzero inside, like the integer modes
+    mask = as_mask(array, f"mask {p}")
+    if image_size is not None and (mask.shape[1], mask.shape[0]) != tuple(image_size):
+        raise InputError(f"mask {p} is {mask.shape[1]}x{mask.shape[0]} pixels, the image "
+                         f"{image_size[0]}x{image_size[1]}: a mask is at the original image size")
+    return mask
+
+
+def image_digest(image: Any) -> str:
+    """sha256 of an image's content (mode, size and pixels) or of an array's dtype, shape and bytes:
+    how masks are found for an image and cached, whatever file or object it came from."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    if hasattr(image, "tobytes") and hasattr(image, "mode"):  # PIL
+        digest.update(f"pil:{image.mode}:{image.size}:".encode())
+        digest.update(image.tobytes())
+    else:
+        array = np.ascontiguousarray(np.asarray(image))
+        digest.update(f"array:{array.dtype}:{array.shape}:".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def check_mask_inputs(b: int, sample: Any, who: str) -> None:
+    """Refuse, in one line, a sample a mask cannot be mapped onto: no image, or no pixel boxes."""
+    if sample.image is None:
+        raise InputError(f"{who}: sample {b} carries no image; a mask partitioner needs the input image")
+    if sample.pixel_boxes is None:
+        raise InputError(f"{who}: sample {b}: the adapter gave no pixel boxes (Sample.pixel_boxes), so a mask "
+                         "cannot be mapped onto its tokens; use a partitioner that needs no pixels")
+    size = getattr(sample.image, "size", None)
+    if isinstance(size, tuple) and tuple(size) != tuple(sample.pixel_boxes.image_size):
+        raise InputError(f"{who}: sample {b}: the pixel boxes describe a {sample.pixel_boxes.image_size} image, "
+                         f"the sample's image is {size}")
+
+
+def partition_from_masks(samples: Sequence[Any], keeps: Sequence[int], subject: Sequence[torch.Tensor],
+                         other: Sequence[torch.Tensor | None] | None, groups: tuple[str, ...]) -> Partition:
+    """A :class:`~vtsched.core.partition.Partition` from per-sample masks at the original image size.
+
+    ``subject[b]``: sample b's subject mask; ``keeps[b]``: its subject size R; ``other`` (optional):
+    a second mask per sample (other objects; ``None`` entries are empty), giving three groups (see
+    :func:`mask_groups`). Masks go through each sample's ``pixel_boxes``; the scores are the rank
+    under the selection rule, scaled to (0, 1], highest first. Warns once if the adapter gives no
+    token score.
+    """
+    assignment, ranked = [], []
+    said = False
+    for b, sample in enumerate(samples):
+        scores, source = token_scores(sample)
+        if source == "none" and not said:
+            warnings.warn("the adapter gives no token score ([CLS] or its own): mask ties and shortfall go by "
+                          "token index", stacklevel=2)
+            said = True
+        coverage = mask_coverage(subject[b], sample.pixel_boxes)
+        other_coverage = None
+        if other is not None:
+            mask = other[b]
+            other_coverage = (mask_coverage(mask, sample.pixel_boxes) if mask is not None
+                              else torch.zeros(sample.num_visual, dtype=torch.float64))
+        assignment.append(mask_groups(coverage, scores, keeps[b], other_coverage))
+        n = sample.num_visual
+        score = torch.empty(n, dtype=torch.float32)
+        score[torch.tensor(coverage_ranking(coverage, scores), dtype=torch.long)] = torch.arange(n, 0, -1,
+                                                                                            dtype=torch.float32)
+        ranked.append(score / max(1, n))
+    return Partition(groups, tuple(assignment), tuple(ranked))

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from vtsched.core.hookspecs import hookimpl
 
+from .attention import AttentionReceived
 from .cls import ClsAttention
+from .mask import MaskPartitioner
 from .random import RandomTokens
 from .uniform import UniformGrid
 from .visionzip import VisionZipPartitioner
 
-__all__ = ["ClsAttention", "RandomTokens", "UniformGrid", "VisionZipPartitioner"]
+__all__ = ["AttentionReceived", "ClsAttention", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisionZipPartitioner"]
 
 
 @hookimpl
 def vtsched_register_partitioners(register):
-    for partitioner in (ClsAttention, RandomTokens, UniformGrid, VisionZipPartitioner):
+    for partitioner in (ClsAttention, AttentionReceived, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner):
         register(partitioner)

@@ -4,7 +4,9 @@ Each image has one large *subject* (shape, colour, position) and peripheral deta
 square mark in one corner, a background colour and a background pattern. Questions have
 single-word answers and are tagged ``subject`` or ``non-subject`` and by type. The generator is a
 pure function of ``(seed, index)``: the same seed always gives the same samples, whatever their
-number. The true subject mask of each image comes with it.
+number. The true subject mask of each image comes with it, and the mask of its corner mark
+(:func:`mark_mask`; exported as ``marks/`` and the ``mark_mask`` field), so a partition can be
+scored against, or built from, the truth.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SyntheticSample", "QUESTIONS", "generate", "render", "export", "draw_scene"]
+__all__ = ["SyntheticSample", "QUESTIONS", "generate", "render", "export", "draw_scene", "mark_mask"]
 
 IMAGE_SIZE = 112
 SUBJECT_COLOURS = {
@@ -55,6 +57,7 @@ class SyntheticSample:
     type: str
     scene: dict[str, str] = field(default_factory=dict)
     subject_mask: np.ndarray | None = None
+    mark_mask: np.ndarray | None = None
 
     def record(self, image_path: str) -> dict[str, Any]:
         return {"id": self.id, "image": image_path, "question": self.question, "answer": self.answer,
@@ -115,6 +118,14 @@ def render(scene: dict[str, str]) -> tuple[Any, np.ndarray]:
     return image, np.asarray(mask_image) > 0
 
 
+def mark_mask(scene: dict[str, str]) -> np.ndarray:
+    """The corner mark's mask ``(H, W)`` bool: exactly the pixels :func:`render` paints with the mark."""
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    x0, y0 = _mark_origin(scene["corner"])
+    mask[y0 : y0 + MARK_SIZE, x0 : x0 + MARK_SIZE] = True
+    return mask
+
+
 def _stripe_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
     """Stripes a clearly different shade of the background: darker on light, lighter on dark."""
     if sum(background) / 3 > 60:
@@ -145,11 +156,12 @@ def generate(seed: int, num_images: int, *, types: tuple[str, ...] | None = None
         for qtype in chosen:
             tag, question, key = QUESTIONS[qtype]
             yield SyntheticSample(f"s{seed}-{index}-{qtype}", image, question, scene[key], tag, qtype,
-                                  dict(scene), mask)
+                                  dict(scene), mask, mark_mask(scene))
 
 
 def export(samples: Iterator[SyntheticSample], folder: str | Path) -> Path:
-    """Write ``data.jsonl``, ``images/`` and ``masks/`` (the format ``vtsched eval`` reads)."""
+    """Write ``data.jsonl``, ``images/``, ``masks/`` (subject masks, the ``mask`` field) and ``marks/``
+    (corner-mark masks, the ``mark_mask`` field): the format ``vtsched eval`` reads."""
     from PIL import Image
 
     from vtsched.core.io import write_atomic
@@ -165,8 +177,13 @@ def export(samples: Iterator[SyntheticSample], folder: str | Path) -> Path:
             sample.image.save(folder / image_path)
             if sample.subject_mask is not None:
                 Image.fromarray(sample.subject_mask.astype(np.uint8) * 255).save(folder / f"masks/{image_id}.png")
+            if sample.mark_mask is not None:
+                (folder / "marks").mkdir(exist_ok=True)
+                Image.fromarray(sample.mark_mask.astype(np.uint8) * 255).save(folder / f"marks/{image_id}.png")
             written.add(image_id)
         record = sample.record(image_path)
         record["mask"] = f"masks/{image_id}.png"
+        if sample.mark_mask is not None:
+            record["mark_mask"] = f"marks/{image_id}.png"
         lines.append(json.dumps(record))
     return write_atomic(folder / "data.jsonl", "\n".join(lines) + "\n")
