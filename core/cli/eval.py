@@ -14,6 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     help="JSONL file or folder with data.jsonl, synthetic:SEED:IMAGES, or hf:PATH[:SPLIT]")
     ev.add_argument("--policies", nargs="+", default=["prune", "parvts:drop_layer=2"],
                     metavar="POLICY[:NAME=VALUE,...]", help="cases besides full, which always runs")
+    ev.add_argument("--partitioners", nargs="+", default=None, metavar="PARTITIONER[:NAME=VALUE,...]",
+                    help="partitioners crossed with every policy that needs one (default: each policy's own); "
+                    "`mask` reads the dataset's own masks")
     ev.add_argument("--budgets", nargs="+", default=["7"], help="budgets per image")
     ev.add_argument("--limit", type=int, default=None, help="only the first N samples")
     ev.add_argument("--batch-size", type=int, default=16)
@@ -28,15 +31,18 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vtsched.core.tools.bench import expand_cases
-    from vtsched.core.tools.evaluate import evaluate, load_items
+    from vtsched.core.tools.evaluate import cross_partitioners, evaluate, load_items
     from vtsched.core.tools.report import write_csv, write_json
 
     registry = registry_for(args)
-    cases = expand_cases(planner_for_model(args.model, registry), args.policies, args.budgets, keep_full=False)
+    planner = planner_for_model(args.model, registry)
+    cases = expand_cases(planner, args.policies, args.budgets, keep_full=False)
+    if args.partitioners:
+        cases = cross_partitioners(planner, cases, args.partitioners, data=args.data)
     items = load_items(args.data, args.limit)
     scheduler = load_scheduler(args.model, registry, args.device)
     report = evaluate(scheduler, items, cases, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, data=args.data)
     print(report.table())
     out = Path(args.out)
     write_json(out / "results.json", {"data": args.data, "model": args.model or "demo", "rows": report.rows(),

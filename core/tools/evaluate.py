@@ -1,9 +1,21 @@
 """``vtsched eval``: what scheduling does to answers.
 
-Every sample is answered under every case (policy, budget); ``full`` always runs and is the
-reference. Per case: accuracy (normalised exact match), agreement with ``full``'s answer,
-KL divergence of the first next-token distribution to ``full``'s, visual tokens per layer and
-prefill FLOPs, overall and split by tag and question type.
+Every sample is answered under every case (policy, budget, partitioner); ``full`` always runs
+and is the reference. Per case: accuracy (normalised exact match), agreement with ``full``'s
+answer, KL divergence of the first next-token distribution to ``full``'s, visual tokens per layer
+and prefill FLOPs, overall and split by tag and question type.
+
+The partitioner's own cost is reported beside the LLM's, never folded into it: its wall time per
+sample (``part ms``: every ``partition`` call of the case, measured around the call) and, for a
+partitioner that counts its own compute (a ``spent_flops()`` method returning the FLOPs it has
+spent so far, like the SAM partitioner), its FLOPs per sample (``part GF``). A partitioner that
+caches (SAM masks per image content) is charged what it spent in this run: the first case that
+meets an image pays, later cases hit the cache.
+
+Partitioners are named per case (:func:`cross_partitioners`, ``vtsched eval --partitioners``) as
+``NAME[:PARAM=VALUE,...]``. A partitioner class with a ``dataset_param`` class attribute (the
+``mask`` partitioner's ``masks``) gets the dataset's spec there when the user leaves it unset, so
+``--partitioners mask`` finds the dataset's own masks.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +38,8 @@ from vtsched.core.generation import GenerationConfig, generate
 from vtsched.core.scheduler import Scheduler
 from vtsched.core.tools.search import next_token_kl
 
-__all__ = ["EvalItem", "Prediction", "EvalReport", "normalise", "load_items", "evaluate", "summarise"]
+__all__ = ["EvalItem", "Prediction", "EvalReport", "normalise", "load_items", "evaluate", "summarise",
+           "cross_partitioners", "parse_partitioner", "case_label"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = re.compile(r"[^\w\s-]")
@@ -45,6 +59,7 @@ class EvalItem:
     answer: str
     tag: str = "all"
     type: str = "all"
+    mask: Any = None  # the subject mask: a file path (the JSONL ``mask`` field) or an array, if the data has one
 
     def load(self) -> Any:
         if isinstance(self.image, (str, Path)):
@@ -67,6 +82,8 @@ class Prediction:
     kl_to_full: float
     visual_tokens_per_layer: float
     prefill_gflops: float
+    partitioner_ms: float = 0.0  # the partitioner's wall time for this sample (its batch's share)
+    partitioner_gflops: float = 0.0  # FLOPs the partitioner reported spending on this sample
 
 
 @dataclass
@@ -78,13 +95,17 @@ class EvalReport:
         return summarise(self.predictions, self.cases)
 
     def table(self) -> str:
+        """One line per case and split; ``GFLOPs`` is the LLM's prefill, ``part ms`` / ``part GF`` the
+        partitioner's own time and FLOPs per sample, reported apart."""
         rows = self.rows()
-        header = f"{'case':<34s} {'split':<24s} {'n':>5s} {'acc':>6s} {'agree':>6s} {'KL':>8s} {'vis/layer':>9s} {'GFLOPs':>8s}"
+        width = max([34, *(len(r["case"]) for r in rows)])
+        header = (f"{'case':<{width}s} {'split':<24s} {'n':>5s} {'acc':>6s} {'agree':>6s} {'KL':>8s} {'vis/layer':>9s} "
+                  f"{'GFLOPs':>8s} {'part ms':>8s} {'part GF':>8s}")
         lines = [header, "-" * len(header)]
         for r in rows:
-            lines.append(f"{r['case']:<34s} {r['split']:<24s} {r['n']:>5d} {100 * r['accuracy']:>6.1f} "
+            lines.append(f"{r['case']:<{width}s} {r['split']:<24s} {r['n']:>5d} {100 * r['accuracy']:>6.1f} "
                          f"{100 * r['agreement']:>6.1f} {r['kl']:>8.4f} {r['visual_tokens_per_layer']:>9.1f} "
-                         f"{r['prefill_gflops']:>8.4f}")
+                         f"{r['prefill_gflops']:>8.4f} {r['partitioner_ms']:>8.2f} {r['partitioner_gflops']:>8.4f}")
         return "\n".join(lines)
 
 
@@ -106,6 +127,8 @@ def summarise(predictions: Sequence[Prediction], cases: Sequence[str]) -> list[d
                 "kl": statistics.fmean(p.kl_to_full for p in mine),
                 "visual_tokens_per_layer": statistics.fmean(p.visual_tokens_per_layer for p in mine),
                 "prefill_gflops": statistics.fmean(p.prefill_gflops for p in mine),
+                "partitioner_ms": statistics.fmean(p.partitioner_ms for p in mine),
+                "partitioner_gflops": statistics.fmean(p.partitioner_gflops for p in mine),
             })
     return rows
 
@@ -121,7 +144,7 @@ def load_items(spec: str, limit: int | None = None) -> list[EvalItem]:
             samples = generate(int(seed), int(images))
         except ValueError:
             raise InputError(f"synthetic data is 'synthetic:SEED:IMAGES', not {spec!r}") from None
-        items = [EvalItem(s.id, s.image, s.question, s.answer, s.tag, s.type) for s in samples]
+        items = [EvalItem(s.id, s.image, s.question, s.answer, s.tag, s.type, s.subject_mask) for s in samples]
     elif spec.startswith("hf:"):
         items = _hf_items(spec[3:])
     else:
@@ -143,7 +166,8 @@ def _jsonl_items(path: Path) -> list[EvalItem]:
         try:
             r = json.loads(line)
             items.append(EvalItem(str(r.get("id", number)), path.parent / r["image"], r["question"], str(r["answer"]),
-                                  str(r.get("tag", "all")), str(r.get("type", "all"))))
+                                  str(r.get("tag", "all")), str(r.get("type", "all")),
+                                  path.parent / r["mask"] if r.get("mask") else None))
         except (json.JSONDecodeError, KeyError, TypeError):
             raise InputError(f"{path}:{number}: expected JSON with 'image', 'question' and 'answer'") from None
     return items
@@ -162,7 +186,107 @@ def _hf_items(spec: str) -> list[EvalItem]:
     if isinstance(data, datasets.DatasetDict):
         data = data[split or next(iter(data))]
     return [EvalItem(str(r.get("id", i)), r["image"], r["question"], str(r["answer"]), str(r.get("tag", "all")),
-                     str(r.get("type", "all"))) for i, r in enumerate(data)]
+                     str(r.get("type", "all")), r.get("mask")) for i, r in enumerate(data)]
+
+
+def parse_partitioner(spec: str) -> tuple[str, dict[str, str]]:
+    """``"NAME[:PARAM=VALUE,...]"`` -> ``(name, params)``; only the first ``:`` splits, so a value
+    may hold colons (``mask:masks=synthetic:1:40``), not commas."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, str] = {}
+    for pair in (p for p in rest.split(",") if p.strip()):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"partitioner {spec!r}: expected NAME:PARAM=VALUE,..., got {pair!r}")
+        params[key.strip()] = value.strip()
+    return name.strip(), params
+
+
+def _with_dataset(registry: Any, name: str, params: dict[str, str], data: str | None) -> dict[str, str]:
+    """``params``, plus the dataset's spec in the partitioner's ``dataset_param`` if it has one left unset."""
+    param = getattr(registry.partitioner(name), "dataset_param", None)
+    if data and param and param not in params:
+        return {**params, param: data}
+    return params
+
+
+def cross_partitioners(planner: Any, cases: Sequence[Case], specs: Sequence[str], *,
+                       data: str | None = None) -> list[Case]:
+    """Every case whose policy needs a partition once per partitioner spec; the others once.
+
+    Each partitioner is built and each request checked by the planner here, before weights load,
+    so an unknown name, a bad parameter or a missing mask or checkpoint file is one line at once.
+    """
+    out: list[Case] = []
+    for case in cases:
+        policy = planner.policy(case.policy, dict(case.params))
+        if not policy.needs_partition or case.policy.startswith("schedule:"):
+            out.append(case)
+            continue
+        for spec in specs:
+            name, params = parse_partitioner(spec)
+            budget = Budget.parse(case.budget) if case.budget is not None else None
+            planner.check(policy, budget, name, _with_dataset(planner.registry, name, params, data))
+            out.append(Case(case.policy, case.budget, case.params, spec))
+    return out
+
+
+def case_label(case: Case) -> str:
+    """The case's label, with its partitioner when one was named: ``prune@7 [mask]``."""
+    return f"{case.label} [{case.partitioner}]" if case.partitioner else case.label
+
+
+class _Timed:
+    """A partitioner seen through a stopwatch: what eval hands the planner to charge partition time.
+
+    Duck-types the partitioner surface the planner and scheduler use (``partition``, ``name``,
+    ``describe``, ``params``, ``group_names``); ``spent_flops`` of the wrapped partitioner, if any,
+    is read around each call.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seconds = 0.0
+        self.flops = 0.0
+
+    def partition(self, batch: Any, budget: Budget) -> Any:
+        spent = getattr(self.inner, "spent_flops", None)
+        before = float(spent()) if callable(spent) else 0.0
+        start = time.perf_counter()
+        try:
+            return self.inner.partition(batch, budget)
+        finally:
+            self.seconds += time.perf_counter() - start
+            if callable(spent):
+                self.flops += float(spent()) - before
+
+    def take(self) -> tuple[float, float]:
+        """Seconds and FLOPs spent since the last ``take``."""
+        spent = (self.seconds, self.flops)
+        self.seconds = self.flops = 0.0
+        return spent
+
+    def describe(self) -> str:
+        return str(self.inner.describe())
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.inner.params())
+
+    def group_names(self) -> tuple[str, ...]:
+        return tuple(self.inner.group_names())
+
+
+def _partitioner_for(scheduler: Scheduler, case: Case, policy: Any, data: str | None) -> _Timed | None:
+    """The case's partitioner (the named one, else the policy's default), timed; None without a partition."""
+    if not policy.needs_partition or getattr(policy, "groups", None) is not None:
+        return None
+    if case.partitioner:
+        name, params = parse_partitioner(case.partitioner)
+        params = _with_dataset(scheduler.planner.registry, name, params, data)
+    else:
+        name, params = policy.default_partitioner, {}
+    return _Timed(scheduler.make_partitioner(name, params))
 
 
 def evaluate(
@@ -173,13 +297,21 @@ def evaluate(
     batch_size: int = 8,
     max_new_tokens: int = 4,
     progress: bool = True,
+    data: str | None = None,
 ) -> EvalReport:
+    """Answer ``items`` under every case (``full`` first, as the reference).
+
+    ``data``: the dataset's spec, handed to partitioners that read the dataset themselves (the
+    ``mask`` partitioner's masks) when their parameter is unset.
+    """
     from tqdm.auto import tqdm
 
     cases = [Case("full")] + [c for c in cases if c.policy != "full"]
-    labels = [c.label for c in cases]
-    built = [(c, scheduler.make_policy(c.policy, dict(c.params)),
-              scheduler.make_partitioner(c.partitioner) if c.partitioner else None) for c in cases]
+    labels = [case_label(c) for c in cases]
+    built = []
+    for c in cases:
+        policy = scheduler.make_policy(c.policy, dict(c.params))
+        built.append((c, policy, _partitioner_for(scheduler, c, policy, data)))
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_token_ids=scheduler.adapter.stop_token_ids())
     geometry = scheduler.adapter.geometry
     report = EvalReport(labels)
@@ -190,9 +322,10 @@ def evaluate(
         batch = scheduler.prepare([it.load() for it in chunk], [it.question for it in chunk])
         reference_logits: Any = None
         reference_answers: list[str] | None = None
-        for case, policy, partitioner in built:
+        for (case, policy, partitioner), label in zip(built, labels):
             budget = Budget.parse(case.budget) if case.budget is not None else None
-            plan = scheduler.plan(batch, policy, partitioner, budget)
+            plan = scheduler.plan(batch, policy, partitioner, budget)  # type: ignore[arg-type]
+            seconds, part_flops = partitioner.take() if partitioner is not None else (0.0, 0.0)
             out = generate(scheduler.engine, batch, plan.schedule, plan.partition, config)
             answers = [scheduler.adapter.decode_text([t for t in toks if t not in stop]) for toks in out.tokens]
             logits = out.prefill.logits
@@ -203,10 +336,11 @@ def evaluate(
             flops = prefill_flops(out.prefill.stats, geometry)
             for i, item in enumerate(chunk):
                 report.predictions.append(Prediction(
-                    case.label, item.id, item.tag, item.type, item.answer, answers[i],
+                    label, item.id, item.tag, item.type, item.answer, answers[i],
                     normalise(answers[i]) == normalise(item.answer),
                     normalise(answers[i]) == normalise(reference_answers[i]),
                     float(kl[i]), float(visual[i]), float(flops[i]) / 1e9,
+                    1e3 * seconds / len(chunk), part_flops / len(chunk) / 1e9,
                 ))
             bar.update(len(chunk))
     bar.close()
