@@ -285,7 +285,9 @@ def _partitioner_for(scheduler: Scheduler, case: Case, policy: Any, data: str | 
         name, params = parse_partitioner(case.partitioner)
         params = _with_dataset(scheduler.planner.registry, name, params, data)
     else:
-        name, params = policy.default_partitioner, {}
+        name, params = scheduler.planner.default_partitioner(policy), {}  # the planner's own default rule
+        if name is None:
+            return None
     return _Timed(scheduler.make_partitioner(name, params))
 
 
