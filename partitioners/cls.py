@@ -3,18 +3,59 @@
 Scores are the head-averaged CLS->patch attention of the encoder layer whose output LLaVA reads
 (``vision_feature_layer``), computed by the adapter from that layer's CLS query and patch keys
 only. Ties go to the lower token index, so the partition is deterministic.
+
+``budget_mode`` (for images cut into tiles, LLaVA-NeXT): ``global`` (default) keeps the top R
+over the whole image span; ``per_tile`` keeps tokens without a tile first (NeXT's newline
+tokens), then splits the rest of R over the tiles in proportion to each tile's tokens (largest
+remainder, ties to the lower tile), top by score within each tile: the VisionZip/FasterVLM
+protocol. Samples without tiles behave the same in both modes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
+
+import torch
 
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
 from vtsched.core.partition import Partition, top_k_partition
 from vtsched.core.policy import Partitioner
-from vtsched.core.tokens import PromptBatch
+from vtsched.core.tokens import PromptBatch, Sample
+
+__all__ = ["ClsAttention", "tile_keep_scores"]
+
+
+def tile_keep_scores(sample: Sample, scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Scores whose top ``keep`` are the per-tile selection of ``scores``.
+
+    Tokens without a tile (``extras["provenance"][:, 0] < 0``) come first, then each tile's quota
+    of its own best tokens; the selected tokens get ranks above every other token.
+    """
+    provenance = sample.extras.get("provenance")
+    if provenance is None:
+        return scores
+    tile = provenance[:, 0]
+    n = scores.numel()
+    chosen = torch.zeros(n, dtype=torch.bool)
+    untiled = torch.nonzero(tile < 0).flatten()
+    chosen[untiled[:keep]] = True
+    rest = keep - int(chosen.sum())
+    tiles, counts = torch.unique(tile[tile >= 0], return_counts=True)
+    total = int(counts.sum())
+    if rest > 0 and total:
+        exact = counts.double() * rest / total
+        quota = exact.floor().long()
+        order = sorted(range(len(tiles)), key=lambda i: (-(float(exact[i]) - int(quota[i])), i))
+        for i in order[: rest - int(quota.sum())]:
+            quota[i] += 1
+        for t, q in zip(tiles.tolist(), quota.tolist()):
+            members = torch.nonzero(tile == t).flatten()
+            best = members[torch.sort(-scores[members].float(), stable=True).indices[:q]]
+            chosen[best] = True
+    # selected tokens above all others, each group still ordered by score
+    return torch.where(chosen, scores.float() + 1e6, scores.float())
 
 
 @dataclass(frozen=True)
@@ -22,11 +63,19 @@ class ClsAttention(Partitioner):
     """Top-R visual tokens by head-averaged [CLS] attention at the vision feature layer."""
 
     name: ClassVar[str] = "cls"
+    budget_mode: Literal["global", "per_tile"] = "global"
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
-        scores = []
+        scores, ranks, keep = [], [], []
         for b, sample in enumerate(batch.samples):
             if sample.cls_scores is None:
-                raise InputError(f"sample {b}: the adapter gave no [CLS] attention; use another partitioner")
+                hint = ("use --partitioner attention (the attention each token receives in the vision tower)"
+                        if "attention_scores" in sample.extras else "use another partitioner")
+                raise InputError(f"sample {b}: this model's vision tower has no [CLS] attention; {hint}")
+            k = budget.resolve(sample.num_visual)
             scores.append(sample.cls_scores)
-        return top_k_partition(scores, [budget.resolve(s.num_visual) for s in batch.samples])
+            ranks.append(tile_keep_scores(sample, sample.cls_scores, k) if self.budget_mode == "per_tile"
+                         else sample.cls_scores)
+            keep.append(k)
+        partition = top_k_partition(ranks, keep)
+        return Partition(partition.groups, partition.assignment, tuple(s.detach().float().cpu() for s in scores))
