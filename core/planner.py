@@ -67,11 +67,15 @@ class Planner:
     Args:
         registry: the component registry (:func:`~vtsched.core.registry.build_registry`).
         geometry: the model's sizes (from an adapter, or from a config alone).
+        family_partitioner: the model family's score partitioner (its adapter's
+            ``default_partitioner``): it replaces a policy's default ``cls`` on a family whose
+            vision tower has no [CLS] token (``attention`` on Qwen2-VL).
     """
 
-    def __init__(self, registry: Any, geometry: ModelGeometry) -> None:
+    def __init__(self, registry: Any, geometry: ModelGeometry, family_partitioner: str = "cls") -> None:
         self.registry = registry
         self.geometry = geometry
+        self.family_partitioner = family_partitioner
 
     # -- building components ---------------------------------------------------------------------
     def policy(self, name: str | Policy, params: Mapping[str, Any] | None = None) -> Policy:
@@ -107,10 +111,13 @@ class Planner:
         return budget if policy.uses_budget else None
 
     def default_partitioner(self, policy: Policy, name: str | None = None) -> str | None:
-        """The partitioner a run uses: the one asked for, else the policy's; none without a partition."""
+        """The partitioner a run uses: the one asked for, else the policy's (its ``cls`` read as the
+        family's own score partitioner); none without a partition."""
         if not policy.needs_partition:
             return None
-        return name or policy.default_partitioner
+        if name:
+            return name
+        return self.family_partitioner if policy.default_partitioner == "cls" else policy.default_partitioner
 
     def resolve(self, policy: Policy, budget: Budget | None, num_visual: Sequence[int]) -> list[int] | None:
         """Per-sample subject sizes; refuses a missing budget a policy needs and one larger than an image."""
@@ -162,7 +169,7 @@ class Planner:
         if policy.needs_partition:
             assert budget is not None  # resolve() refused a missing one
             name = self.default_partitioner(policy)
-            partitioner = partitioner or self.partitioner(name or "cls")
+            partitioner = partitioner or self.partitioner(name or self.family_partitioner)
             partition = partitioner.partition(batch, budget)
         else:
             partitioner = None

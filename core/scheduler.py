@@ -57,17 +57,20 @@ class Scheduler:
     """A model bound to its adapter and an engine, plus the registry of components."""
 
     def __init__(self, model: torch.nn.Module, processor: Any = None, *, registry: Registry | None = None,
-                 share_prefix: bool = True) -> None:
+                 share_prefix: bool = True, adapter_options: Mapping[str, Any] | None = None) -> None:
         self.registry = registry or build_registry()
-        self.adapter = self.registry.adapter_for(model)(model, processor)
+        self.adapter = self.registry.adapter_for(model)(model, processor, **dict(adapter_options or {}))
         self.engine = Engine(self.adapter.decoder(), self.registry.fusion_rules(), share_prefix=share_prefix)
-        self.planner = Planner(self.registry, self.adapter.geometry)
+        self.planner = Planner(self.registry, self.adapter.geometry, type(self.adapter).default_partitioner)
         self._calibrated: dict[tuple[Any, ...], Policy] = {}  # calibrations on a fixed data file, once each
 
     @classmethod
     def from_pretrained(cls, path: str, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                        attn_implementation: str = "sdpa", registry: Registry | None = None) -> Scheduler:
-        """Load a checkpoint folder (or hub id, where a hub is reachable) with its processor."""
+                        attn_implementation: str = "sdpa", registry: Registry | None = None,
+                        adapter_options: Mapping[str, Any] | None = None) -> Scheduler:
+        """Load a checkpoint folder (or hub id, where a hub is reachable) with its processor.
+
+        ``adapter_options`` are the family adapter's options (LLaVA-NeXT: ``image_size=672``)."""
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         from vtsched.core.io import check_model_path
@@ -87,7 +90,8 @@ class Scheduler:
             processor = AutoProcessor.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot load {path!r}: {str(exc).splitlines()[0]}") from None
-        return cls(model.to(device).eval(), processor, registry=registry)  # type: ignore[arg-type]
+        return cls(model.to(device).eval(), processor, registry=registry,  # type: ignore[arg-type]
+                   adapter_options=adapter_options)
 
     @classmethod
     def random(cls, shape: str = "demo", **kwargs: Any) -> Scheduler:

@@ -41,7 +41,15 @@ class Sample:
             (:class:`~vtsched.core.pixels.TokenBoxes`), set by adapters that know their
             preprocessing; mask-based partitioners map masks through it.
         extras: adapter signals by name; ``"patch_keys"``: ``(num_visual, head_dim)`` head-averaged
-            keys of the CLS-score layer (token similarity for merging).
+            keys of the CLS-score layer (token similarity for merging); ``"attention_scores"``:
+            ``(num_visual,)`` attention each visual token receives in the vision tower (families
+            without a [CLS] token, e.g. Qwen2-VL); ``"provenance"``: ``(num_visual, 3)`` long
+            ``(tile, row, col)`` of each token in its tile, ``-1`` rows for tokens without pixels
+            (LLaVA-NeXT newline tokens).
+        rope_positions: the rotary position ids the decoder gives each token, ``(T,)`` or
+            ``(R, T)`` for multi-row rotary embeddings (Qwen2-VL's M-RoPE: temporal, height, width);
+            ``None`` means a token's rotary position is its place in the sequence (LLaVA). A
+            token's place in the sequence (causal order, masks, cache order) is always its index.
     """
 
     input_ids: torch.Tensor
@@ -52,11 +60,15 @@ class Sample:
     image: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
     pixel_boxes: Any = None
+    rope_positions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n_visual = int((self.roles == Role.VISUAL).sum())
         if n_visual != self.visual_features.shape[0]:
             raise ValueError(f"{n_visual} image tokens but {self.visual_features.shape[0]} visual features")
+        if self.rope_positions is not None and self.rope_positions.shape[-1] != self.input_ids.numel():
+            raise ValueError(f"rotary positions for {self.rope_positions.shape[-1]} tokens, the prompt has "
+                             f"{self.input_ids.numel()}")
 
     @property
     def length(self) -> int:

@@ -29,6 +29,12 @@ class DecoderParts:
     ``query_rows(layer, hidden, cos, sin)`` recomputes the rotated attention queries of a few
     tokens of one layer (``hidden``: ``(rows, q, hidden)`` layer input) so the engine can read
     attention without switching the model to eager attention.
+
+    ``rotary(hidden, positions)`` takes ``(rows, T)`` position ids, or ``(rope_rows, rows, T)``
+    when ``rope_rows > 1``, and returns ``(cos, sin)`` of shape ``(rows, T, head_dim)``.
+    ``layer_position_ids``: whether decoder layers are called with ``position_ids`` (the 1-D
+    rotary ids, as LLaMA's model does) or ``None`` (as Qwen2-VL's text model does for unpacked
+    sequences; its layers only read them for packed FlashAttention).
     """
 
     embed_tokens: nn.Module
@@ -39,6 +45,8 @@ class DecoderParts:
     attn_implementation: str
     query_rows: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     scaling: float
+    rope_rows: int = 1  # rows of rotary position ids: 1 (LLaMA-style), 3 (Qwen2-VL's M-RoPE)
+    layer_position_ids: bool = True  # decoder layers get the 1-D rotary ids, as the family's own model passes them
 
 
 class ModelAdapter(ABC):
@@ -47,10 +55,17 @@ class ModelAdapter(ABC):
     name: ClassVar[str]
     model_type: ClassVar[str]  # transformers' ``config.model_type`` this adapter reads
     prompt_template: ClassVar[str] = "{question}"
+    # The partitioner a policy whose default is ``cls`` uses on this family: ``cls`` where the
+    # vision tower has a [CLS] token, the family's own score otherwise (``attention`` on Qwen2-VL).
+    default_partitioner: ClassVar[str] = "cls"
 
-    def __init__(self, model: nn.Module, processor: Any = None) -> None:
+    def __init__(self, model: nn.Module, processor: Any = None, **options: Any) -> None:
         # Any: modules are reached through family-specific attribute names that torch's
         # typing cannot see; the adapter is the one place that knows them.
+        if options:
+            from vtsched.core.errors import InputError
+
+            raise InputError(f"adapter {self.name!r} takes no options; got {', '.join(sorted(options))}")
         self.model: Any = model
         self.processor = processor
 
@@ -82,6 +97,24 @@ class ModelAdapter(ABC):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def chat_prompt(self, image_marker: str) -> str | None:
+        """The processor's chat template for one image and one question, as a template with
+        ``{question}`` where the question goes and ``image_marker`` where the image goes
+        (``None`` when the processor has no chat template). Adapters that prefer the checkpoint's
+        own conversation format over ``prompt_template`` use it."""
+        processor = self.processor
+        if processor is None or not getattr(processor, "chat_template", None):
+            return None
+        marker = "VTSCHED_QUESTION_MARKER"
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": marker}]}]
+        try:
+            text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception:  # a template that cannot render this conversation: use prompt_template
+            return None
+        if not isinstance(text, str) or text.count(marker) != 1 or text.count(image_marker) != 1:
+            return None
+        return text.replace(marker, "{question}")  # filled with str.replace, not str.format
 
     def decode_text(self, token_ids: Sequence[int]) -> str:
         tokenizer = getattr(self.processor, "tokenizer", self.processor)

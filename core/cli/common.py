@@ -76,7 +76,8 @@ def planner_for_model(model: str | None, registry: Any) -> Any:
 
     path = model or demo_model_path()
     config = llava_config("demo") if path is None else read_config(str(path))
-    return Planner(registry, registry.adapter_for_config(config).geometry_from_config(config))
+    adapter = registry.adapter_for_config(config)
+    return Planner(registry, adapter.geometry_from_config(config), adapter.default_partitioner)
 
 
 def load_scheduler(model: str | None, registry: Any, device: str = "cpu", **kwargs: Any) -> Any:

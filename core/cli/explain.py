@@ -25,8 +25,9 @@ def main(args: argparse.Namespace) -> int:
 
     registry = registry_for(args)
     config, source = config_and_source(args, args.shape)
-    geometry = registry.adapter_for_config(config).geometry_from_config(config)
-    planner = Planner(registry, geometry)
+    adapter = registry.adapter_for_config(config)
+    geometry = adapter.geometry_from_config(config)
+    planner = Planner(registry, geometry, adapter.default_partitioner)
     policy = planner.policy(args.policy, dict(args.param))
     budget = Budget.parse(args.budget or DEFAULT_BUDGET)
     check = planner.check(policy, budget, args.partitioner, dict(args.partitioner_param))

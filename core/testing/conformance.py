@@ -526,7 +526,12 @@ class AdapterConformance(_Kit):
       and the model's own greedy ``generate`` (tokens);
     - ``prune`` (a random subject group) = the model on the physically shortened sequence;
     - a batch = its samples one by one (``full`` and ``prune``, a few decode steps);
+    - ``parvts`` with fixed fusion and alpha = 1 = ``prune`` (any drop layer, either fused-token set);
+    - cached decoding = recomputing the prompt with the generated tokens as tail (``full``,
+      ``prune``, ``parvts``), step by step;
     - SDPA = eager attention (float32, tolerance ``backend_atol``) for ``full``, ``prune``, ``parvts``.
+
+    Prompts come from ``prompts()`` (override for images a family needs, e.g. larger ones).
     """
 
     adapter_class: ClassVar[type | None] = None
@@ -535,6 +540,10 @@ class AdapterConformance(_Kit):
     backend_atol: ClassVar[float] = 1e-4
 
     # -- family-specific parts (override for a new family) --------------------------------------
+    def prompts(self, *, min_size: int = 1, max_size: int = 3) -> st.SearchStrategy[Any]:
+        """Batches of (image, question) pairs the checks draw (default: small noise images)."""
+        return strat.prompts(min_size=min_size, max_size=max_size)
+
     def reference_inputs(self, processor: Any, image: Any, question: str) -> Mapping[str, torch.Tensor]:
         assert self.adapter_class is not None
         return models.processor_inputs(processor, self.adapter_class.prompt_template, image, question)
@@ -583,7 +592,7 @@ class AdapterConformance(_Kit):
                 if sample.grid is not None:
                     _expect(sample.grid[0] * sample.grid[1] == sample.num_visual, f"{who}: sample {b}: grid size")
 
-        self._run(check, self.model_shapes(), strat.prompts(min_size=1, max_size=2), model=True)
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=2), model=True)
 
     def test_full_equals_the_models_own_forward(self) -> None:
         def check(shape: Any, inputs: tuple[list[Any], list[str]]) -> None:
@@ -601,7 +610,7 @@ class AdapterConformance(_Kit):
             _close(ours.all_logits[0], reference, self.atol, 0.0,
                    f"{_name(adapter)}: full through the engine differs from the model's own forward")
 
-        self._run(check, self.model_shapes(), strat.prompts(min_size=1, max_size=1), model=True)
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=1), model=True)
 
     def test_full_greedy_tokens_equal_the_models_own_generate(self) -> None:
         from vtsched.core.generation import GenerationConfig, generate
@@ -617,7 +626,7 @@ class AdapterConformance(_Kit):
             _expect(ours.tokens[0] == theirs, f"{_name(adapter)}: greedy tokens {ours.tokens[0]}, the model's own "
                                               f"generate gives {theirs}")
 
-        self._run(check, self.model_shapes(), strat.prompts(min_size=1, max_size=1), model=True)
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=1), model=True)
 
     def test_prune_equals_the_model_on_a_physically_shortened_sequence(self) -> None:
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
@@ -639,7 +648,7 @@ class AdapterConformance(_Kit):
             _close(ours.all_logits[0], reference, self.atol, 0.0,
                    f"{_name(adapter)}: prune differs from the model on the shortened sequence")
 
-        self._run(check, self.model_shapes(), strat.prompts(min_size=1, max_size=1), st.data(), model=True)
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=1), st.data(), model=True)
 
     def test_batch_equals_samples_one_by_one(self) -> None:
         from vtsched.core.generation import GenerationConfig, generate
@@ -665,7 +674,49 @@ class AdapterConformance(_Kit):
                            f"{_name(adapter)}: {name}, sample {b}, step {step}: batch differs from alone")
                 _expect(alone.tokens[0] == together.tokens[b], f"{_name(adapter)}: {name}, sample {b}: tokens differ")
 
-        self._run(check, self.model_shapes(), strat.prompts(min_size=2, max_size=3), st.data(), model=True)
+        self._run(check, self.model_shapes(), self.prompts(min_size=2, max_size=3), st.data(), model=True)
+
+    def test_parvts_with_alpha_one_equals_prune(self) -> None:
+        def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
+            adapter = self._adapter(shape)
+            engine, planner = self._runner(adapter)
+            batch = adapter.prepare(*inputs)
+            budget = Budget(count=data.draw(st.integers(0, min(batch.num_visual)), label="keep"))
+            drop = data.draw(st.integers(0, adapter.geometry.num_layers), label="drop_layer")
+            tokens = data.draw(st.sampled_from(["question", "post_image"]), label="fuse_tokens")
+            partitioner = self.registry().partitioner("uniform")()
+            logits = []
+            for name, params in (("prune", {}), ("parvts", {"drop_layer": drop, "fusion": "fixed", "alpha": 1.0,
+                                                            "fuse_tokens": tokens})):
+                plan = planner.plan(batch, self._policy(name, params), partitioner, budget)
+                logits.append(engine.prefill(batch, plan.schedule, plan.partition, use_cache=False).logits)
+            _close(logits[1], logits[0], self.atol, 0.0,
+                   f"{_name(adapter)}: parvts with alpha = 1 (drop layer {drop}) differs from prune")
+
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=2), st.data(), model=True)
+
+    def test_cached_decoding_equals_recomputation(self) -> None:
+        from vtsched.core.generation import GenerationConfig, generate
+
+        def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
+            adapter = self._adapter(shape)
+            engine, planner = self._runner(adapter)
+            batch = adapter.prepare(*inputs)
+            name = data.draw(st.sampled_from(["full", "prune", "parvts"]), label="policy")
+            params = {"drop_layer": min(1, adapter.geometry.num_layers)} if name == "parvts" else {}
+            budget = Budget(count=data.draw(st.integers(0, min(batch.num_visual)), label="keep")) if name != "full" \
+                else None
+            plan = planner.plan(batch, self._policy(name, params), None, budget)
+            ours = generate(engine, batch, plan.schedule, plan.partition,
+                            GenerationConfig(max_new_tokens=self.new_tokens), keep_logits=True)
+            for step in range(1, len(ours.step_logits)):
+                tail = [torch.tensor(t[:step], dtype=torch.long) for t in ours.tokens]
+                again = engine.prefill(batch, plan.schedule, plan.partition, tail=tail, use_cache=False)
+                _close(ours.step_logits[step], again.logits, self.atol, 0.0,
+                       f"{_name(adapter)}: {name}, step {step}: cached decoding differs from recomputing the prompt "
+                       "with the generated tokens")
+
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=2), st.data(), model=True)
 
     def test_sdpa_equals_eager(self) -> None:
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
@@ -683,7 +734,7 @@ class AdapterConformance(_Kit):
             _close(logits[0], logits[1], self.backend_atol, self.backend_atol,
                    f"{_name(sdpa)}: {name} under SDPA differs from eager attention")
 
-        self._run(check, self.model_shapes(), strat.prompts(min_size=1, max_size=2), st.data(), model=True)
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=2), st.data(), model=True)
 
     # -- helpers --------------------------------------------------------------------------------
     def _adapter(self, shape: Any, *, dtype: torch.dtype = torch.float64, attn_implementation: str = "sdpa") -> Any:
@@ -696,7 +747,8 @@ class AdapterConformance(_Kit):
         from vtsched.core.engine import Engine
         from vtsched.core.planner import Planner
 
-        return Engine(adapter.decoder(), self.registry().fusion_rules()), Planner(self.registry(), adapter.geometry)
+        planner = Planner(self.registry(), adapter.geometry, type(adapter).default_partitioner)
+        return Engine(adapter.decoder(), self.registry().fusion_rules()), planner
 
     def _policy(self, name: str, params: Mapping[str, Any] | None = None) -> Policy:
         return self.registry().policy(name)(**dict(params or {}))  # type: ignore[no-any-return]

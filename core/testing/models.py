@@ -75,8 +75,9 @@ def shortened_logits(model: Any, sample: Sample, keep: torch.Tensor,
 
     The prompt is embedded, the visual features (``features`` if given, e.g. merged ones) are
     placed at the image tokens, only the positions ``keep`` (sorted sequence indices) are kept,
-    and each keeps its original position id. Works for decoders that take ``inputs_embeds``
-    and 1-D ``position_ids`` (LLaVA's Llama-family language model).
+    and each keeps its original position id: its index, or its ``Sample.rope_positions``
+    (``(3, 1, K)`` M-RoPE ids for Qwen2-VL, which its forward accepts as ``position_ids``). Works
+    for models whose forward takes ``inputs_embeds`` and ``position_ids``.
     """
     device = next(model.parameters()).device
     embeds = model.get_input_embeddings()(sample.input_ids[None].to(device))
@@ -84,4 +85,9 @@ def shortened_logits(model: Any, sample: Sample, keep: torch.Tensor,
     placed = sample.visual_features if features is None else features
     embeds[0, visual] = placed.to(device, embeds.dtype)
     keep = keep.to(device)
-    return model(inputs_embeds=embeds[:, keep], position_ids=keep[None]).logits[0].float()
+    if sample.rope_positions is None:
+        positions = keep[None]
+    else:
+        rope = sample.rope_positions.to(device)
+        positions = rope[keep][None] if rope.dim() == 1 else rope[:, keep][:, None]
+    return model(inputs_embeds=embeds[:, keep], position_ids=positions).logits[0].float()

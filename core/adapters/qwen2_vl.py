@@ -1,0 +1,308 @@
+"""Qwen2-VL and Qwen2.5-VL (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``).
+
+Visual tokens are the **merger's outputs**: the vision tower runs on 14-px patches and the
+merger joins each 2x2 group into one LLM token (28x28 px of the smart-resized image). Every
+partitioner works on those merged tokens, never on pre-merge patches.
+
+Positions: Qwen2-VL's M-RoPE gives every token three rotary position ids (temporal, height,
+width). Text advances all three by one; an image's tokens share one temporal id and take their
+row/column on the merged grid, offset by the position where the image starts; the text after an
+image resumes at ``start + max(rows, cols)``, not at ``start + tokens``. The adapter computes
+them with the model's own ``get_rope_index`` and hands them to the engine as
+``Sample.rope_positions`` ``(3, T)``; the engine keeps them for kept tokens and continues
+decoding at ``max + 1`` (never from a cached delta that a shortened prefill would make wrong).
+
+Scores: there is no [CLS]. The ``attention`` score of a merged token is the attention it
+receives in the vision tower's last full-attention block (the last block for Qwen2-VL; the
+last of ``fullatt_block_indexes`` for Qwen2.5-VL), recomputed from that block's input (its
+``qkv`` projection and vision rotary embedding, a block-diagonal mask per image): averaged over
+heads, summed over queries, averaged over the token's 2x2 patches, window order undone for
+Qwen2.5-VL. The block's keys, averaged over heads and the 2x2 patches, give ``patch_keys``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vtsched.core.adapters.base import DecoderParts, ModelAdapter
+from vtsched.core.adapters.llava import _rotate_half
+from vtsched.core.errors import InputError
+from vtsched.core.geometry import ModelGeometry
+from vtsched.core.pixels import TokenBoxes, grid_boxes
+from vtsched.core.tokens import PromptBatch, Role, Sample
+
+__all__ = ["Qwen2VLAdapter", "Qwen2_5_VLAdapter", "NOMINAL_IMAGE_SIDE", "attention_received"]
+
+NOMINAL_IMAGE_SIDE = 672  # explain/bench count tokens for a 672x672 image (576 merged tokens)
+IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
+QUERY_CHUNK = 1024  # query rows scored at once (bounds the score matrix for large images)
+
+
+def attention_received(q: torch.Tensor, k: torch.Tensor, bounds: Sequence[int], scaling: float) -> torch.Tensor:
+    """``(N,)`` attention each token receives: softmax over each image's keys, mean over heads, sum over queries.
+
+    ``q``, ``k``: ``(N, heads, head_dim)`` rotated queries and keys of all images' patches;
+    ``bounds``: cumulative patch counts per image (``cu_seqlens``), so attention stays within an image.
+    """
+    received = torch.zeros(q.shape[0], dtype=torch.float32, device=q.device)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        keys = k[start:end].float().transpose(0, 1)  # (heads, n, d)
+        for chunk in range(start, end, QUERY_CHUNK):
+            queries = q[chunk:min(end, chunk + QUERY_CHUNK)].float().transpose(0, 1)  # (heads, c, d)
+            probs = torch.softmax(torch.matmul(queries, keys.transpose(1, 2)) * scaling, dim=-1)
+            received[start:end] += probs.mean(0).sum(0)
+    return received
+
+
+class Qwen2VLAdapter(ModelAdapter):
+    """Adapter for ``transformers.Qwen2VLForConditionalGeneration`` (Qwen/Qwen2-VL-*-Instruct)."""
+
+    name: ClassVar[str] = "qwen2_vl"
+    model_type: ClassVar[str] = "qwen2_vl"
+    # What Qwen's chat template renders for one image and one question (used when the processor
+    # has no chat template of its own).
+    prompt_template: ClassVar[str] = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    default_partitioner: ClassVar[str] = "attention"
+
+    def __init__(self, model: nn.Module, processor: Any = None, **options: Any) -> None:
+        super().__init__(model, processor, **options)
+        template = self.chat_prompt(IMAGE_PAD)
+        if template is not None:  # the checkpoint's own chat template
+            self.prompt_template = template  # type: ignore[misc]
+
+    @classmethod
+    def model_class(cls) -> type:
+        from transformers import Qwen2VLForConditionalGeneration
+
+        return Qwen2VLForConditionalGeneration
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        return type(model) is cls.model_class()
+
+    # -- model structure ---------------------------------------------------------------------
+    @property
+    def language_model(self) -> Any:
+        return self.model.model.language_model
+
+    @property
+    def visual(self) -> Any:
+        return self.model.model.visual
+
+    @classmethod
+    def geometry_from_config(cls, config: Any) -> ModelGeometry:
+        """Sizes; ``num_visual`` is the merged-token count of a 672x672 image (576)."""
+        text, vision = config.text_config, config.vision_config
+        heads = text.num_attention_heads
+        unit = vision.patch_size * vision.spatial_merge_size
+        merged = (NOMINAL_IMAGE_SIDE // unit) ** 2
+        width, mlp = cls._vision_widths(vision)
+        return ModelGeometry(
+            num_layers=text.num_hidden_layers,
+            hidden_size=text.hidden_size,
+            intermediate_size=text.intermediate_size,
+            num_heads=heads,
+            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+            vocab_size=text.vocab_size,
+            num_visual=merged,
+            vision_layers=vision.depth,
+            vision_hidden_size=width,
+            vision_intermediate_size=mlp,
+            vision_tokens=merged * vision.spatial_merge_size**2,
+        )
+
+    @staticmethod
+    def _vision_widths(vision: Any) -> tuple[int, int]:
+        return vision.embed_dim, int(vision.embed_dim * vision.mlp_ratio)
+
+    def decoder(self) -> DecoderParts:
+        lm = self.language_model
+        first = lm.layers[0].self_attn
+
+        def query_rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            block = lm.layers[layer]
+            attn = block.self_attn
+            x = block.input_layernorm(hidden)
+            q = attn.q_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
+            return q * cos[:, None] + _rotate_half(q) * sin[:, None]
+
+        return DecoderParts(
+            embed_tokens=lm.embed_tokens,
+            layers=lm.layers,
+            rotary=lm.rotary_emb,
+            norm=lm.norm,
+            lm_head=self.model.lm_head,
+            attn_implementation=lm.config._attn_implementation,
+            query_rows=query_rows,
+            scaling=first.scaling,
+            rope_rows=3,
+            layer_position_ids=False,  # Qwen2-VL's text model passes None for unpacked sequences
+        )
+
+    # -- the vision tower: merged features, attention scores, keys ----------------------------
+    def _score_block(self) -> int:
+        """The last full-attention block (Qwen2-VL: every block attends over the whole image)."""
+        return len(self.visual.blocks) - 1
+
+    def _window_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
+        """Merged-token order inside the tower (``None``: the LLM's order)."""
+        return None
+
+    @torch.inference_mode()
+    def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per image: merged ``features`` ``(N, D)``, ``scores`` ``(N,)`` (attention received) and
+        ``keys`` ``(N, head_dim)``, in the LLM's token order."""
+        visual = self.visual
+        index = self._score_block()
+        block = visual.blocks[index]
+        seen: dict[str, Any] = {}
+
+        def capture(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            seen["hidden"] = args[0] if args else kwargs["hidden_states"]
+            seen["cu_seqlens"] = kwargs["cu_seqlens"]
+            seen["position_embeddings"] = kwargs["position_embeddings"]
+
+        handle = block.register_forward_pre_hook(capture, with_kwargs=True)  # removed before returning
+        try:
+            out = visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw.to(self.device))
+        finally:
+            handle.remove()
+        merged = out.pooler_output
+        attn = block.attn
+        x = block.norm1(seen["hidden"])
+        n = x.shape[0]
+        q, k, _ = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = seen["position_embeddings"]
+        q, k = _rotate_vision(q, k, cos, sin)
+        bounds = [int(v) for v in seen["cu_seqlens"].tolist()]
+        unit = visual.spatial_merge_size**2
+        scores = attention_received(q, k, bounds, attn.scaling).view(-1, unit).mean(1)
+        keys = k.float().mean(1).view(-1, unit, k.shape[-1]).mean(1)
+        order = self._window_order(grid_thw)
+        if order is not None:  # tower order -> LLM order, as the merger's output is un-permuted
+            reverse = torch.argsort(order.to(scores.device))
+            scores, keys = scores[reverse], keys[reverse]
+        counts = (grid_thw.prod(-1) // unit).tolist()
+        return [
+            {"features": f, "scores": s.cpu(), "keys": kk.cpu()}
+            for f, s, kk in zip(torch.split(merged, counts), torch.split(scores, counts), torch.split(keys, counts))
+        ]
+
+    # -- prompts -----------------------------------------------------------------------------
+    def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
+        if self.processor is None:
+            raise InputError("this model was loaded without a processor; save one next to the weights")
+        if len(images) != len(questions):
+            raise InputError(f"{len(images)} images but {len(questions)} questions")
+        template = self.prompt_template
+        if template.count(VISION_START + IMAGE_PAD + VISION_END) != 1:
+            raise InputError(f"{self.name}: the prompt template has no {VISION_START}{IMAGE_PAD}{VISION_END} "
+                             "span for the image; a Qwen prompt needs exactly one")
+        for b, (image, question) in enumerate(zip(images, questions)):
+            _check_image(self.name, b, image)
+            if not isinstance(question, str) or not question.strip():
+                raise InputError(f"question {b} is empty: ask something about the image")
+            if any(token in question for token in (IMAGE_PAD, VISION_START, VISION_END, "<|video_pad|>")):
+                raise InputError(f"question {b} contains a vision token; give the image separately, one per prompt")
+        processed = self.processor.image_processor(list(images), return_tensors="pt")
+        grid_thw = processed["image_grid_thw"]
+        encoded = self.encode_images(processed["pixel_values"], grid_thw)
+        samples = []
+        for b, (question, image) in enumerate(zip(questions, images)):
+            sample = self._sample(question, encoded[b]["features"], grid_thw[b])
+            sample.image = image
+            sample.extras["attention_scores"] = encoded[b]["scores"]
+            sample.extras["patch_keys"] = encoded[b]["keys"]
+            size = getattr(image, "size", None)
+            if isinstance(size, tuple) and len(size) == 2 and sample.grid is not None:
+                sample.pixel_boxes = TokenBoxes(grid_boxes(size, *sample.grid), size)
+            samples.append(sample)
+        return PromptBatch(samples)
+
+    def _sample(self, question: str, features: torch.Tensor, grid_thw: torch.Tensor) -> Sample:
+        """Token ids (the image pad expanded to one token per merged feature), roles, M-RoPE ids."""
+        tokenizer = self.processor.tokenizer
+        head, tail = self.prompt_template.split(IMAGE_PAD)
+        n = features.shape[0]
+        q_start = len(head) + len(IMAGE_PAD) * n + tail.index("{question}")
+        text = head + IMAGE_PAD * n + tail.replace("{question}", question)
+        q_end = q_start + len(question)
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+        visual = ids == self.model.config.image_token_id
+        if int(visual.sum()) != n:
+            raise InputError(f"{self.name}: the prompt has {int(visual.sum())} image tokens for {n} visual features")
+        roles = torch.full_like(ids, Role.SUFFIX)
+        first = int(torch.nonzero(visual)[0])
+        roles[:first] = Role.PREFIX
+        for t, (a, b) in enumerate(enc["offset_mapping"]):
+            if t > first and b > a and a < q_end and b > q_start:
+                roles[t] = Role.QUESTION
+        roles[visual] = Role.VISUAL
+        positions, _ = self.model.model.get_rope_index(
+            ids[None].to(self.device), mm_token_type_ids=visual[None].int().to(self.device),
+            image_grid_thw=grid_thw[None].to(self.device),
+        )
+        merge = self.visual.spatial_merge_size
+        grid = (int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
+        return Sample(ids, roles, features, None, grid, rope_positions=positions[:, 0].cpu())
+
+
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
+    """Adapter for ``transformers.Qwen2_5_VLForConditionalGeneration`` (Qwen/Qwen2.5-VL-*-Instruct).
+
+    Its tower attends within windows except in ``fullatt_block_indexes``; the score reads the last
+    of those, and undoes the window order the tower works in.
+    """
+
+    name: ClassVar[str] = "qwen2_5_vl"
+    model_type: ClassVar[str] = "qwen2_5_vl"
+
+    @classmethod
+    def model_class(cls) -> type:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+
+    @staticmethod
+    def _vision_widths(vision: Any) -> tuple[int, int]:
+        return vision.hidden_size, vision.intermediate_size
+
+    def _score_block(self) -> int:
+        full = list(self.model.config.vision_config.fullatt_block_indexes or [])
+        return max(full) if full else len(self.visual.blocks) - 1
+
+    def _window_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = self.visual
+        order, _ = get_vision_window_index(grid_thw, spatial_merge_size=visual.spatial_merge_size,
+                                           window_size=visual.window_size, patch_size=visual.patch_size)
+        return order
+
+
+def _rotate_vision(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """The vision tower's rotary embedding (``apply_rotary_pos_emb_vision``), in float32."""
+    cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
+    q, k = q.float(), k.float()
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _check_image(family: str, index: int, image: Any) -> None:
+    """One still image per prompt: refuse video clips and several images in one line."""
+    if image is None:
+        raise InputError(f"prompt {index} has no image; {family} prompts here carry exactly one")
+    if isinstance(image, (list, tuple)):
+        raise InputError(f"prompt {index} has {len(image)} images (or video frames); one image per prompt is "
+                         "supported for now")
+    shape = getattr(image, "shape", None)
+    if shape is not None and len(shape) >= 4:
+        raise InputError(f"prompt {index} is a video ({tuple(shape)}); video inputs are not supported, give one image")
