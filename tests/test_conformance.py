@@ -353,6 +353,24 @@ class SharedGenerator(Partitioner):
         return top_k_partition(scores, [budget.resolve(s.num_visual) for s in batch.samples])
 
 
+@dataclasses.dataclass(frozen=True)
+class AnnouncesThree(Partitioner):
+    """Announces three groups (so the planner schedules three streams) but delivers two."""
+
+    name: ClassVar[str] = "announces-three"
+
+    def group_names(self):
+        return ("subject", "objects", "background")
+
+    def partition(self, batch, budget):
+        keep = [budget.resolve(s.num_visual) for s in batch.samples]
+        return top_k_partition([s.cls_scores for s in batch.samples], keep)
+
+
+class BrokenAnnouncesThree(_Broken, PartitionerConformance):
+    partitioner_class = AnnouncesThree
+
+
 class BrokenOffByOne(_Broken, PartitionerConformance):
     partitioner_class = OffByOne
 
@@ -372,6 +390,13 @@ def test_kit_rejects_a_partitioner_whose_subject_size_is_off_by_one():
         kit.test_partition_is_a_disjoint_cover_with_the_budgets_subject_size()
     with pytest.raises(AssertionError, match="the subject group 'subject' has"):
         kit.test_samples_with_different_token_counts_in_one_batch()
+
+
+def test_kit_rejects_a_partitioner_whose_groups_are_not_the_ones_it_announced():
+    kit = BrokenAnnouncesThree()
+    kit.test_deterministic()
+    with pytest.raises(AssertionError, match=r"names groups \('subject', 'non_subject'\), group_names\(\) announced"):
+        kit.test_partition_is_a_disjoint_cover_with_the_budgets_subject_size()
 
 
 def test_kit_rejects_a_non_deterministic_partitioner():

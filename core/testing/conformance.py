@@ -221,8 +221,8 @@ class PolicyConformance(_Kit):
                     _close(together.step_logits[step][b], logits[0], self.atol, 0.0,
                            f"{_name(policy)}: sample {b} at step {step} differs in a batch of {len(batch)} "
                            "from the sample alone")
-                _expect(alone.tokens[0] == together.tokens[b], f"{_name(policy)}: sample {b} decodes "
-                                                               f"{together.tokens[b]} in a batch, {alone.tokens[0]} alone")
+                _expect(alone.tokens[0] == together.tokens[b],
+                        f"{_name(policy)}: sample {b} decodes {together.tokens[b]} in a batch, {alone.tokens[0]} alone")
 
         self._run(check, self.model_shapes(), strat.prompts(min_size=2, max_size=3), st.data(), model=True)
 
@@ -327,6 +327,8 @@ class PartitionerConformance(_Kit):
 
     - the class contract (frozen dataclass, ``partition(batch, budget)``);
     - a disjoint cover: one group id per visual token of every sample, nothing more;
+    - the partition names the groups ``group_names()`` announced (what the planner schedules
+      and explains before any image is seen);
     - the subject group (``groups[0]``) of sample b has exactly ``budget.resolve(num_visual_b)``
       tokens; scores and merged features (if any) have the sample's sizes and are finite;
     - deterministic: a fresh instance with the same parameters gives the same partition;
@@ -416,6 +418,9 @@ class PartitionerConformance(_Kit):
         who = _name(self.partitioner_class)
         _expect(partition.batch_size == len(batch), f"{who}: partition for {partition.batch_size} samples, "
                                                     f"the batch has {len(batch)}")
+        announced = tuple(self.make_partitioner().group_names())
+        _expect(partition.groups == announced, f"{who}: the partition names groups {partition.groups}, "
+                                               f"group_names() announced {announced}")
         sizes = partition.sizes()
         for b, sample in enumerate(batch.samples):
             ids = partition.assignment[b]
@@ -620,7 +625,8 @@ class AdapterConformance(_Kit):
             engine, planner = self._runner(adapter)
             batch = adapter.prepare(*inputs)
             plan = planner.plan(batch, self._policy("full"), None, None)
-            ours = generate(engine, batch, plan.schedule, plan.partition, GenerationConfig(max_new_tokens=self.new_tokens))
+            config = GenerationConfig(max_new_tokens=self.new_tokens)
+            ours = generate(engine, batch, plan.schedule, plan.partition, config)
             theirs = self.reference_greedy_tokens(
                 adapter.model, self.reference_inputs(adapter.processor, inputs[0][0], inputs[1][0]), self.new_tokens)
             _expect(ours.tokens[0] == theirs, f"{_name(adapter)}: greedy tokens {ours.tokens[0]}, the model's own "
@@ -641,9 +647,8 @@ class AdapterConformance(_Kit):
             keep_mask = sample.roles != Role.VISUAL
             keep_mask[sample.visual_positions[plan.partition.members(0, plan.partition.groups[0])]] = True
             keep = torch.nonzero(keep_mask).flatten()
-            _expect(ours.index is not None and ours.index[0].tolist() == keep.tolist(),
-                    f"{_name(adapter)}: prune kept positions {ours.index[0].tolist() if ours.index is not None else None}"
-                    f", expected {keep.tolist()}")
+            kept = ours.index[0].tolist() if ours.index is not None else None
+            _expect(kept == keep.tolist(), f"{_name(adapter)}: prune kept positions {kept}, expected {keep.tolist()}")
             reference = self.shortened_reference_logits(adapter.model, sample, keep)
             _close(ours.all_logits[0], reference, self.atol, 0.0,
                    f"{_name(adapter)}: prune differs from the model on the shortened sequence")
