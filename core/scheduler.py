@@ -59,7 +59,11 @@ class Scheduler:
     def __init__(self, model: torch.nn.Module, processor: Any = None, *, registry: Registry | None = None,
                  share_prefix: bool = True, adapter_options: Mapping[str, Any] | None = None) -> None:
         self.registry = registry or build_registry()
-        self.adapter = self.registry.adapter_for(model)(model, processor, **dict(adapter_options or {}))
+        adapter_class = self.registry.adapter_for(model)
+        try:
+            self.adapter = adapter_class(model, processor, **dict(adapter_options or {}))
+        except TypeError as exc:  # an option the family's adapter does not take
+            raise InputError(f"adapter {adapter_class.name!r}: {exc}") from None
         self.engine = Engine(self.adapter.decoder(), self.registry.fusion_rules(), share_prefix=share_prefix)
         self.planner = Planner(self.registry, self.adapter.geometry, type(self.adapter).default_partitioner)
         self._calibrated: dict[tuple[Any, ...], Policy] = {}  # calibrations on a fixed data file, once each
@@ -95,11 +99,12 @@ class Scheduler:
 
     @classmethod
     def random(cls, shape: str = "demo", **kwargs: Any) -> Scheduler:
-        """A random-weight LLaVA of a named shape (see :mod:`vtsched.core.demo`)."""
+        """A random-weight model of a named shape, any family (see :mod:`vtsched.core.demo`)."""
         from vtsched.core.demo.shapes import build_random_llava
 
         registry = kwargs.pop("registry", None)
-        return cls(*build_random_llava(shape, **kwargs), registry=registry)
+        adapter_options = kwargs.pop("adapter_options", None)
+        return cls(*build_random_llava(shape, **kwargs), registry=registry, adapter_options=adapter_options)
 
     # -- components --------------------------------------------------------------------------
     def make_policy(self, name: str | Policy, params: Mapping[str, Any] | None = None) -> Policy:

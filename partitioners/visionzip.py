@@ -1,6 +1,7 @@
 """``visionzip``: VisionZip's selection (Yang et al., 2024): dominant tokens plus merged contextual ones.
 
-The budget's R tokens are ``R - c`` *dominant* tokens (highest [CLS] attention) and ``c``
+The budget's R tokens are ``R - c`` *dominant* tokens (highest [CLS] attention; on towers without
+a [CLS] token, Qwen2-VL's, the attention each token receives, as the llmc port does) and ``c``
 *contextual* tokens (default c = R * 10/64): the remaining tokens are merged into ``c`` targets
 spread evenly over them, each joining the target whose key is most similar (cosine of the vision
 layer's head-averaged keys). Merged features replace their target's; merged tokens keep their
@@ -57,11 +58,13 @@ class VisionZipPartitioner(Partitioner):
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
         assignment, scores, overrides = [], [], []
         for b, sample in enumerate(batch.samples):
-            if sample.cls_scores is None or "patch_keys" not in sample.extras:
-                raise InputError(f"sample {b}: visionzip needs the adapter's [CLS] attention and patch keys")
+            token_scores = sample.cls_scores if sample.cls_scores is not None else sample.extras.get("attention_scores")
+            if token_scores is None or "patch_keys" not in sample.extras:
+                raise InputError(f"sample {b}: visionzip needs the adapter's [CLS] (or vision-tower) attention and "
+                                 "patch keys")
             keep = budget.resolve(sample.num_visual)
             contextual = int(round(keep * self.contextual_share)) if keep < sample.num_visual else 0
-            dominant = torch.sort(-sample.cls_scores.float(), stable=True).indices[: keep - contextual]
+            dominant = torch.sort(-token_scores.float(), stable=True).indices[: keep - contextual]
             rest = torch.tensor(sorted(set(range(sample.num_visual)) - set(dominant.tolist())), dtype=torch.long)
             targets, merged, _ = merge_contextual(sample.visual_features.detach().cpu(),
                                                   sample.extras["patch_keys"], rest, contextual)
@@ -69,6 +72,6 @@ class VisionZipPartitioner(Partitioner):
             ids[dominant] = 0
             ids[targets] = 0
             assignment.append(ids)
-            scores.append(sample.cls_scores.float())
+            scores.append(token_scores.float())
             overrides.append((targets, merged) if targets.numel() else None)
         return Partition((SUBJECT, NON_SUBJECT), tuple(assignment), tuple(scores), tuple(overrides))

@@ -8,7 +8,7 @@ the rotary embedding, the vision tower live). Register new ones with the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -82,6 +82,14 @@ class ModelAdapter(ABC):
     @property
     def geometry(self) -> ModelGeometry:
         return self.geometry_from_config(self.model.config)
+
+    @classmethod
+    def budget_notes(cls, config: Any, keep: int, partitioner: str | None,
+                     partitioner_params: Mapping[str, Any]) -> list[str]:
+        """Lines ``vtsched explain`` prints about this family's tokens: what the image span holds and
+        what a budget of ``keep`` tokens keeps under ``partitioner`` (``None``: the policy selects
+        inside the LLM). None for a plain patch grid."""
+        return []
 
     @abstractmethod
     def decoder(self) -> DecoderParts: ...

@@ -21,7 +21,7 @@ score-based partitioners always keep them, as FasterVLM does, and they count in 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -92,6 +92,35 @@ class LlavaNextAdapter(LlavaAdapter):
         from dataclasses import replace
 
         return replace(geometry, num_visual=next_token_count(config, 2 * tile, 2 * tile))
+
+    @classmethod
+    def budget_notes(cls, config: Any, keep: int, partitioner: str | None,
+                     partitioner_params: Mapping[str, Any]) -> list[str]:
+        tile = config.vision_config.image_size
+        side = tile // config.vision_config.patch_size
+        total = next_token_count(config, 2 * tile, 2 * tile)
+        newlines, grid = 2 * side, (2 * side) ** 2
+        image_tokens = max(0, keep - newlines)
+        lines = [
+            f"image span of a {2 * tile}x{2 * tile} image: {side * side} overview + {grid} grid + {newlines} newline "
+            f"= {total} tokens (other sizes differ per image; --adapter-param image_size={2 * tile} fixes the input)",
+        ]
+        if partitioner is None:
+            return lines + ["the policy ranks newline tokens inside the LLM like every other visual token"]
+        if partitioner not in ("cls", "attention", "visionzip"):
+            return lines + [f"{partitioner} picks among all {total} span tokens, newline tokens included"]
+        lines.append(f"newline tokens are always kept and count in the budget: {keep} = {min(keep, newlines)} newline "
+                     f"+ {image_tokens} image tokens entering the LLM")
+        if str(partitioner_params.get("budget_mode", "global")) == "per_tile":
+            quota = [image_tokens * n // (side * side * 5) for n in [side * side] * 5]
+            for i in range(image_tokens - sum(quota)):
+                quota[i] += 1
+            lines.append(f"per_tile: the {image_tokens} image tokens split over the 5 tiles in proportion to their "
+                         f"tokens ({'/'.join(map(str, quota))}), top by each tile's [CLS] attention")
+        else:
+            lines.append(f"global: the top {image_tokens} image tokens over the whole span by their tile's [CLS] "
+                         "attention (budget_mode=per_tile splits them over the tiles)")
+        return lines
 
     # -- inputs ------------------------------------------------------------------------------
     @torch.inference_mode()

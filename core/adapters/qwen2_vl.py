@@ -22,7 +22,7 @@ Qwen2.5-VL. The block's keys, averaged over heads and the 2x2 patches, give ``pa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -122,6 +122,18 @@ class Qwen2VLAdapter(ModelAdapter):
     @staticmethod
     def _vision_widths(vision: Any) -> tuple[int, int]:
         return vision.embed_dim, int(vision.embed_dim * vision.mlp_ratio)
+
+    @classmethod
+    def budget_notes(cls, config: Any, keep: int, partitioner: str | None,
+                     partitioner_params: Mapping[str, Any]) -> list[str]:
+        unit = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+        n = (NOMINAL_IMAGE_SIDE // unit) ** 2
+        return [
+            f"visual tokens are the merger's outputs ({unit}x{unit} px, 2x2 patches each): {n} for a "
+            f"{NOMINAL_IMAGE_SIDE}x{NOMINAL_IMAGE_SIDE} image, (H/{unit})x(W/{unit}) after smart resize otherwise "
+            "(at most 1280 by default); a count budget is checked against each image's own tokens",
+            "kept tokens keep their 3-row M-RoPE position ids; decoding continues at max(prompt ids) + 1",
+        ]
 
     def decoder(self) -> DecoderParts:
         lm = self.language_model

@@ -40,6 +40,8 @@ def main(args: argparse.Namespace) -> int:
               f"non_subject = {geometry.num_visual - keep} ({100 * (1 - keep / geometry.num_visual):.1f}% pruned)")
     elif check.budget is not None:
         print(f"budget {budget}: {keep} visual tokens per image, applied inside the LLM by the policy")
+    for note in adapter.budget_notes(config, keep, check.partitioner, dict(args.partitioner_param)):
+        print(f"  {note}")
     print(check.schedule.explain())
     if args.json:
         saved = with_run_meta(check.schedule, check.budget, check.partitioner)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from vtsched.core.cli.common import (
-    DEFAULT_BUDGET, add_common, add_policy_args, load_scheduler, planner_for_model, registry_for,
+    DEFAULT_BUDGET, add_common, add_policy_args, key_value, load_scheduler, planner_for_model, registry_for,
 )
 
 
@@ -28,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run.add_argument("--device", default="cpu")
     run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     run.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+    run.add_argument("--adapter-param", action="append", type=key_value, default=[], metavar="NAME=VALUE",
+                     help="model-family option, e.g. --adapter-param image_size=672 for LLaVA-NeXT (fix the input at 672x672)")
     run.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
     add_common(run)
 
@@ -53,6 +55,8 @@ def main(args: argparse.Namespace) -> int:
     check = planner.check(policy, budget, args.partitioner, dict(args.partitioner_param))
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})
+    if args.adapter_param:
+        extra["adapter_options"] = dict(args.adapter_param)
     scheduler = load_scheduler(args.model, registry, args.device, **extra)
     partitioner = (scheduler.make_partitioner(check.partitioner, dict(args.partitioner_param))
                    if check.partitioner is not None else None)
