@@ -188,7 +188,8 @@ class SubmititExecutor:
         for key in slurm_keys & set(params):
             update[f"slurm_{key}"] = params.pop(key)
         executor.update_parameters(**update)
-        worker_job = Job(**{**asdict(job), "device": "cuda:0" if gpu else job.device})
+        worker_job = Job(**{**asdict(job), "device": "cuda:0" if gpu else job.device,
+                            "threads": job.threads or (None if gpu or self.cluster != "local" else _cpu_threads(len(shards)))})
         payloads = [{"cells": [c.to_dict() for c in shard], "job": asdict(worker_job)} for shard in shards]
         jobs = executor.map_array(run_shard, payloads)
         try:

@@ -128,11 +128,11 @@ def cell_hash(spec: Mapping[str, Any], version: str, fingerprint: str) -> str:
 
 
 def _label(policy: str, params: Mapping[str, Any], written: set[str], partitioner: str | None,
-           pparams: Mapping[str, Any], budget: str | None, seed: int, seeds: int) -> str:
+           pparams: Mapping[str, Any], show_partitioner: bool, budget: str | None, seed: int, seeds: int) -> str:
     """A short name: the policy with the parameters the config wrote, partitioner, budget, seed."""
     args = ",".join(f"{k}={v}" for k, v in params.items() if k in written)
     name = f"{policy}({args})" if args else policy
-    if partitioner is not None and (partitioner != "cls" or pparams):
+    if partitioner is not None and (show_partitioner or pparams):
         pargs = ",".join(f"{k}={v}" for k, v in pparams.items())
         name += f"/{partitioner}({pargs})" if pargs else f"/{partitioner}"
     if budget is not None:
@@ -291,52 +291,62 @@ def resolve_cells(config: SweepConfig, registry: Any, *, estimate: bool = True) 
     return list(cells.values())
 
 
+def _partitioner_choices(spec: Any, config: SweepConfig, seed: int, registry: Any
+                         ) -> list[tuple[str, dict[str, Any], set[str], str | None]]:
+    """Per partitioner variant: its name, resolved parameters (the cell's seed for a seeded one that
+    fixes none), the parameter names the config wrote, and the error that refuses it, if any."""
+    out = []
+    for part in (spec.partitioners or config.partitioners):
+        cls = registry.partitioner(part.name)
+        written = {k for v in part.variants() for k in v}
+        for variant in part.variants():
+            params = dict(variant)
+            if "seed" in {f.name for f in dataclasses.fields(cls)} and "seed" not in params:
+                params["seed"] = seed
+            try:
+                out.append((cls.name, cls.from_params(params).params(), written, None))
+            except VtschedError as exc:
+                out.append((cls.name, params, written, str(exc)))
+    return out
+
+
 def _cells_of(config: SweepConfig, info: _ModelInfo, dataset: str, spec: Any, params: dict[str, Any],
               budgets: Sequence[Any], seed: int, version: str, registry: Any, estimate: bool) -> list[Cell]:
-    out = []
+    """The cells of one policy variant: its budgets x partitioner variants (collapsed where unused)."""
     planner = info.planner
+    policy_error = None
     try:
         policy = planner.policy(spec.name, params)
     except VtschedError as exc:  # a value the policy refuses: every cell of this variant fails alike
-        policy, error = None, str(exc)
-    else:
-        error = None
-    written = {k.replace("-", "_") for k in (*spec.params, *spec.grid, *(k for z in spec.zip for k in z))}
+        policy, policy_error = None, str(exc)
+    cls = registry.policy(spec.name)
+    name = cls.name
     resolved = policy.params() if policy is not None else dict(params)
-    name = policy.name if policy is not None else spec.name
-    uses_budget = policy.uses_budget if policy is not None else True
-    needs_partition = policy.needs_partition if policy is not None else True
-    partitioners: list[tuple[str | None, dict[str, Any]]] = [(None, {})]
-    if needs_partition:
-        partitioners = [(p.name, v) for p in (spec.partitioners or config.partitioners) for v in p.variants()]
-    for budget_value in (budgets if uses_budget else [None]):
-        budget_text = None if budget_value is None else str(Budget.parse(budget_value)) if _parses(budget_value) else str(budget_value)
-        for part_name, part_params in partitioners:
-            cell_error = error
+    written = {k.replace("-", "_") for k in (*spec.params, *spec.grid, *(k for z in spec.zip for k in z))}
+    choices: list[tuple[str | None, dict[str, Any], set[str], str | None]] = [(None, {}, set(), None)]
+    if cls.needs_partition:
+        choices = list(_partitioner_choices(spec, config, seed, registry))
+    show_partitioner = len(choices) > 1 or choices[0][0] not in (None, cls.default_partitioner)
+    seeds = len(spec.seeds or config.seeds)
+    out = []
+    for budget_value in (budgets if cls.uses_budget else [None]):
+        budget_text = None if budget_value is None else _budget_text(budget_value)
+        for part_name, pparams, part_written, part_error in choices:
+            error = policy_error or part_error
             check = None
-            pparams = dict(part_params)
-            if part_name is not None:
-                pcls = registry.partitioner(part_name)
-                if "seed" in {f.name for f in dataclasses.fields(pcls)} and "seed" not in pparams:
-                    pparams["seed"] = seed  # a seeded partitioner takes the cell's seed unless fixed
+            if error is None:
                 try:
-                    pparams = pcls.from_params(pparams).params()
-                    part_name = pcls.name
+                    budget = Budget.parse(budget_value) if budget_value is not None else None
+                    check = planner.check(policy, budget, part_name, pparams)
                 except VtschedError as exc:
-                    cell_error = cell_error or str(exc)
-            if cell_error is None and policy is not None:
-                try:
-                    check = planner.check(policy, Budget.parse(budget_value) if budget_value is not None else None,
-                                          part_name, pparams)
-                except VtschedError as exc:
-                    cell_error = str(exc)
+                    error = str(exc)
             cell_spec = {
                 "model": info.name, "dataset": dataset, "policy": name, "params": resolved,
-                "partitioner": part_name, "partitioner_params": pparams if part_name else {},
+                "partitioner": part_name, "partitioner_params": pparams,
                 "budget": budget_text, "seed": seed, "max_new_tokens": config.max_new_tokens, "limit": config.limit,
             }
-            label = _label(name, resolved, written, part_name, pparams if part_name else {}, budget_text, seed,
-                           len(spec.seeds or config.seeds))
+            shown = {k: v for k, v in pparams.items() if k in part_written}
+            label = _label(name, resolved, written, part_name, shown, show_partitioner, budget_text, seed, seeds)
             est, samples = None, 0
             if estimate and check is not None and check.schedule is not None:
                 lengths = _text_lengths(info, dataset, config.limit)
@@ -344,16 +354,17 @@ def _cells_of(config: SweepConfig, info: _ModelInfo, dataset: str, spec: Any, pa
                 samples = sum(lengths.values())
                 est = sum(n * estimate_prefill_flops(check.schedule, info.geometry, sizes, prefix=p, suffix=s)
                           for (p, s), n in lengths.items()) / max(1, samples) / 1e9
-            out.append(Cell(cell_hash(cell_spec, version, info.fingerprint), cell_spec, label, cell_error, est, samples))
+            out.append(Cell(cell_hash(cell_spec, version, info.fingerprint), cell_spec, label, error, est, samples))
     return out
 
 
-def _parses(value: Any) -> bool:
+def _budget_text(value: Any) -> str:
+    """The budget as ``Budget`` prints it (``7``, ``0.111``), or as written when it does not parse
+    (the planner then refuses the cell with the budget's own error)."""
     try:
-        Budget.parse(value)
-        return True
+        return str(Budget.parse(value))
     except VtschedError:
-        return False
+        return str(value)
 
 
 def shard_cells(cells: Sequence[Cell], workers: int) -> list[list[Cell]]:
