@@ -114,7 +114,7 @@ class Registry:
                 return component.obj
         known = ", ".join(sorted(getattr(c.obj, "model_type", "?") for c in self.entries("adapter")))
         raise InputError(f"{getattr(config, 'name_or_path', '') or 'this'!r} is a {config.model_type!r} model, "
-                         f"which no adapter reads (supported: {known}); is it a LLaVA checkpoint?")
+                         f"which no adapter reads (supported: {known})")
 
     def adapter_for(self, model: Any) -> Any:
         for component in self.entries("adapter"):

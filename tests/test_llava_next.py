@@ -142,3 +142,20 @@ def test_explain_shapes_say_what_runs():
         planner = Planner(registry(), geometry, A.default_partitioner)
         check = planner.check(planner.policy("parvts"), Budget(count=320))
         assert check.keep == 320 and check.partitioner == "cls"
+
+
+def test_bad_inputs_get_one_line_errors():
+    import numpy as np
+
+    from vtsched.core.errors import InputError
+
+    model, processor = tiny_llava_next(TinyNextShape())
+    adapter = LlavaNextAdapter(model, processor)
+    image = random_image(0, 56, 56)
+    for images, words in (([np.zeros((4, 56, 56, 3), dtype=np.uint8)], "video"),
+                          ([[image, image]], "one image per prompt"), ([None], "no image")):
+        with pytest.raises(InputError, match=words) as info:
+            adapter.prepare(images, ["what?"])
+        assert "\n" not in str(info.value)
+    with pytest.raises(Exception, match="image_size"):
+        LlavaNextAdapter(model, processor, image_size=0)

@@ -19,7 +19,7 @@ from vtsched.core.tokens import PromptBatch
 
 from vtsched.core.geometry import ModelGeometry
 
-__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter"]
+__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter", "check_one_image"]
 
 
 @dataclass
@@ -47,6 +47,20 @@ class DecoderParts:
     scaling: float
     rope_rows: int = 1  # rows of rotary position ids: 1 (LLaMA-style), 3 (Qwen2-VL's M-RoPE)
     layer_position_ids: bool = True  # decoder layers get the 1-D rotary ids, as the family's own model passes them
+
+
+def check_one_image(family: str, index: int, image: Any) -> None:
+    """One still image per prompt: refuse a missing image, video clips and several images, in one line."""
+    from vtsched.core.errors import InputError
+
+    if image is None:
+        raise InputError(f"prompt {index} has no image; {family} prompts here carry exactly one")
+    if isinstance(image, (list, tuple)):
+        raise InputError(f"prompt {index} has {len(image)} images (or video frames); one image per prompt is "
+                         "supported for now")
+    shape = getattr(image, "shape", None)
+    if shape is not None and len(shape) >= 4:
+        raise InputError(f"prompt {index} is a video ({tuple(shape)}); video inputs are not supported, give one image")
 
 
 class ModelAdapter(ABC):

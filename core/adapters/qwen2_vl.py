@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vtsched.core.adapters.base import DecoderParts, ModelAdapter
+from vtsched.core.adapters.base import DecoderParts, ModelAdapter, check_one_image
 from vtsched.core.adapters.llava import _rotate_half
 from vtsched.core.errors import InputError
 from vtsched.core.geometry import ModelGeometry
@@ -219,7 +219,7 @@ class Qwen2VLAdapter(ModelAdapter):
             raise InputError(f"{self.name}: the prompt template has no {VISION_START}{IMAGE_PAD}{VISION_END} "
                              "span for the image; a Qwen prompt needs exactly one")
         for b, (image, question) in enumerate(zip(images, questions)):
-            _check_image(self.name, b, image)
+            check_one_image(self.name, b, image)
             if not isinstance(question, str) or not question.strip():
                 raise InputError(f"question {b} is empty: ask something about the image")
             if any(token in question for token in (IMAGE_PAD, VISION_START, VISION_END, "<|video_pad|>")):
@@ -306,15 +306,3 @@ def _rotate_vision(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
     q, k = q.float(), k.float()
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _check_image(family: str, index: int, image: Any) -> None:
-    """One still image per prompt: refuse video clips and several images in one line."""
-    if image is None:
-        raise InputError(f"prompt {index} has no image; {family} prompts here carry exactly one")
-    if isinstance(image, (list, tuple)):
-        raise InputError(f"prompt {index} has {len(image)} images (or video frames); one image per prompt is "
-                         "supported for now")
-    shape = getattr(image, "shape", None)
-    if shape is not None and len(shape) >= 4:
-        raise InputError(f"prompt {index} is a video ({tuple(shape)}); video inputs are not supported, give one image")
