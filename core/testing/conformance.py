@@ -30,7 +30,8 @@ Inputs are drawn by overridable methods (``geometries()``, ``group_sets()``, ``b
 smaller than what the kit draws (e.g. the budgets a multi-stage policy can reach); never widen
 a refusal into a pass. Properties run under the active hypothesis profile with at most
 ``examples`` (vocabulary checks) or ``model_examples`` (checks that run a model) examples each;
-``settings_overrides`` passes any other hypothesis setting.
+``settings_overrides`` passes any other hypothesis setting; checks run with ``torch_threads``
+intra-op threads (default 1, restored afterwards).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class _Kit:
     settings_overrides: ClassVar[Mapping[str, Any]] = {}
     min_layers: ClassVar[int] = 1
     max_layers: ClassVar[int] = 3
+    # Tiny models gain nothing from intra-op threads, and on a shared CPU more threads make every
+    # small op wait for the others (10x slower under load); the previous count is restored after.
+    torch_threads: ClassVar[int | None] = 1
 
     def registry(self) -> Any:
         """Fusion rules, partitioners and adapters by name (default: built-ins plus installed plugins)."""
@@ -105,7 +109,13 @@ class _Kit:
                                             HealthCheck.data_too_large}),
         }
         options.update(self.settings_overrides)
-        given(*strategies)(settings(active, **options)(test))()
+        threads = torch.get_num_threads()
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        try:
+            given(*strategies)(settings(active, **options)(test))()
+        finally:
+            torch.set_num_threads(threads)
 
 
 # -- policies ----------------------------------------------------------------------------------
