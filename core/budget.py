@@ -9,6 +9,7 @@ reported separately by the engine's statistics.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from dataclasses import dataclass
 
 from vtsched.core.errors import BudgetError
@@ -64,7 +65,12 @@ class Budget:
         return int(round(self.ratio * num_visual))
 
     def __str__(self) -> str:
-        return str(self.count) if self.count is not None else f"{self.ratio:g}"
+        """Exact and parseable: ``Budget.parse(str(b)) == b`` (saved schedules and calibration rely on it)."""
+        if self.count is not None:
+            return str(self.count)
+        assert self.ratio is not None
+        # the shortest digits that read back to the same float, written positionally (1e-05 -> 0.00001)
+        return format(Decimal(repr(float(self.ratio))), "f")
 
 
 def _whole(value: float) -> int:

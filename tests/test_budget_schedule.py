@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from vtsched.core import Budget, BudgetError, EndStream, Fuse, InsertGroup, RemoveGroup, Schedule, ScheduleError, Stream
 from vtsched.core.testing import schedules
@@ -79,3 +80,10 @@ def test_explain_shows_the_timeline():
     text = _two_streams([Fuse(2, ("s", "n"), "s", "attention"), EndStream(2, "n")]).explain()
     assert "layers 0-1" in text and "@2" in text and "fuse question tokens of s, n -> s by attention" in text
     assert "layers 2-3    s" in text
+
+
+@given(st.one_of(st.floats(0.0, 1.0), st.integers(0, 10_000)))
+def test_budget_text_round_trips_exactly(value):
+    """Saved schedules, calibration and sweep hashes carry budgets as text: nothing may be lost."""
+    budget = Budget(count=value) if isinstance(value, int) else Budget(ratio=value)
+    assert Budget.parse(str(budget)) == budget

@@ -62,7 +62,7 @@ def search_drop_layer(
     policy: str,
     *,
     params: dict[str, Any] | None = None,
-    budgets: Sequence[str | int | float] = ("0.111",),
+    budgets: Sequence[str | int | float | Budget] = ("0.111",),
     alphas: Sequence[float] | None = None,
     threshold: float = 0.003,
     layer_param: str = "drop_layer",
@@ -134,7 +134,7 @@ def calibrate(
         batch = scheduler.prepare(*load_calibration(request.data))
     result = search_drop_layer(
         scheduler, batch, request.base, params=dict(request.params),
-        budgets=[str(budget)] if budget is not None else ["0.111"], threshold=request.threshold,
+        budgets=[budget] if budget is not None else ["0.111"], threshold=request.threshold,
         layer_param=request.layer_param, partitioner=partitioner.name if partitioner is not None else None,
         progress=False,
     )
