@@ -225,9 +225,27 @@ def make_executor(name: str, *, workers: int = 1, devices: Sequence[str] | None 
     raise InputError(f"unknown executor {name!r}; executors: {', '.join(EXECUTORS)}")
 
 
+def _die_with_parent() -> None:
+    """On Linux, end this worker when the sweep that started it dies (even by SIGKILL), so a resumed
+    sweep never runs beside orphaned workers."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl
+        sys.exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m vtsched.core.tools.launch SHARD.json``: what a local worker process runs."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _die_with_parent()
     payload = json.loads(Path(args[0]).read_text())
     try:
         run_shard(payload)

@@ -113,7 +113,7 @@ def load_config(path: str | Path) -> SweepConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read sweep config {p}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: not valid TOML: {exc}") from None
+        raise InputError(f"{p.name}: not valid TOML: {exc}") from None
     return parse_config(data, p)
 
 

@@ -32,8 +32,12 @@ __all__ = ["FORMAT", "ResultsFile", "SweepLock", "append_row", "read_rows"]
 FORMAT = 1  # the row format; bump when a row's meaning changes
 
 
-def append_row(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
-    """Append ``row`` as one JSON line; whole lines only, whoever else appends at the same time."""
+def append_row(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
+    """Append ``row`` as one JSON line; whole lines only, whoever else appends at the same time.
+
+    A row for a cell that already has an ``ok`` row is not written (``False``): two workers that
+    ran the same cell (a sweep resumed while an orphaned Slurm task still ran) leave one row.
+    """
     line = (json.dumps(row, sort_keys=True, default=str, allow_nan=True) + "\n").encode("utf-8")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +50,8 @@ def append_row(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
             if os.read(fd, 1) != b"\n":
                 os.ftruncate(fd, _last_newline(fd, end))
                 end = os.lseek(fd, 0, os.SEEK_END)
+        if _has_ok_row(fd, end, str(row.get("hash", ""))):
+            return False
         os.lseek(fd, end, os.SEEK_SET)
         written = 0
         while written < len(line):
@@ -54,6 +60,20 @@ def append_row(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+    return True
+
+
+def _has_ok_row(fd: int, end: int, cell: str) -> bool:
+    """Whether the first ``end`` bytes hold an ``ok`` row of ``cell`` (read under the writer's lock)."""
+    if not cell or end == 0:
+        return False
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, end)
+    needle = f'"hash": "{cell}"'.encode()
+    for line in data.splitlines():
+        if needle in line and b'"status": "ok"' in line:
+            return True
+    return False
 
 
 def _last_newline(fd: int, end: int) -> int:
