@@ -159,3 +159,23 @@ def test_bad_inputs_get_one_line_errors():
         assert "\n" not in str(info.value)
     with pytest.raises(Exception, match="image_size"):
         LlavaNextAdapter(model, processor, image_size=0)
+
+
+def test_a_processor_chat_template_is_the_prompt():
+    """A checkpoint's own conversation format (vicuna, mistral) replaces the built-in template."""
+    import copy
+
+    model, processor = tiny_llava_next(TinyNextShape())
+    processor = copy.deepcopy(processor)  # the tiny model's processor is cached: leave it alone
+    processor.chat_template = (
+        "{% for m in messages %}SYSTEM. USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    )
+    adapter = LlavaNextAdapter(model, processor)
+    assert adapter.prompt_template == "SYSTEM. USER: <image>\n{question} ASSISTANT:"
+    image = random_image(0, 50, 40)
+    sample = adapter.prepare([image], ["what colour?"]).samples[0]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert processor(images=[image], text=[text], return_tensors="pt")["input_ids"][0].tolist() == \
+        sample.input_ids.tolist()
