@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_attention_mask", "KVTap", "attention_probs"]
+__all__ = ["build_attention_mask", "KVTap", "KVBuffer", "attention_probs"]
 
 
 def build_attention_mask(
@@ -71,6 +71,59 @@ class KVTap:
         self.keys, self.values = key_states, value_states
         return key_states, value_states
 
+
+
+class KVBuffer:
+    """One layer's decode cache, kept in buffers with spare room so that a decode step appends in place.
+
+    transformers' ``DynamicCache`` (and :class:`KVTap`) concatenate the whole past with the new
+    keys/values at every step and layer, copying the cache each time. Here the first step moves
+    the prefill's keys/values into buffers with ``room`` spare tokens, and later steps write only
+    the new tokens; the layer attends over a view of the filled part,
+    ``(batch, kv_heads, C, head_dim)``, the same values a concatenation would give. When the room
+    is used up the buffers are reallocated with ``room`` more. Passed to a layer as its cache.
+    """
+
+    __slots__ = ("_keys", "_values", "length", "room")
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int = 256) -> None:
+        self._keys, self._values = keys, values  # the prefill's tensors: read, never written
+        self.length = keys.shape[2]
+        self.room = room
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[:, :, : self.length]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values[:, :, : self.length]
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int | None = None,
+        cache_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``(batch, kv_heads, n, head_dim)`` new keys/values; return all ``C + n`` of them."""
+        n = key_states.shape[2]
+        if self.length + n > self._keys.shape[2]:
+            self._keys = _with_room(self.keys, self.length + n + self.room)
+            self._values = _with_room(self.values, self.length + n + self.room)
+        self._keys[:, :, self.length : self.length + n] = key_states
+        self._values[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        return self.keys, self.values
+
+
+def _with_room(states: torch.Tensor, capacity: int) -> torch.Tensor:
+    """A new ``(batch, heads, capacity, dim)`` buffer starting with ``states``."""
+    batch, heads, length, dim = states.shape
+    buffer = states.new_empty((batch, heads, capacity, dim))
+    buffer[:, :, :length] = states
+    return buffer
 
 def attention_probs(
     queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None, scaling: float

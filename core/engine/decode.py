@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from vtsched.core.adapters.base import DecoderParts
-from vtsched.core.engine.attention import KVTap, build_attention_mask
+from vtsched.core.engine.attention import KVBuffer, build_attention_mask
 from vtsched.core.engine.layout import LayerInputs
 from vtsched.core.engine.loop import call_layer
 from vtsched.core.engine.run import LayerCache
@@ -53,16 +53,25 @@ class DecodeState:
     """The surviving stream's cache after prefill: what decoding continues from.
 
     Attributes:
-        keys, values: per layer ``(batch, kv_heads, C_l, head_dim)``.
+        caches: per layer, its keys/values (a :class:`~vtsched.core.engine.attention.KVBuffer`).
         layouts: the distinct key layouts; ``layer_layout[l]`` indexes the one layer ``l`` follows.
         next_position: ``(batch,)`` position id of the next token.
     """
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    caches: list[KVBuffer]
     layouts: list[KeyLayout]
     layer_layout: list[int]
     next_position: torch.Tensor
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Per layer ``(batch, kv_heads, C_l, head_dim)`` cached keys."""
+        return [c.keys for c in self.caches]
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        """Per layer ``(batch, kv_heads, C_l, head_dim)`` cached values."""
+        return [c.values for c in self.caches]
 
     def key_index(self, layer: int) -> torch.Tensor:
         """``(batch, C_l)`` positions of layer ``layer``'s cached keys, ``-1`` for padding."""
@@ -79,7 +88,7 @@ def decode_state(cache: list[LayerCache], next_position: torch.Tensor) -> Decode
             layouts.append(KeyLayout(entry.index, bool((entry.index < 0).any())))
         layer_layout.append(len(layouts) - 1)
     return DecodeState(
-        keys=[e.keys for e in cache], values=[e.values for e in cache],
+        caches=[KVBuffer(e.keys, e.values) for e in cache],
         layouts=layouts, layer_layout=layer_layout, next_position=next_position,
     )
 
@@ -91,7 +100,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def extend(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> torch.Tensor:
     """Feed ``(batch, n)`` new tokens after the cache; return their ``(batch, n, vocab)`` logits.
 
-    ``state`` is updated in place: each layer's keys/values grow by the new tokens.
+    ``state`` is updated in place: each layer's cache grows by the new tokens.
     """
     n = token_ids.shape[1]
     index = state.next_position[:, None] + torch.arange(n, device=token_ids.device)
@@ -100,10 +109,7 @@ def extend(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> 
     cos, sin = parts.rotary(hidden, positions)
     state.layouts = [layout.grown(index) for layout in state.layouts]
     inputs = [LayerInputs(layout.mask(index, hidden.dtype), cos, sin, positions) for layout in state.layouts]
-    for layer in range(len(parts.layers)):
-        tap = KVTap((state.keys[layer], state.values[layer]))
-        hidden = call_layer(parts, layer, hidden, inputs[state.layer_layout[layer]], tap)
-        assert tap.keys is not None and tap.values is not None
-        state.keys[layer], state.values[layer] = tap.keys, tap.values
+    for layer, cache in enumerate(state.caches):
+        hidden = call_layer(parts, layer, hidden, inputs[state.layer_layout[layer]], cache)
     state.next_position = state.next_position + n
     return parts.lm_head(parts.norm(hidden)).float()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from vtsched.core.adapters.base import DecoderParts
-from vtsched.core.engine.attention import KVTap
+from vtsched.core.engine.attention import KVBuffer, KVTap
 from vtsched.core.engine.binding import gather
 from vtsched.core.engine.layout import LayerInputs, build_segment, layer_inputs, layout_mask
 from vtsched.core.engine.probes import plan_probes
@@ -26,8 +26,13 @@ from vtsched.core.tokens import Role
 __all__ = ["call_layer", "run_prefix", "run_segment"]
 
 
-def call_layer(parts: DecoderParts, layer: int, hidden: torch.Tensor, inputs: LayerInputs, tap: KVTap) -> torch.Tensor:
-    """Decoder layer ``layer`` on ``(rows, T, hidden)`` states; returns its ``(rows, T, hidden)`` output."""
+def call_layer(
+    parts: DecoderParts, layer: int, hidden: torch.Tensor, inputs: LayerInputs, tap: KVTap | KVBuffer
+) -> torch.Tensor:
+    """Decoder layer ``layer`` on ``(rows, T, hidden)`` states; returns its ``(rows, T, hidden)`` output.
+
+    ``tap`` stands in for transformers' cache: it supplies past keys/values and keeps what the layer attended over.
+    """
     out = parts.layers[layer](
         hidden,
         attention_mask=inputs.mask,
