@@ -68,6 +68,6 @@ def vtsched_register_adapters(register: Register) -> None:
 
     Called once per registry. Call ``register(adapter_cls)``; the class is a concrete subclass of
     :class:`~vtsched.core.adapters.base.ModelAdapter` with ``name`` and ``model_type`` (the
-    transformers config ``model_type`` it reads). Adapters are asked in registration order
+    transformers config ``model_type`` it reads). Adapters are asked in name order
     whether they ``accepts(model)``. The return value is ignored.
     """
