@@ -257,7 +257,8 @@ def load_mask(path: str | Path, image_size: tuple[int, int] | None = None) -> to
         try:
             array = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"not a NPY mask file: {p} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"not a NPY mask file: {p} ({reason})") from None
     else:
         from PIL import Image, UnidentifiedImageError
 

@@ -106,7 +106,8 @@ class _Source:
         entry = (self.single, None) if self.single is not None else self.entries.get(image_digest(image))
         if entry is None:
             return None
-        return _materialise(entry[0], image_size), (_materialise(entry[1], image_size) if entry[1] is not None else None)
+        second = _materialise(entry[1], image_size) if entry[1] is not None else None
+        return _materialise(entry[0], image_size), second
 
 
 def _materialise(mask: Any, image_size: tuple[int, int]) -> torch.Tensor:

@@ -119,7 +119,8 @@ def test_a_mask_smaller_than_one_token_selects_the_token_it_touches(tmp_path):
 
 def test_objects_make_a_third_group_of_the_tokens_the_mark_half_covers():
     batch = _batch()
-    partition = MaskPartitioner(masks=f"synthetic:{SEED}:{IMAGES}", objects="mark_mask").partition(batch, Budget(count=7))
+    part = MaskPartitioner(masks=f"synthetic:{SEED}:{IMAGES}", objects="mark_mask")
+    partition = part.partition(batch, Budget(count=7))
     assert partition.groups == ("subject", "objects", "background")
     for b, sample in enumerate(batch.samples):
         mark = mask_coverage(torch.from_numpy(PROCEDURAL[b].mark_mask), sample.pixel_boxes)
@@ -137,7 +138,8 @@ def test_no_token_score_ranks_ties_by_index():
         partition = partition_from_masks([sample], [3], [empty], None, ("subject", "non_subject"))
     assert partition.members(0, "subject").tolist() == [0, 1, 2]
     scored = dataclasses.replace(sample, extras={"scores": torch.arange(64.0)})  # an adapter's own score (Qwen)
-    assert partition_from_masks([scored], [3], [empty], None, ("subject", "non_subject")).members(0, "subject").tolist() == [61, 62, 63]
+    by_own_score = partition_from_masks([scored], [3], [empty], None, ("subject", "non_subject"))
+    assert by_own_score.members(0, "subject").tolist() == [61, 62, 63]
 
 
 def _one_line(call):
@@ -194,7 +196,8 @@ def test_the_llava_adapter_maps_the_true_mask_and_parvts_runs_three_groups(expor
     assert all(plan.partition.sizes()[:, 1] > 0)  # the mark is a real third group here
     for b in range(2):
         truth = torch.from_numpy(PROCEDURAL[b].subject_mask)
-        expected = select_by_coverage(mask_coverage(truth, batch.samples[b].pixel_boxes), batch.samples[b].cls_scores, 2)
+        sample = batch.samples[b]
+        expected = select_by_coverage(mask_coverage(truth, sample.pixel_boxes), sample.cls_scores, 2)
         assert plan.partition.members(b, "subject").tolist() == expected.tolist()
     result = s.run(images, ["What colour is the big shape?"] * 2, "parvts", partitioner=part, budget=Budget(count=2))
     assert len(result.texts) == 2
@@ -232,7 +235,8 @@ def test_eval_crosses_partitioners_and_reads_the_datasets_own_masks(exported, tm
 def test_exactly_r_subject_tokens_for_any_mask_and_grid(rows, cols, keep, data):
     keep = min(keep, rows * cols)
     width, height = data.draw(st.integers(3, 40)), data.draw(st.integers(3, 40))
-    mask = torch.tensor(data.draw(st.lists(st.booleans(), min_size=width * height, max_size=width * height))).view(height, width)
+    cells = data.draw(st.lists(st.booleans(), min_size=width * height, max_size=width * height))
+    mask = torch.tensor(cells).view(height, width)
     boxes = TokenBoxes(grid_boxes((width, height), rows, cols), (width, height))
     sample = dataclasses.replace(_sample(0, rows, cols), pixel_boxes=boxes)
     partition = partition_from_masks([sample], [keep], [mask], None, ("subject", "non_subject"))

@@ -96,9 +96,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         text = str(exc).strip()
         if "Weights only load failed" in text:
             raise InputError(f"{path} is not a SAM checkpoint: it pickles Python objects besides tensors, which "
-                             "torch.load(weights_only=True) refuses (Meta's checkpoints are plain state dicts)") from None
+                             "torch.load(weights_only=True) refuses (Meta's checkpoints are plain state dicts)"
+                             ) from None
         reason = text.splitlines()[0][:160] if text else type(exc).__name__
-        raise InputError(f"{path} is not a SAM checkpoint: torch.load(weights_only=True) cannot read it ({reason})") from None
+        raise InputError(f"{path} is not a SAM checkpoint: torch.load(weights_only=True) cannot read it "
+                         f"({reason})") from None
     if isinstance(state, Mapping) and not any(str(k).startswith(PARTS) for k in state):
         for wrapper in ("model", "state_dict"):  # fine-tuning scripts often wrap the state dict
             if isinstance(state.get(wrapper), Mapping):
@@ -109,7 +111,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path} is not a SAM checkpoint: it has no {PATCH_EMBED} (it holds: {keys or 'nothing'})")
     missing = [part for part in PARTS if not any(str(k).startswith(part) for k in state)]
     if missing:
-        raise InputError(f"{path} is not a whole SAM checkpoint: it has no {', '.join(p + '*' for p in missing)} weights")
+        parts = ", ".join(p + "*" for p in missing)
+        raise InputError(f"{path} is not a whole SAM checkpoint: it has no {parts} weights")
     return dict(state)
 
 

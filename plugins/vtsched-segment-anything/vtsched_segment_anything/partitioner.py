@@ -137,11 +137,13 @@ class SamPartitioner(Partitioner):
     def _checkpoint_path(self) -> Path:
         path = self.checkpoint or os.environ.get(ENV_CHECKPOINT, "")
         if not path:
-            raise InputError(f"sam: no checkpoint; pass --partitioner-param checkpoint=PATH (Meta's sam_vit_h_4b8939.pth, "
-                             f"sam_vit_l_0b3195.pth or sam_vit_b_01ec64.pth) or set {ENV_CHECKPOINT}")
+            raise InputError("sam: no checkpoint; pass --partitioner-param checkpoint=PATH (Meta's "
+                             "sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth or sam_vit_b_01ec64.pth) or set "
+                             f"{ENV_CHECKPOINT}")
         p = Path(path)
         if not p.is_file():
-            raise InputError(f"SAM checkpoint not found: {p}" if not p.exists() else f"SAM checkpoint is not a file: {p}")
+            raise InputError(f"SAM checkpoint not found: {p}" if not p.exists()
+                             else f"SAM checkpoint is not a file: {p}")
         return p
 
     def _prompt(self, boxes: Any, scores: torch.Tensor | None, keep: int) -> tuple[tuple[float, ...], ...]:
@@ -160,8 +162,9 @@ class SamPartitioner(Partitioner):
         if self.prompt == "cls-peak":
             return tuple((round(float(cx[i]), 2), round(float(cy[i]), 2)) for i in ranked[: self.points])
         top = torch.tensor(ranked[: max(1, keep)], dtype=torch.long)
-        return ((round(max(0.0, float(b[top, 0].min())), 2), round(max(0.0, float(b[top, 1].min())), 2),
-                 round(min(float(width), float(b[top, 2].max())), 2), round(min(float(height), float(b[top, 3].max())), 2)),)
+        x0, y0 = max(0.0, float(b[top, 0].min())), max(0.0, float(b[top, 1].min()))
+        x1, y1 = min(float(width), float(b[top, 2].max())), min(float(height), float(b[top, 3].max()))
+        return ((round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)),)
 
     def _cached(self, model_key: str, path: Path, key: tuple[Any, ...], compute: Any) -> tuple[np.ndarray, np.ndarray]:
         full = cache_key(model_key, *key)
