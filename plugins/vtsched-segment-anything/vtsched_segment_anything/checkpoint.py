@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -159,12 +160,19 @@ def load_sam(path: str | Path, variant: str = "auto", device: str = "cpu") -> to
 
 
 def fingerprint(path: str | Path) -> str:
-    """A short content key of a checkpoint file (size, first and last MiB): what caches are keyed by."""
+    """A short content key of a checkpoint file (size, first and last MiB): what caches are keyed by.
+    Read once per file version (path, size, modification time) in a process."""
     p = Path(path)
-    digest = hashlib.sha256(str(p.stat().st_size).encode())
-    with open(p, "rb") as handle:
+    stat = p.stat()
+    return _fingerprint(str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _fingerprint(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
         digest.update(handle.read(1 << 20))
-        if p.stat().st_size > 2 << 20:
+        if size > 2 << 20:
             handle.seek(-(1 << 20), os.SEEK_END)
             digest.update(handle.read(1 << 20))
     return digest.hexdigest()[:16]
