@@ -22,7 +22,7 @@ from vtsched.core.testing import PartitionerConformance, TinyShape, prompt_batch
 from vtsched.core.tokens import PromptBatch, Role, Sample
 from vtsched.partitioners.mask import MaskPartitioner
 
-from .helpers import scheduler
+from .helpers import registry, scheduler
 
 pytestmark = pytest.mark.filterwarnings("ignore:mask. sample .* has no mask")
 
@@ -246,3 +246,28 @@ def test_exactly_r_subject_tokens_for_any_mask_and_grid(rows, cols, keep, data):
     rest = partition.members(0, "non_subject")
     if subject.numel() and rest.numel():
         assert coverage[subject].min() >= coverage[rest].max() - 1e-9  # nobody left out covers more
+
+
+@pytest.mark.parametrize("family", ["llava-next", "qwen2-vl"])
+def test_next_and_qwen_adapters_boxes_carry_the_true_mask(family):
+    """The same partitioner on the other families: their adapters' pixel boxes (NeXT tiles and newlines,
+    Qwen's merged 28-px units) map the mask; Qwen has no [CLS], its attention score breaks ties."""
+    from vtsched.core import Scheduler
+    from vtsched.core.testing.families import TinyNextShape, TinyQwenShape, tiny_llava_next, tiny_qwen
+
+    model, processor = tiny_llava_next(TinyNextShape()) if family == "llava-next" else tiny_qwen(TinyQwenShape())
+    s = Scheduler(model, processor, registry=registry())
+    images = [PROCEDURAL[i].image for i in range(2)]
+    batch = s.prepare(images, ["What colour is the big shape?"] * 2)
+    part = s.make_partitioner("mask", {"masks": f"synthetic:{SEED}:{IMAGES}"})
+    partition = part.partition(batch, Budget(count=3))
+    for b, sample in enumerate(batch.samples):
+        assert sample.pixel_boxes is not None
+        truth = torch.from_numpy(PROCEDURAL[b].subject_mask)
+        coverage = mask_coverage(truth, sample.pixel_boxes)
+        assert coverage.max() > 0
+        scores = sample.cls_scores if sample.cls_scores is not None else sample.extras["attention_scores"]
+        assert partition.members(b, "subject").tolist() == select_by_coverage(coverage, scores, 3).tolist()
+        assert not (~sample.pixel_boxes.has_pixels)[partition.members(b, "subject")].any()  # no newline token
+    result = s.run(images, ["What colour is the big shape?"] * 2, "parvts", partitioner=part, budget=Budget(count=3))
+    assert len(result.texts) == 2

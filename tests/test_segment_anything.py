@@ -182,9 +182,11 @@ def test_without_cls_the_adapters_own_score_prompts(recwarn):
     base = _sample(1)
     qwen = dataclasses.replace(base, cls_scores=None, extras={"scores": score})
     as_cls = dataclasses.replace(base, cls_scores=score)
+    attention = dataclasses.replace(base, cls_scores=None, extras={"attention_scores": score})  # the Qwen adapter's
     a = part.partition(PromptBatch([qwen]), Budget(count=6))
     b = part.partition(PromptBatch([as_cls]), Budget(count=6))
-    assert torch.equal(a.assignment[0], b.assignment[0])
+    c = part.partition(PromptBatch([attention]), Budget(count=6))
+    assert torch.equal(a.assignment[0], b.assignment[0]) and torch.equal(c.assignment[0], b.assignment[0])
     bare = dataclasses.replace(base, cls_scores=None)
     with pytest.warns(UserWarning, match="prompting at the image centre"):
         part.partition(PromptBatch([bare]), Budget(count=6))
@@ -258,6 +260,17 @@ def test_eval_reports_sams_time_and_flops_apart_from_the_llm(tmp_path):
     assert rows["full"]["partitioner_gflops"] == 0
     parvts = next(r for c, r in rows.items() if c.startswith("parvts"))
     assert parvts["partitioner_gflops"] == 0  # the same images: every mask came from the cache
+
+
+def test_sam_on_a_tiny_qwen_prompts_from_its_attention_scores(recwarn):
+    from vtsched.core.testing.families import TinyQwenShape, tiny_qwen
+
+    s = Scheduler(*tiny_qwen(TinyQwenShape()), registry=build_registry(make_plugin_manager()))
+    part = s.make_partitioner("sam", {"checkpoint": str(tiny_checkpoint())})
+    result = s.run(IMAGES[:2], ["What colour is the big shape?"] * 2, "parvts", partitioner=part,
+                   budget=Budget(count=2))
+    assert all(len(result.plan.partition.members(b, "subject")) == 2 for b in range(2))
+    assert not [w for w in recwarn if "no token score" in str(w.message)]  # the adapter's score was used
 
 
 def test_parvts_runs_a_three_group_sam_partition_on_a_tiny_llava():
