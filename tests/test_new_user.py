@@ -156,3 +156,18 @@ def test_pdrop_on_the_demo_model_from_the_command_line(image_file, capsys):
     assert main(argv + ["--budget", "7"]) == 2  # below any placement's floor on 6 layers: said, with what runs
     assert "use a budget of at least 11 with one early stage, -p layers=1" in _error_line(capsys)
     assert main(argv + ["--budget", "11", "-p", "layers=1"]) == 0
+
+
+def test_p_reaches_the_partitioner_when_the_policy_has_no_such_parameter(image_file, tmp_path):
+    import json
+
+    base = ["run", "--image", str(image_file), "--question", "what?", "--policy", "parvts", "--partitioner", "random",
+            "--budget", "7", "--max-new-tokens", "1", "--no-plugins"]
+    records = []
+    for extra in (["-p", "seed=5"], ["--partitioner-param", "seed=5"], ["-p", "seed=6"]):
+        out = tmp_path / f"{len(records)}.json"
+        assert main(base + extra + ["-p", "drop_layer=1", "--json", str(out)]) == 0
+        records.append(json.loads(out.read_text()))
+    assert records[0]["partitioner"] == records[1]["partitioner"] == "random(seed=5)"
+    assert records[0]["subject_tokens"] == records[1]["subject_tokens"] != records[2]["subject_tokens"]
+    assert records[0]["policy"].startswith("parvts(drop_layer=1")

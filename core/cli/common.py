@@ -14,7 +14,7 @@ from vtsched.core.schedule import Schedule
 
 __all__ = [
     "DEFAULT_BUDGET", "key_value", "add_common", "add_policy_args", "registry_for", "read_config", "load_scheduler",
-    "with_run_meta", "config_and_source", "planner_for_model",
+    "with_run_meta", "config_and_source", "planner_for_model", "build_policy_routing_params",
 ]
 
 DEFAULT_BUDGET = "0.111"  # 64 of LLaVA-1.5's 576 tokens: 88.9% pruned
@@ -93,6 +93,36 @@ def load_scheduler(model: str | None, registry: Any, device: str = "cpu", **kwar
             return Scheduler.random("demo", device=device, registry=registry, **kwargs)
         model = str(shipped)
     return Scheduler.from_pretrained(str(model), device=device, registry=registry, **kwargs)
+
+
+def build_policy_routing_params(planner: Any, policy_name: str, partitioner_name: str | None,
+                                params: dict[str, str], partitioner_params: dict[str, str]) -> tuple[Any, dict[str, str]]:
+    """The policy from ``-p`` parameters, and the partitioner's parameters.
+
+    ``-p NAME=VALUE`` goes to the policy when the policy has that parameter; otherwise to the
+    partitioner the run uses if it has it (so ``--partitioner sam -p checkpoint=PATH`` works); a
+    name neither has is refused by the policy's usual one-line error. ``--partitioner-param``
+    always goes to the partitioner (use it when both have a parameter of that name).
+    """
+    import dataclasses
+
+    if policy_name.startswith("schedule:"):
+        policy_fields: set[str] = set()
+    else:
+        policy_fields = {f.name for f in dataclasses.fields(planner.registry.policy(policy_name))}
+    own = {k: v for k, v in params.items() if k.replace("-", "_") in policy_fields}
+    rest = {k: v for k, v in params.items() if k not in own}
+    policy = planner.policy(policy_name, own)
+    name = planner.default_partitioner(policy, partitioner_name)
+    routed = dict(partitioner_params)
+    if rest:
+        fields = ({f.name for f in dataclasses.fields(planner.registry.partitioner(name))}
+                  if name is not None else set())
+        unknown = {k: v for k, v in rest.items() if k.replace("-", "_") not in fields}
+        if unknown:
+            planner.policy(policy_name, {**own, **unknown})  # raises "<policy> has no parameter ..."
+        routed = {**rest, **routed}
+    return policy, routed
 
 
 def with_run_meta(schedule: Schedule, budget: Budget | None, partitioner: str | None) -> Schedule:

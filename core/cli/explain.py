@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from vtsched.core.cli.common import add_common, add_policy_args, config_and_source, registry_for, with_run_meta
+from vtsched.core.cli.common import (
+    add_common, add_policy_args, build_policy_routing_params, config_and_source, registry_for, with_run_meta,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,19 +30,22 @@ def main(args: argparse.Namespace) -> int:
     adapter = registry.adapter_for_config(config)
     geometry = adapter.geometry_from_config(config)
     planner = Planner(registry, geometry, adapter.default_partitioner)
-    policy = planner.policy(args.policy, dict(args.param))
+    policy, partitioner_params = build_policy_routing_params(planner, args.policy, args.partitioner,
+                                                             dict(args.param), dict(args.partitioner_param))
     budget = Budget.parse(args.budget or DEFAULT_BUDGET)
-    check = planner.check(policy, budget, args.partitioner, dict(args.partitioner_param))
+    check = planner.check(policy, budget, args.partitioner, partitioner_params)
     if check.schedule is None:
         raise VtschedError(f"policy {policy.name!r} chooses its schedule on data; run `vtsched search-k` to see it")
     print(f"model: {source} ({geometry.num_layers} layers, {geometry.num_visual} visual tokens per image)")
     keep = budget.resolve(geometry.num_visual)
     if check.partitioner is not None:
-        print(f"partition: {check.partitioner}, budget {budget}: subject = {keep} tokens per image, "
-              f"non_subject = {geometry.num_visual - keep} ({100 * (1 - keep / geometry.num_visual):.1f}% pruned)")
+        subject, *others = check.groups
+        rest = " + ".join(others) if others else "nothing"
+        print(f"partition: {check.partitioner}, budget {budget}: {subject} = {keep} tokens per image, "
+              f"{rest} = {geometry.num_visual - keep} ({100 * (1 - keep / geometry.num_visual):.1f}% pruned)")
     elif check.budget is not None:
         print(f"budget {budget}: {keep} visual tokens per image, applied inside the LLM by the policy")
-    for note in adapter.budget_notes(config, keep, check.partitioner, dict(args.partitioner_param)):
+    for note in adapter.budget_notes(config, keep, check.partitioner, partitioner_params):
         print(f"  {note}")
     print(check.schedule.explain())
     if args.json:

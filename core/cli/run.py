@@ -48,17 +48,18 @@ def main(args: argparse.Namespace) -> int:
     registry = registry_for(args)
     # Check the request against the config before loading (possibly many GB of) weights.
     planner = planner_for_model(args.model, registry)
-    policy = planner.policy(f"schedule:{args.schedule}" if args.schedule else args.policy,
-                            {} if args.schedule else dict(args.param))
+    policy, partitioner_params = build_policy_routing_params(
+        planner, f"schedule:{args.schedule}" if args.schedule else args.policy, args.partitioner,
+        {} if args.schedule else dict(args.param), dict(args.partitioner_param))
     budget_text = args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET
     budget = Budget.parse(str(budget_text))
-    check = planner.check(policy, budget, args.partitioner, dict(args.partitioner_param))
+    check = planner.check(policy, budget, args.partitioner, partitioner_params)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})
     if args.adapter_param:
         extra["adapter_options"] = dict(args.adapter_param)
     scheduler = load_scheduler(args.model, registry, args.device, **extra)
-    partitioner = (scheduler.make_partitioner(check.partitioner, dict(args.partitioner_param))
+    partitioner = (scheduler.make_partitioner(check.partitioner, partitioner_params)
                    if check.partitioner is not None else None)
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
