@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from vtsched.core.cli.common import (
-    DEFAULT_BUDGET, add_common, add_policy_args, key_value, load_scheduler, planner_for_model, registry_for,
+    DEFAULT_BUDGET, add_common, add_policy_args, build_policy_routing_params, key_value, load_scheduler,
+    planner_for_model, registry_for,
 )
 
 
