@@ -32,9 +32,9 @@ def test_probe_rows_are_selected_once_per_segment_not_per_layer(monkeypatch):
     calls = []
     original = probes.QueryRows.select.__func__
 
-    def counted(cls, segment, sel):
+    def counted(cls, segment, sel, block):
         calls.append(segment.start)
-        return original(cls, segment, sel)
+        return original(cls, segment, sel, block)
 
     monkeypatch.setattr(probes.QueryRows, "select", classmethod(counted))
     out = s.engine.prefill(batch, pl.schedule, pl.partition, use_cache=False)

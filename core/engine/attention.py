@@ -36,9 +36,8 @@ def build_attention_mask(
         same = (key_stream[None, :] == query_stream[:, None]) | (key_stream < 0)[None, :]
         allowed &= same[None]
     allowed |= (query_index < 0)[:, :, None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=query_index.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+    zero = torch.zeros((), dtype=dtype, device=query_index.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
 
 
 class KVTap:

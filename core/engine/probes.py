@@ -9,7 +9,9 @@ attended over (handed out by :class:`~vtsched.core.engine.attention.KVTap`).
 
 Which rows a probe reads, their rotary embeddings and their mask rows depend only on the
 segment's layout, so :func:`plan_probes` builds them once per segment; each layer only computes
-queries and scores.
+queries and scores. A stream's queries score only the key columns up to the end of its own
+block: the columns after it belong to later streams, are masked for it and would only add
+exact zeros, so the probabilities are the same and a small first stream costs only its own keys.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class QueryRows:
         row: ``(rows, 1)`` row numbers, to index ``slot`` with.
         count: ``(rows,)`` real query rows per row (what the statistics record).
         cos, sin: ``(rows, q, head_dim)`` their rotary embeddings.
-        mask: ``(rows, 1, q, keys)`` their additive mask rows.
+        width: how many leading key columns they score (the rest is masked for them).
+        mask: ``(rows, 1, q, width)`` their additive mask rows.
     """
 
     slot: torch.Tensor
@@ -47,32 +50,34 @@ class QueryRows:
     count: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
+    width: int
     mask: torch.Tensor
 
     @classmethod
-    def select(cls, segment: Segment, sel: torch.Tensor) -> QueryRows:
-        """The slots of ``segment`` where ``sel`` (``(rows, T)`` bool) holds."""
+    def select(cls, segment: Segment, sel: torch.Tensor, block: slice) -> QueryRows:
+        """The slots of ``segment`` where ``sel`` (``(rows, T)`` bool) holds, all in the stream at ``block``."""
         slot = pad_stack([torch.nonzero(s).flatten() for s in sel], 0)
         row = torch.arange(sel.shape[0], device=slot.device)[:, None]
+        width = segment.n_context + block.stop
         inputs = segment.inputs
         if inputs.mask is not None:
-            mask = inputs.mask[row, :, slot].transpose(1, 2)
+            mask = inputs.mask[row, :, slot, :width].transpose(1, 2)
         else:  # plain causal layout: slot t sees slots <= t
             dtype = segment.rows.hidden.dtype
-            allowed = torch.arange(segment.key_index.shape[1], device=slot.device)[None, None, :] <= slot[:, :, None]
+            allowed = torch.arange(width, device=slot.device)[None, None, :] <= slot[:, :, None]
             mask = torch.zeros(allowed.shape, dtype=dtype, device=slot.device)
             mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-        return cls(slot, row, sel.sum(1), inputs.cos[row, slot], inputs.sin[row, slot], mask)
+        return cls(slot, row, sel.sum(1), inputs.cos[row, slot], inputs.sin[row, slot], width, mask)
 
     def probs(self, run: PrefillRun, layer: int, layer_input: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """``(rows, heads, q, keys)`` attention of these rows at ``layer``.
+        """``(rows, heads, q, width)`` attention of these rows at ``layer``.
 
         ``layer_input``: ``(rows, T, hidden)`` states entering the layer; ``keys``:
         ``(rows, kv_heads, keys, head_dim)`` as the layer attended over.
         """
         queries = run.parts.query_rows(layer, layer_input[self.row, self.slot], self.cos, self.sin)
-        run.stats.add_probe(layer, self.count, keys.shape[2])
-        return attention_probs(queries, keys, self.mask, run.parts.scaling)
+        run.stats.add_probe(layer, self.count, self.width)
+        return attention_probs(queries, keys[:, :, : self.width], self.mask, run.parts.scaling)
 
 
 class Probe(Protocol):
@@ -85,7 +90,7 @@ class Probe(Protocol):
 class MassProbe:
     """For a ``Fuse``: the share of each fused token's attention on its own stream's visual tokens.
 
-    ``key_is_visual``: ``(rows, keys)`` float32, 1.0 where the key is a visual token.
+    ``key_is_visual``: ``(rows, width)`` float32, 1.0 where the key is a visual token.
     Cross-stream keys are masked, so the mass is on this stream's own visual tokens.
     """
 
@@ -148,8 +153,9 @@ def _fuse_probes(event: Fuse, run: PrefillRun, segment: Segment) -> list[tuple[i
         block = segment.block(stream)
         sel = torch.zeros_like(roles, dtype=torch.bool)
         sel[:, block] = torch.isin(roles[:, block], fused)
-        queries = QueryRows.select(segment, sel)
-        probes.append(MassProbe(queries, event=event, stream=stream, key_is_visual=key_is_visual))
+        queries = QueryRows.select(segment, sel, block)
+        visual = key_is_visual[:, : queries.width]
+        probes.append(MassProbe(queries, event=event, stream=stream, key_is_visual=visual))
     return [(layer, probe) for layer in range(segment.start, segment.end) for probe in probes]
 
 
@@ -168,5 +174,5 @@ def _keep_top_probes(event: KeepTop, run: PrefillRun, segment: Segment) -> list[
     sel = torch.zeros_like(roles, dtype=torch.bool)
     sel[torch.arange(roles.shape[0], device=sel.device), last] = True
     own = slice(segment.n_context + block.start, segment.n_context + block.stop)
-    return [(layer, RankProbe(QueryRows.select(segment, sel), event=event, own=own,
+    return [(layer, RankProbe(QueryRows.select(segment, sel, block), event=event, own=own,
                               index=segment.rows.index[:, block]))]
