@@ -90,9 +90,9 @@ def generate(
         else:
             nxt = logits.argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, config.pad_token_id), nxt)
-        for b in range(size):
-            if not done[b]:
-                tokens[b].append(int(nxt[b]))
+        for b, (token, finished) in enumerate(zip(nxt.tolist(), done.tolist())):  # not one device read per sample
+            if not finished:
+                tokens[b].append(token)
         history = torch.cat((history, nxt[:, None]), dim=1)
         done |= torch.isin(nxt, stops)
         if bool(done.all()) or step == config.max_new_tokens - 1:
