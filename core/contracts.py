@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "policy_problems", "partitioner_problems", "fusion_rule_problems", "adapter_problems", "PROBLEMS_OF_KIND",
+    "policy_problems", "partitioner_problems", "fusion_rule_problems", "adapter_problems", "command_problems",
+    "PROBLEMS_OF_KIND",
     "KNOWN_RANKERS",
 ]
 
@@ -114,9 +115,23 @@ def adapter_problems(cls: Any) -> list[str]:
     return problems
 
 
+def command_problems(cls: Any) -> list[str]:
+    """A command: a concrete subclass of :class:`~vtsched.core.commands.Command`."""
+    from vtsched.core.commands import Command
+
+    problems = _name_problems(cls)
+    if not (isinstance(cls, type) and issubclass(cls, Command)):
+        return problems + ["is not a class subclassing vtsched.core.commands.Command"]
+    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+    if abstract:
+        problems.append(f"does not implement {', '.join(abstract)}")
+    return problems
+
+
 PROBLEMS_OF_KIND: dict[str, Callable[[Any], list[str]]] = {
     "policy": policy_problems,
     "partitioner": partitioner_problems,
     "fusion_rule": fusion_rule_problems,
     "adapter": adapter_problems,
+    "command": command_problems,
 }

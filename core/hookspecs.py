@@ -71,3 +71,15 @@ def vtsched_register_adapters(register: Register) -> None:
     transformers config ``model_type`` it reads). Adapters are asked in name order
     whether they ``accepts(model)``. The return value is ignored.
     """
+
+
+@hookspec
+def vtsched_register_commands(register: Register) -> None:
+    """Register ``vtsched`` subcommands.
+
+    Called once per registry; the command line builds its registry before parsing arguments, so a
+    plugin's commands appear in ``vtsched --help``. Call ``register(command_cls)``; the class
+    subclasses :class:`~vtsched.core.commands.Command` with ``name``, ``help``,
+    ``add_arguments(parser)`` and ``run(args) -> int``. A name a built-in command already uses is
+    refused naming the plugin. The return value is ignored.
+    """

@@ -30,12 +30,13 @@ BUILTIN_PLUGINS = (
     "vtsched.policies",
     "vtsched.partitioners",
 )
-KINDS = ("policy", "partitioner", "fusion_rule", "adapter")
+KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command")
 _HOOK_OF_KIND = {
     "policy": "vtsched_register_policies",
     "partitioner": "vtsched_register_partitioners",
     "fusion_rule": "vtsched_register_fusion_rules",
     "adapter": "vtsched_register_adapters",
+    "command": "vtsched_register_commands",
 }
 
 

@@ -103,7 +103,7 @@ def test_every_hook_is_documented():
     """Each hookspec has a docstring and a section in docs/plugins.md headed by its signature."""
     text = (DOCS / "plugins.md").read_text()
     hooks = [name for name, obj in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("vtsched_")]
-    assert len(hooks) == 4
+    assert len(hooks) == 5
     for name in hooks:
         assert getattr(hookspecs, name).__doc__, name
         assert f"### {name}(register)" in text, f"{name} is not documented in docs/plugins.md"
@@ -216,3 +216,45 @@ def test_a_plugin_policy_whose_schedule_uses_an_unknown_ranker_is_refused_naming
     planner = Planner(registry, registry.adapter_for_config(config).geometry_from_config(config))
     with pytest.raises(ScheduleError, match=r"knows no ranker 'by_magic'.*\(policy 'magic' from plugin 'bad'\)"):
         planner.check(planner.policy("magic"), None)
+
+
+def test_a_plugin_command_runs_from_the_command_line(monkeypatch, capsys):
+    from vtsched.core import VtschedError
+    from vtsched.core import registry as registry_module
+    from vtsched.core.cli import main
+    from vtsched.core.commands import Command
+
+    class Greet(Command):
+        name = "greet"
+        help = "say hello"
+
+        @classmethod
+        def add_arguments(cls, parser):
+            parser.add_argument("--who", default="world")
+
+        @classmethod
+        def run(cls, args):
+            if args.who == "nobody":
+                raise VtschedError("nobody to greet")
+            print(f"hello {args.who}")
+            return 0
+
+    real = registry_module.make_plugin_manager
+    monkeypatch.setattr(registry_module, "make_plugin_manager",
+                        lambda load_entrypoints=None, extra=(): real(load_entrypoints, [*extra, _plugin(
+                            "vtsched_register_commands", Greet)]))
+    assert main(["greet", "--who", "you"]) == 0
+    assert capsys.readouterr().out == "hello you\n"
+    assert main(["greet", "--who", "nobody"]) == 2
+    assert capsys.readouterr().err.strip() == "vtsched: error: nobody to greet"
+    assert main(["list"]) == 0
+    assert "greet" in capsys.readouterr().out
+
+    class Clash(Greet):
+        name = "run"
+
+    monkeypatch.setattr(registry_module, "make_plugin_manager",
+                        lambda load_entrypoints=None, extra=(): real(load_entrypoints, [*extra, _plugin(
+                            "vtsched_register_commands", Clash)]))
+    assert main(["run", "--help"]) == 2
+    assert "plugin 'bad' registered command 'run', which is a built-in" in capsys.readouterr().err

@@ -1,5 +1,8 @@
 """The ``vtsched`` command line: one module per command, each with ``add_parser`` and ``main``.
 
+Plugins add commands through the ``vtsched_register_commands`` hook
+(:class:`~vtsched.core.commands.Command`); they are parsed and run like the built-in ones.
+
 User errors print one line (``vtsched: error: ...``) and exit 2; ``--traceback`` shows the
 Python traceback instead, for bug reports.
 """
@@ -10,8 +13,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from vtsched.core.errors import VtschedError
+from vtsched.core.errors import PluginError, VtschedError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -27,17 +31,44 @@ def _module(command: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(f"vtsched.core.cli.{COMMANDS[command]}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _plugin_commands(argv: Sequence[str]) -> dict[str, Any]:
+    """Commands registered by plugins (none with ``--no-plugins``); a broken plugin is said in one line."""
+    from vtsched.core.registry import build_registry, make_plugin_manager
+
+    registry = build_registry(make_plugin_manager(load_entrypoints=False if "--no-plugins" in argv else None))
+    commands = {c.name: c.obj for c in registry.entries("command")}
+    for name in commands:
+        if name in COMMANDS:
+            raise PluginError(f"plugin {registry.plugin_of('command', name)!r} registered command {name!r}, "
+                              "which is a built-in vtsched command")
+    return commands
+
+
+def build_parser(plugin_commands: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    from vtsched.core.cli.common import add_common
+
     parser = argparse.ArgumentParser(prog="vtsched", description="Vision-token scheduling for multimodal LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         _module(command).add_parser(sub)
+    for name, command_cls in (plugin_commands or {}).items():
+        command_parser = sub.add_parser(name, help=command_cls.help)
+        command_cls.add_arguments(command_parser)
+        add_common(command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = [*(sys.argv[1:] if argv is None else argv)]  # (``list`` here is the cli.list module)
     try:
+        plugin_commands = _plugin_commands(argv)
+    except VtschedError as exc:
+        print(f"vtsched: error: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser(plugin_commands).parse_args(argv)
+    try:
+        if args.command in plugin_commands:
+            return int(plugin_commands[args.command].run(args))
         return int(_module(args.command).main(args))
     except VtschedError as exc:
         if args.traceback:

@@ -7,7 +7,7 @@ import argparse
 from vtsched.core.cli.common import add_common, registry_for
 
 TITLES = {"policy": "policies", "partitioner": "partitioners", "fusion_rule": "fusion rules",
-          "adapter": "model adapters"}
+          "adapter": "model adapters", "command": "commands from plugins"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
