@@ -30,6 +30,7 @@ from .helpers import registry
 
 CONFIG = """\
 [sweep]
+results = "ablation-results.jsonl"
 models = ["demo"]
 datasets = ["synthetic:3:1"]
 budgets = [4]
@@ -263,7 +264,7 @@ def test_retry_failed_reruns_a_failed_cell(tmp_path, capsys):
     image = next((tmp_path / "data" / "images").glob("*.png"))
     hidden = image.with_suffix(".bak")
     image.rename(hidden)
-    config = write_config(tmp_path, f'[sweep]\ndatasets = ["{tmp_path / "data"}"]\nbudgets = [4]\n'
+    config = write_config(tmp_path, f'[sweep]\nresults = "ablation-results.jsonl"\ndatasets = ["{tmp_path / "data"}"]\nbudgets = [4]\n'
                           '[eval]\nmax_new_tokens = 2\n[[policy]]\nname = "prune"\n')
     assert main(["sweep", str(config), "--no-plugins", "--no-progress"]) == 0
     rows = list(rows_by_hash(tmp_path / "ablation-results.jsonl").values())

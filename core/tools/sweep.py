@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -71,7 +72,7 @@ class Progress:
         self.bar.close()
 
 
-def _status(cell: Cell, finished: set[str], failed: set[str]) -> str:
+def _status(cell: Cell, finished: AbstractSet[str], failed: AbstractSet[str]) -> str:
     if cell.hash in finished:
         return "done"
     if cell.hash in failed:
@@ -79,7 +80,8 @@ def _status(cell: Cell, finished: set[str], failed: set[str]) -> str:
     return "invalid" if cell.error else "pending"
 
 
-def dry_run_table(cells: Sequence[Cell], finished: set[str] = frozenset(), failed: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+def dry_run_table(cells: Sequence[Cell], finished: AbstractSet[str] = frozenset(),
+                  failed: AbstractSet[str] = frozenset()) -> str:
     """The cells with their estimated prefill FLOPs (per sample and in total) and their status."""
     header = f"{'hash':<10s} {'model':<10s} {'dataset':<18s} {'cell':<40s} {'n':>5s} {'GFLOPs/sample':>13s} {'TFLOPs':>8s}  status"
     lines = [header, "-" * len(header)]
@@ -169,6 +171,8 @@ def run_sweep(
                     run_cells(pending, str(results), device=_rank_device(config.device), batch_size=config.batch_size,
                               dtype=config.dtype, no_plugins=no_plugins, ranks=ranks, on_row=lambda _r: follow())
                 else:
+                    if devices is None and workers > 1 and config.device.startswith("cuda"):
+                        devices = [f"cuda:{i}" for i in range(workers)]  # a GPU per worker
                     chosen_executor = make_executor(executor, workers=workers, devices=devices, slurm=dict(config.slurm),
                                                     cluster=cluster)
                     shards = shard_cells(pending, 1 if isinstance(chosen_executor, InlineExecutor) else
@@ -219,11 +223,11 @@ def with_overrides(config: SweepConfig, *, results: str | None = None, out: str 
     """The config with command-line overrides of its results path, report folder and device."""
     changes: dict[str, Any] = {}
     if results:
-        changes["results"] = Path(results)
+        changes["results"] = Path(results).absolute()
         if not out:
-            changes["out"] = Path(results).with_suffix("").parent / (Path(results).stem + "-report")
+            changes["out"] = changes["results"].parent / f"{changes['results'].stem}-report"
     if out:
-        changes["out"] = Path(out)
+        changes["out"] = Path(out).absolute()
     if device:
         changes["device"] = device
     return replace(config, **changes)

@@ -9,6 +9,7 @@ none, so such duplicates collapse into one cell.
 
 ```toml
 [sweep]
+name = "ablation"                  # results: vtsched-out/sweep/ablation/results.jsonl (or results = "PATH")
 models = ["demo"]                  # "demo": the shipped demo model; else checkpoint folders
 datasets = ["synthetic:1:12"]      # what `vtsched eval --data` takes; "{seed}" is replaced by the seed
 budgets = [4, 7, 16]
@@ -208,8 +209,13 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> SweepConf
         ))
     base = path.parent if path is not None else Path.cwd()
     name = str(sweep.get("name") or (path.stem if path is not None else "sweep"))
-    results = base / str(sweep.get("results", f"{name}-results.jsonl"))
-    out = base / str(sweep.get("out", results.with_suffix("").name + "-report"))
+    if "results" in sweep:  # beside the config file, its report beside it
+        results = (base / str(sweep["results"])).absolute()
+        report = results.parent / f"{results.stem}-report"
+    else:  # where every command writes: vtsched-out/ under the working directory
+        results = Path.cwd() / "vtsched-out" / "sweep" / name / "results.jsonl"
+        report = results.parent / "report"
+    out = (base / str(sweep["out"])).absolute() if "out" in sweep else report
     limit = ev.get("limit")
     return SweepConfig(
         path=path, name=name,
