@@ -295,7 +295,7 @@ def _partitioner_choices(spec: Any, config: SweepConfig, seed: int, registry: An
                          ) -> list[tuple[str, dict[str, Any], set[str], str | None]]:
     """Per partitioner variant: its name, resolved parameters (the cell's seed for a seeded one that
     fixes none), the parameter names the config wrote, and the error that refuses it, if any."""
-    out = []
+    out: list[tuple[str, dict[str, Any], set[str], str | None]] = []
     for part in (spec.partitioners or config.partitioners):
         cls = registry.partitioner(part.name)
         written = {k for v in part.variants() for k in v}
