@@ -1,0 +1,47 @@
+"""vtsched-lisa: LISA (LLaVA + SAM + ``[SEG]``) under any scheduling policy, and the ``lisa`` partitioner.
+
+Registered through the ``vtsched`` entry-point group (``vtsched list`` shows it as plugin ``lisa``):
+the ``lisa`` adapter (the engine runs LISA's LLaMA as it runs LLaVA-1.5's), the ``lisa``
+partitioner (the mask LISA predicts for the question's object is the subject group), and the
+commands ``vtsched segment`` (one image: mask PNG, overlay, what ran) and ``vtsched segment-eval``
+(gIoU and cIoU over a segmentation dataset, per policy and budget).
+"""
+
+from __future__ import annotations
+
+from vtsched.core.hookspecs import hookimpl
+
+from vtsched_lisa.adapter import LisaAdapter
+from vtsched_lisa.checkpoint import load_lisa
+from vtsched_lisa.metrics import giou_ciou, intersection_union
+from vtsched_lisa.partitioner import LisaPartitioner
+from vtsched_lisa.segment import LisaSegmenter, Segmentation, seg_states
+
+__all__ = ["LisaAdapter", "LisaPartitioner", "LisaSegmenter", "Segmentation", "load_lisa", "seg_states",
+           "giou_ciou", "intersection_union", "demo_lisa_path"]
+
+
+def demo_lisa_path():
+    """The demo LISA shipped inside this package, or ``None`` (none is shipped yet)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "demo"
+    return path if (path / "config.json").is_file() else None
+
+
+@hookimpl
+def vtsched_register_adapters(register):
+    register(LisaAdapter)
+
+
+@hookimpl
+def vtsched_register_partitioners(register):
+    register(LisaPartitioner)
+
+
+@hookimpl
+def vtsched_register_commands(register):
+    from vtsched_lisa.commands import SegmentCommand, SegmentEvalCommand
+
+    register(SegmentCommand)
+    register(SegmentEvalCommand)

@@ -1,0 +1,229 @@
+"""``vtsched segment`` and ``vtsched segment-eval``: LISA under a scheduling policy, on one image or a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vtsched.core.commands import Command
+from vtsched.core.errors import InputError
+
+__all__ = ["SegmentCommand", "SegmentEvalCommand", "evaluate_segmentation"]
+
+DEFAULT_POLICIES = ("full", "prune", "parvts:drop_layer=2,fusion=size,fuse_tokens=post_image")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="LISA checkpoint folder (default: the demo LISA, if shipped)")
+    parser.add_argument("--clip", default=None,
+                        help="CLIP ViT-L/14-224 folder (default: MODEL/clip, else the config's mm_vision_tower)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def _scheduler(args: argparse.Namespace) -> Any:
+    import torch
+
+    from vtsched.core.cli.common import registry_for
+
+    from vtsched_lisa import demo_lisa_path
+    from vtsched_lisa.segment import lisa_scheduler
+
+    path = args.model or demo_lisa_path()
+    if path is None:
+        raise InputError("no --model given and no demo LISA is shipped (not trained yet, see docs/lisa.md); pass "
+                         "--model FOLDER, a LISA checkpoint")
+    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    return lisa_scheduler(str(path), clip=args.clip, device=args.device, dtype=dtype, registry=registry_for(args))
+
+
+def _policy(scheduler: Any, args: argparse.Namespace, name: str, params: dict[str, str]) -> tuple[Any, Any]:
+    """The policy and its partitioner (or None), routed as ``vtsched run`` routes ``-p``."""
+    from vtsched.core.cli.common import build_policy_routing_params
+
+    policy, part_params = build_policy_routing_params(scheduler.planner, name, args.partitioner, params,
+                                                      dict(args.partitioner_param))
+    chosen = scheduler.planner.default_partitioner(policy, args.partitioner)
+    part = scheduler.make_partitioner(chosen, part_params) if (chosen and policy.needs_partition) else None
+    return policy, part
+
+
+class SegmentCommand(Command):
+    name: ClassVar[str] = "segment"
+    help: ClassVar[str] = "segment what a question asks for with LISA under a policy: mask PNG, overlay, what ran"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        from vtsched.core.cli.common import add_policy_args
+
+        _model_args(parser)
+        parser.add_argument("--image", required=True)
+        parser.add_argument("--question", required=True,
+                            help="e.g. 'What is the big shape in this image? Please output segmentation mask.'")
+        add_policy_args(parser)
+        parser.add_argument("--generate", action="store_true",
+                            help="generate the answer and decode its [SEG] (default: teacher-forced '[SEG].', as "
+                                 "LISA evaluates)")
+        parser.add_argument("--max-new-tokens", type=int, default=32)
+        parser.add_argument("--out", default="vtsched-out/segment", help="folder for mask.png and overlay.png")
+        parser.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> int:
+        from vtsched.core.budget import Budget
+        from vtsched.core.cli.common import DEFAULT_BUDGET
+        from vtsched.core.generation import GenerationConfig
+        from vtsched.core.io import load_image, write_atomic
+
+        from vtsched_lisa.segment import LisaSegmenter
+
+        if not args.question.strip():
+            raise InputError("--question is empty: ask for something in the image")
+        image = load_image(args.image)
+        scheduler = _scheduler(args)
+        policy, part = _policy(scheduler, args, args.policy, dict(args.param))
+        budget = Budget.parse(str(args.budget or DEFAULT_BUDGET))
+        generation = GenerationConfig(max_new_tokens=args.max_new_tokens) if args.generate else None
+        result = LisaSegmenter(scheduler).segment([image], [args.question], policy, partitioner=part, budget=budget,
+                                                  generation=generation)[0]
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        mask_path, overlay_path = out / "mask.png", out / "overlay.png"
+        save_mask(result.mask, mask_path)
+        overlay(image, result.mask).save(overlay_path)
+        if result.answer is not None:
+            print(f"answer: {result.answer}")
+        if result.warning:
+            print(f"warning: {result.warning}")
+        print(f"mask: {mask_path}  overlay: {overlay_path}")
+        print(f"ran: {result.summary()}")
+        if args.json:
+            write_atomic(args.json, json.dumps(result.record(), indent=2) + "\n")
+        return 0
+
+
+class SegmentEvalCommand(Command):
+    name: ClassVar[str] = "segment-eval"
+    help: ClassVar[str] = "gIoU / cIoU of LISA on a segmentation dataset under several policies and budgets"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        _model_args(parser)
+        parser.add_argument("--data", required=True,
+                            help="a JSONL file (image, mask, question), a ReasonSeg folder or synthetic:SEED:IMAGES")
+        parser.add_argument("--limit", type=int, default=None)
+        parser.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES),
+                            help="NAME[:PARAM=VALUE,...]; full always runs")
+        parser.add_argument("--budgets", nargs="+", default=["0.111"])
+        parser.add_argument("--partitioner", default=None)
+        parser.add_argument("--partitioner-param", action="append", default=[], metavar="NAME=VALUE",
+                            type=lambda t: tuple(t.split("=", 1)) if "=" in t else (_ for _ in ()).throw(
+                                argparse.ArgumentTypeError(f"expected NAME=VALUE, got {t!r}")))
+        parser.add_argument("--json", default=None, metavar="FILE", help="also write rows and per-item results")
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> int:
+        from vtsched.core.io import write_atomic
+
+        from vtsched_lisa.data import load_seg_items
+
+        items = load_seg_items(args.data, args.limit)
+        scheduler = _scheduler(args)
+        report = evaluate_segmentation(scheduler, items, args.policies, args.budgets, args)
+        print(format_table(report["rows"]))
+        if args.json:
+            write_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        return 0
+
+
+def evaluate_segmentation(scheduler: Any, items: list[Any], policies: list[str], budgets: list[str],
+                          args: argparse.Namespace) -> dict[str, Any]:
+    """Every item under every (policy, budget) case, teacher-forced: rows of gIoU, cIoU (overall and by
+    tag), times (LLM prefill, SAM encoder, SAM decoder) and visual tokens; ``full`` first."""
+    from vtsched.core.budget import Budget
+    from vtsched.core.tools.evaluate import parse_partitioner
+
+    from vtsched_lisa.metrics import giou_ciou, intersection_union
+    from vtsched_lisa.segment import LisaSegmenter
+
+    segmenter = LisaSegmenter(scheduler)
+    specs = ["full"] + [p for p in policies if p != "full"]
+    cases: list[tuple[str, Any, Any, Budget | None]] = []
+    seen = set()
+    for spec in specs:
+        name, params = parse_partitioner(spec)
+        for text in budgets:
+            policy, part = _policy(scheduler, args, name, params)
+            budget = scheduler.planner.budget_seen(policy, Budget.parse(text))
+            label = spec + (f"@{budget}" if budget is not None else "")
+            if label not in seen:
+                seen.add(label)
+                cases.append((label, policy, part, budget))
+    loaded = [item.load() for item in items]
+    rows, per_item = [], []
+    for label, policy, part, budget in cases:
+        pairs, by_tag = [], defaultdict(list)
+        prefill, enc, dec, kept, flops, warnings = [], [], [], [], [], 0
+        for item, (image, truth, ignore) in zip(items, loaded):
+            result = segmenter.segment([image], [item.question], policy, partitioner=part, budget=budget)[0]
+            pair = intersection_union(result.mask, truth, ignore)
+            pairs.append(pair)
+            by_tag[item.tag].append(pair)
+            prefill.append(result.llm_prefill_s)
+            if not result.sam_encoder_cached:
+                enc.append(result.sam_encoder_s)
+            dec.append(result.sam_decoder_s)
+            kept.append(result.visual_per_layer)
+            flops.append(result.flops)
+            warnings += result.warning is not None
+            per_item.append({"case": label, "id": item.id, "tag": item.tag, "intersection": pair[0],
+                             "union": pair[1], "warning": result.warning})
+        giou, ciou = giou_ciou(pairs)
+        row: dict[str, Any] = {"case": label, "n": len(pairs), "giou": giou, "ciou": ciou}
+        for tag in sorted(by_tag):
+            row[f"giou[{tag}]"], row[f"ciou[{tag}]"] = giou_ciou(by_tag[tag])
+        row.update({
+            "llm_prefill_ms": 1e3 * statistics.mean(prefill), "sam_encoder_ms": 1e3 * statistics.mean(enc) if enc else 0.0,
+            "sam_encoder_computed": len(enc), "sam_decoder_ms": 1e3 * statistics.mean(dec),
+            "visual_tokens_per_layer": statistics.mean(kept), "prefill_gflops": statistics.mean(flops) / 1e9,
+            "no_seg_warnings": warnings,
+        })
+        rows.append(row)
+    return {"data": getattr(args, "data", None), "rows": rows, "items": per_item}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    tags = sorted({k[5:-1] for r in rows for k in r if k.startswith("giou[")})
+    head = ["case", "gIoU", "cIoU", *[f"gIoU {t}" for t in tags], "vis/layer", "GFLOPs", "LLM prefill ms",
+            "SAM enc ms (n)", "SAM dec ms"]
+    lines = [head]
+    for r in rows:
+        lines.append([r["case"], f"{r['giou']:.3f}", f"{r['ciou']:.3f}", *[f"{r.get(f'giou[{t}]', float('nan')):.3f}"
+                                                                          for t in tags],
+                      f"{r['visual_tokens_per_layer']:.1f}", f"{r['prefill_gflops']:.3g}",
+                      f"{r['llm_prefill_ms']:.1f}", f"{r['sam_encoder_ms']:.1f} ({r['sam_encoder_computed']})",
+                      f"{r['sam_decoder_ms']:.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def save_mask(mask: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").save(path)
+
+
+def overlay(image: Any, mask: np.ndarray, colour: tuple[int, int, int] = (255, 40, 40), alpha: float = 0.5) -> Any:
+    """The image with the mask tinted in ``colour``."""
+    from PIL import Image
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    m = np.asarray(mask, dtype=bool)[..., None]
+    tinted = np.where(m, (1 - alpha) * pixels + alpha * np.array(colour, dtype=np.float32), pixels)
+    return Image.fromarray(tinted.round().clip(0, 255).astype(np.uint8))
