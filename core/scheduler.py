@@ -136,7 +136,12 @@ class Scheduler:
 
     # -- running -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
-        return self.adapter.prepare(images, questions)
+        """The adapter's batch, each sample's question text kept in ``extras["question"]`` (what a
+        question-conditioned partitioner, such as the LISA plugin's ``lisa``, reads)."""
+        batch = self.adapter.prepare(images, questions)
+        for sample, question in zip(batch.samples, questions):
+            sample.extras.setdefault("question", question)
+        return batch
 
     def run(
         self,
