@@ -233,7 +233,17 @@ def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu",
         raise InputError(f"{folder}: cannot load the tokenizer ({str(exc).splitlines()[0]})") from None
     seg_id = _seg_token_id(tokenizer, folder)
     clip_folder = find_clip(folder, data, clip)
-    tower = CLIPVisionModel.from_pretrained(str(clip_folder), attn_implementation="sdpa")
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one load line per tensor file is noise in a command's output
+    try:
+        tower = CLIPVisionModel.from_pretrained(str(clip_folder), attn_implementation="sdpa")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{clip_folder}: cannot load CLIP ({str(exc).splitlines()[0]})") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     image_processor = CLIPImageProcessor.from_pretrained(str(clip_folder))
     vocab = int(state["model.language_model.embed_tokens.weight"].shape[0])
     sam_prompt = known[variant].build()

@@ -55,6 +55,8 @@ def _policy(scheduler: Any, args: argparse.Namespace, name: str, params: dict[st
 
 
 class SegmentCommand(Command):
+    """Segment what a question asks for with LISA under a policy: mask PNG, overlay, what ran (times apart)."""
+
     name: ClassVar[str] = "segment"
     help: ClassVar[str] = "segment what a question asks for with LISA under a policy: mask PNG, overlay, what ran"
 
@@ -109,6 +111,8 @@ class SegmentCommand(Command):
 
 
 class SegmentEvalCommand(Command):
+    """gIoU / cIoU of LISA on a segmentation dataset (JSONL, ReasonSeg, synthetic) per policy and budget."""
+
     name: ClassVar[str] = "segment-eval"
     help: ClassVar[str] = "gIoU / cIoU of LISA on a segmentation dataset under several policies and budgets"
 
