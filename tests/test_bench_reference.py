@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from vtsched.core.cli import main
 from vtsched.core.testing import TinyShape, random_image, tiny_llava
 from vtsched.core.tools.bench import Case, run_bench
@@ -46,6 +48,18 @@ def test_reference_cases_reproduce_the_engines_full_and_prune_logits_and_greedy_
     assert parvts["time_over_flops"] == expected
     assert report.to_dict()["reference"]["rows"] == report.reference_rows()
     assert "engine/tf" in report.table() and "FLOPs prediction" in report.table()
+
+
+def test_references_give_m_rope_families_their_own_rotary_ids():
+    """Qwen2-VL's rotary ids are not positions: the forwards get the sample's ids; no generate reference."""
+    from vtsched.core import Scheduler
+
+    s = Scheduler.random("qwen2-vl-tiny", dtype=torch.float64)
+    report = run_bench(s, [random_image(1, 56, 56)], ["what colour is the shape?"], [Case("full"), Case("prune", "3")],
+                       repeats=1, warmup=0, decode_tokens=2, progress=False)
+    refs = {r["reference"]: r for r in report.reference_rows()}
+    assert set(refs) == {"forward", "forward-shortened"}
+    assert refs["forward"]["agreement"] <= ATOL and refs["forward-shortened"]["agreement"] <= ATOL
 
 
 def test_no_reference_without_prompts_of_equal_length():

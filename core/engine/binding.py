@@ -2,9 +2,14 @@
 
 Samples arrive as token ids, roles and visual features; a partition gives each visual token a
 group. Binding turns them, once per prefill, into padded tables on the model's device (layer-0
-embeddings, roles, group ids), indexed by a token's *original position*. Every later step
-(initial stream rows, events, probes, statistics) addresses tokens by position through these
-tables, so no other module needs to know how a sample is laid out.
+embeddings, roles, group ids, rotary ids), indexed by a token's *original position*. Every later
+step (initial stream rows, events, probes, statistics) addresses tokens by position through
+these tables, so no other module needs to know how a sample is laid out.
+
+Two orders are kept apart: a token's place in the prompt (its position, which orders causal
+attention, masks and the cache) and its rotary ids. They are the same for LLaMA-style models;
+where a family's rotary ids differ (Qwen2-VL's M-RoPE, ``Sample.rope_positions``), kept tokens
+keep the ids they had in the full prompt, and tail tokens continue after the largest.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from vtsched.core.adapters.base import DecoderParts
 from vtsched.core.engine.rows import Rows, pad_stack
 from vtsched.core.errors import ScheduleError
 from vtsched.core.partition import Partition
@@ -32,26 +37,39 @@ class Bound:
         roles: ``(batch, T_max)`` :class:`~vtsched.core.tokens.Role` codes, ``-1`` past the end.
         groups: ``(batch, T_max)`` partition group id of visual tokens, ``-1`` elsewhere.
         lengths: ``(batch,)`` prompt length (tail included).
+        rope: ``(R, batch, T_max)`` rotary ids, or ``None`` when a token's rotary id is its position.
+        next_rotary: ``(batch,)`` rotary id of the first token after the prompt.
     """
 
     embeds: torch.Tensor
     roles: torch.Tensor
     groups: torch.Tensor
     lengths: torch.Tensor
+    rope: torch.Tensor | None
+    next_rotary: torch.Tensor
 
     def lookup(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``table[b, index[b, t]]`` for ``(rows, T)`` positions ``index``; ``-1`` at padding."""
         return table.gather(1, index.clamp(min=0)).masked_fill(index < 0, -1)
 
+    def rotary_positions(self, index: torch.Tensor) -> torch.Tensor:
+        """Rotary ids of the slots at ``(rows, T)`` positions ``index``: ``(rows, T)``, or ``(R, rows, T)``
+        for multi-row rotary embeddings (padding slots read position 0's)."""
+        positions = index.clamp(min=0)
+        if self.rope is None:
+            return positions
+        ids = self.rope.gather(2, positions[None].expand(self.rope.shape[0], -1, -1))
+        return ids[0] if ids.shape[0] == 1 else ids
+
 
 def bind(
-    embed_tokens: nn.Module,
+    parts: DecoderParts,
     batch: PromptBatch,
     partition: Partition,
     schedule: Schedule,
     tail: list[torch.Tensor] | None,
 ) -> Bound:
-    """Embed every sample (tail tokens appended, visual features in place) and tabulate roles and groups.
+    """Embed every sample (tail tokens appended, visual features in place); tabulate roles, groups, rotary ids.
 
     Raises :class:`~vtsched.core.errors.ScheduleError` when the partition does not fit the batch
     or lacks a group the schedule names.
@@ -60,6 +78,7 @@ def bind(
         raise ScheduleError(f"partition is for {partition.batch_size} samples, the batch has {len(batch)}")
     for name in schedule.groups:
         partition.group_id(name)  # raises on a group the partition lacks
+    embed_tokens = parts.embed_tokens
     device = next(embed_tokens.parameters()).device
     embeds, roles, groups = [], [], []
     for b, sample in enumerate(batch.samples):
@@ -85,12 +104,40 @@ def bind(
         embeds.append(emb)
         roles.append(role)
         groups.append(group_ids)
+    lengths = torch.tensor([r.numel() for r in roles], device=device)
+    rope, next_rotary = _rotary_ids(batch, tail, parts.rope_rows, device)
     return Bound(
         embeds=pad_stack(embeds, 0.0),
         roles=pad_stack(roles, -1),
         groups=pad_stack(groups, -1),
-        lengths=torch.tensor([r.numel() for r in roles], device=device),
+        lengths=lengths,
+        rope=rope,
+        next_rotary=lengths.clone() if next_rotary is None else next_rotary,
     )
+
+
+def _rotary_ids(
+    batch: PromptBatch, tail: list[torch.Tensor] | None, rows: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(R, batch, T_max)`` rotary ids and ``(batch,)`` the next one, or ``(None, None)`` when all are positions.
+
+    A sample without ``rope_positions`` counts by position; tail tokens continue after the
+    prompt's largest id, the same id on every row (as a family's own decoding does).
+    """
+    if all(sample.rope_positions is None for sample in batch.samples):
+        return None, None
+    ids, nexts = [], []
+    for b, sample in enumerate(batch.samples):
+        own = sample.rope_positions
+        own = torch.arange(sample.length) if own is None else own.to(torch.long)
+        own = own.reshape(-1, sample.length).expand(rows, -1).to(device)
+        after = int(own.max()) + 1 if own.numel() else 0
+        extra = 0 if tail is None else tail[b].numel()
+        tail_ids = (after + torch.arange(extra, device=device))[None].expand(rows, -1)
+        ids.append(torch.cat((own, tail_ids), dim=1).T)
+        nexts.append(after + extra)
+    rope = pad_stack(ids, 0).permute(2, 0, 1)  # (R, batch, T_max)
+    return rope.contiguous(), torch.tensor(nexts, device=device)
 
 
 def initial_rows(

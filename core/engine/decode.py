@@ -12,13 +12,14 @@ its unmasked kernel.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from vtsched.core.adapters.base import DecoderParts
 from vtsched.core.engine.attention import KVBuffer, build_attention_mask
-from vtsched.core.engine.layout import LayerInputs
+from vtsched.core.engine.layout import layer_inputs
 from vtsched.core.engine.loop import call_layer
 from vtsched.core.engine.run import LayerCache
 
@@ -55,13 +56,15 @@ class DecodeState:
     Attributes:
         caches: per layer, its keys/values (a :class:`~vtsched.core.engine.attention.KVBuffer`).
         layouts: the distinct key layouts; ``layer_layout[l]`` indexes the one layer ``l`` follows.
-        next_position: ``(batch,)`` position id of the next token.
+        next_position: ``(batch,)`` position of the next token (its place in the sequence).
+        next_rotary: ``(batch,)`` its rotary id (the same on every row of multi-row rotary ids).
     """
 
     caches: list[KVBuffer]
     layouts: list[KeyLayout]
     layer_layout: list[int]
     next_position: torch.Tensor
+    next_rotary: torch.Tensor
 
     @property
     def keys(self) -> list[torch.Tensor]:
@@ -78,7 +81,7 @@ class DecodeState:
         return self.layouts[self.layer_layout[layer]].index
 
 
-def decode_state(cache: list[LayerCache], next_position: torch.Tensor) -> DecodeState:
+def decode_state(cache: list[LayerCache], next_position: torch.Tensor, next_rotary: torch.Tensor) -> DecodeState:
     """Collect a prefill's per-layer caches; layers with equal key positions share one layout."""
     layouts: list[KeyLayout] = []
     layer_layout: list[int] = []
@@ -89,7 +92,7 @@ def decode_state(cache: list[LayerCache], next_position: torch.Tensor) -> Decode
         layer_layout.append(len(layouts) - 1)
     return DecodeState(
         caches=[KVBuffer(e.keys, e.values) for e in cache],
-        layouts=layouts, layer_layout=layer_layout, next_position=next_position,
+        layouts=layouts, layer_layout=layer_layout, next_position=next_position, next_rotary=next_rotary,
     )
 
 
@@ -103,13 +106,17 @@ def extend(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> 
     ``state`` is updated in place: each layer's cache grows by the new tokens.
     """
     n = token_ids.shape[1]
-    index = state.next_position[:, None] + torch.arange(n, device=token_ids.device)
+    steps = torch.arange(n, device=token_ids.device)
+    index = state.next_position[:, None] + steps
+    rotary = state.next_rotary[:, None] + steps
+    if parts.rope_rows > 1:
+        rotary = rotary[None].expand(parts.rope_rows, -1, -1)
     hidden = parts.embed_tokens(token_ids)
-    positions = index.clamp(min=0)
-    cos, sin = parts.rotary(hidden, positions)
+    shared = layer_inputs(parts, hidden, rotary, None)
     state.layouts = [layout.grown(index) for layout in state.layouts]
-    inputs = [LayerInputs(layout.mask(index, hidden.dtype), cos, sin, positions) for layout in state.layouts]
+    inputs = [dataclasses.replace(shared, mask=layout.mask(index, hidden.dtype)) for layout in state.layouts]
     for layer, cache in enumerate(state.caches):
         hidden = call_layer(parts, layer, hidden, inputs[state.layer_layout[layer]], cache)
     state.next_position = state.next_position + n
+    state.next_rotary = state.next_rotary + n
     return parts.lm_head(parts.norm(hidden)).float()

@@ -136,7 +136,7 @@ class Engine:
         share: bool,
     ) -> PrefillRun:
         """Bind the batch and build every stream's initial rows."""
-        bound = bind(self.parts.embed_tokens, batch, partition, schedule, tail)
+        bound = bind(self.parts, batch, partition, schedule, tail)
         streams = {
             s.name: initial_rows(bound, partition, s.groups, share_prefix=share, survivor=s.name == schedule.survivor)
             for s in schedule.streams
@@ -157,7 +157,7 @@ class Engine:
             result.hidden, result.index = survivor.hidden, survivor.index
             result.all_logits = self.parts.lm_head(self.parts.norm(survivor.hidden)).float()
         if run.use_cache:
-            result.state = decode_state(run.cache, run.bound.lengths.clone())
+            result.state = decode_state(run.cache, run.bound.lengths.clone(), run.bound.next_rotary.clone())
         return result
 
 

@@ -50,7 +50,10 @@ def _insert_group(event: InsertGroup, run: PrefillRun) -> None:
 
 @apply_event.register
 def _keep_top(event: KeepTop, run: PrefillRun) -> None:
-    """Keep the group's tokens the probe before this layer ranked highest (stable on ties)."""
+    """Keep the group's tokens the probe before this layer ranked highest (stable on ties).
+
+    ``event.keep`` is a count or a ratio of the group's size in each row, or one of those per sample.
+    """
     rows, bound = run.streams[event.stream], run.bound
     ranked_index, ranked = run.readings.rank.pop(id(event))
     by_position = torch.full(bound.roles.shape, float("-inf"), device=ranked.device)
@@ -59,9 +62,12 @@ def _keep_top(event: KeepTop, run: PrefillRun) -> None:
     in_group = bound.lookup(bound.groups, rows.index) == run.partition.group_id(event.group)
     scores = by_position.gather(1, rows.positions).masked_fill(~in_group, float("-inf"))
     keep = ~in_group
-    for b in range(rows.num_rows):
+    amounts = event.keep if isinstance(event.keep, tuple) else (event.keep,) * rows.num_rows
+    if len(amounts) != rows.num_rows:
+        raise ScheduleError(f"{event.describe()}: {len(amounts)} per-sample amounts for {rows.num_rows} samples")
+    for b, amount in enumerate(amounts):
         n = int(in_group[b].sum())
-        k = min(n, event.keep) if isinstance(event.keep, int) else int(round(event.keep * n))
+        k = min(n, amount) if isinstance(amount, int) else int(round(amount * n))
         top = torch.sort(-scores[b], stable=True).indices[:k]
         keep[b, top] = True
     run.streams[event.stream] = rows.keep(keep)

@@ -30,14 +30,15 @@ class LayerInputs:
 
     Attributes:
         mask: ``(rows, 1, T, keys)`` additive mask, or ``None`` for plain causal attention.
-        cos, sin: ``(rows, T, head_dim)`` rotary embeddings of the slots' original positions.
-        positions: ``(rows, T)`` position ids (padding slots read ``0``).
+        cos, sin: ``(rows, T, head_dim)`` rotary embeddings of the slots' rotary ids.
+        position_ids: ``(rows, T)`` what the layers get as ``position_ids`` (the 1-D rotary ids), or
+            ``None`` for families whose own model passes none (``DecoderParts.layer_position_ids``).
     """
 
     mask: torch.Tensor | None
     cos: torch.Tensor
     sin: torch.Tensor
-    positions: torch.Tensor
+    position_ids: torch.Tensor | None
 
 
 def layout_mask(
@@ -63,11 +64,18 @@ def layout_mask(
     return build_attention_mask(rows.index, key_index, rows.hidden.dtype, stream_of_column, key_stream)
 
 
-def layer_inputs(parts: DecoderParts, rows: Rows, mask: torch.Tensor | None) -> LayerInputs:
-    """Rotary embeddings for ``rows`` (computed once for all layers that share them) and ``mask``."""
-    positions = rows.positions
-    cos, sin = parts.rotary(rows.hidden, positions)
-    return LayerInputs(mask, cos, sin, positions)
+def layer_inputs(
+    parts: DecoderParts, hidden: torch.Tensor, rotary: torch.Tensor, mask: torch.Tensor | None
+) -> LayerInputs:
+    """Rotary embeddings (computed once for all layers that share them) and ``mask``.
+
+    ``hidden``: ``(rows, T, hidden)``; ``rotary``: ``(rows, T)`` rotary ids, or ``(R, rows, T)``.
+    """
+    cos, sin = parts.rotary(hidden, rotary)
+    position_ids = None
+    if parts.layer_position_ids:
+        position_ids = rotary if rotary.dim() == 2 else rotary[0]
+    return LayerInputs(mask, cos, sin, position_ids)
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,8 @@ def build_segment(run: PrefillRun, start: int, end: int) -> Segment:
         cache_index = key_index[:, cache_columns]
     return Segment(
         start=start, end=end, names=names, blocks=tuple(blocks), rows=rows,
-        inputs=layer_inputs(run.parts, rows, layout_mask(run.parts, rows, context, stream_of_column)),
+        inputs=layer_inputs(run.parts, rows.hidden, run.bound.rotary_positions(rows.index),
+                            layout_mask(run.parts, rows, context, stream_of_column)),
         n_context=n_context, key_index=key_index, row_roles=row_roles,
         cache_columns=cache_columns, cache_index=cache_index,
     )

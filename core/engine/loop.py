@@ -37,7 +37,7 @@ def call_layer(
         hidden,
         attention_mask=inputs.mask,
         position_embeddings=(inputs.cos, inputs.sin),
-        position_ids=inputs.positions,
+        position_ids=inputs.position_ids,
         past_key_values=tap,
     )
     return out[0] if isinstance(out, tuple) else out
@@ -53,7 +53,8 @@ def run_prefix(run: PrefillRun, until: int) -> None:
     if rows.index.shape[1] == 0:
         return
     run.stats.add_prefix(rows.valid.sum(1), until)
-    inputs = layer_inputs(run.parts, rows, layout_mask(run.parts, rows, None, None))
+    rotary = run.bound.rotary_positions(rows.index)
+    inputs = layer_inputs(run.parts, rows.hidden, rotary, layout_mask(run.parts, rows, None, None))
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     hidden = rows.hidden

@@ -447,25 +447,32 @@ class _Bench:
 
 
 def _references(scheduler: Scheduler, batch: PromptBatch, bench: _Bench, clock: _Clock) -> list[_Reference]:
-    """transformers' forward on the full and the shortened prompt, and its ``generate``, where they apply."""
+    """transformers' forward on the full and the shortened prompt, and its ``generate``, where they apply.
+
+    Families whose rotary ids are not positions (Qwen2-VL's M-RoPE) get their own ids as
+    ``position_ids``, and no ``generate`` reference: from embeddings alone it cannot rebuild them.
+    """
     lm = getattr(scheduler.adapter, "language_model", None)
     if lm is None or len({s.length for s in batch.samples}) != 1:
         return []  # needs the model's own language model, and prompts that need no padding
     head = scheduler.engine.parts.lm_head
     embeds = _merged_embeddings(lm, batch)
+    rows = torch.arange(embeds.shape[0], device=embeds.device)[:, None]
     positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
+    rope = _rope_positions(batch, embeds.device)  # (R, batch, T) where rotary ids are not positions
     labels = [r.case.label for r in bench.results]
     refs = []
     if "full" in labels:
+        ids = positions if rope is None else rope
         refs.append(_Reference(ReferenceResult("forward", "full"),
-                               partial(_timed, clock, partial(_forward, lm, head, embeds, positions))))
+                               partial(_timed, clock, partial(_forward, lm, head, embeds, ids))))
     shortened = _smallest_prune(bench)
     if shortened is not None:
         label, kept = shortened
-        short = embeds[torch.arange(embeds.shape[0], device=kept.device)[:, None], kept]
+        ids = kept if rope is None else rope[..., rows, kept]
         refs.append(_Reference(ReferenceResult("forward-shortened", label),
-                               partial(_timed, clock, partial(_forward, lm, head, short, kept))))
-    if "full" in labels and bench.decode_tokens > 0:
+                               partial(_timed, clock, partial(_forward, lm, head, embeds[rows, kept], ids))))
+    if "full" in labels and bench.decode_tokens > 0 and rope is None:  # generate would recompute M-RoPE ids
         model = scheduler.adapter.model
         refs.append(_Reference(ReferenceResult("generate", "full"),
                                partial(_generate, model, embeds, bench.decode_tokens, clock.cuda)))
@@ -481,6 +488,15 @@ def _merged_embeddings(lm: Any, batch: PromptBatch) -> torch.Tensor:
         for b, sample in enumerate(batch.samples):
             embeds[b, sample.visual_positions.to(device)] = sample.visual_features.to(device, embeds.dtype)
     return embeds
+
+
+def _rope_positions(batch: PromptBatch, device: torch.device) -> torch.Tensor | None:
+    """``(R, batch, T)`` the samples' own rotary ids (``Sample.rope_positions``), or ``None`` where they are positions."""
+    if all(s.rope_positions is None for s in batch.samples):
+        return None
+    ids = [s.rope_positions if s.rope_positions is not None else torch.arange(s.length) for s in batch.samples]
+    rope = torch.stack([i.reshape(-1, i.shape[-1]) for i in ids], dim=1).to(device)
+    return rope[0] if rope.shape[0] == 1 else rope
 
 
 def _smallest_prune(bench: _Bench) -> tuple[str, torch.Tensor] | None:
