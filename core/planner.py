@@ -16,16 +16,17 @@ Policies and partitioners are built here, by name and parameters, in one way
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vtsched.core.budget import Budget
-from vtsched.core.errors import ScheduleError, VtschedError
+from vtsched.core.errors import BudgetError, ScheduleError, VtschedError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
-from vtsched.core.schedule import Schedule
+from vtsched.core.schedule import KeepTop, Schedule
 from vtsched.core.tokens import PromptBatch
 
 __all__ = ["Planner", "Plan", "RequestCheck", "SCHEDULE_PREFIX"]
@@ -129,10 +130,13 @@ class Planner:
             return None
         return [budget.resolve(n) for n in num_visual]
 
-    def _schedule(self, policy: Policy, groups: tuple[str, ...], budget: Budget | None) -> Schedule:
-        """``policy.schedule``; an invalid schedule from a plugin's policy names the plugin."""
+    def _schedule(self, policy: Policy, groups: tuple[str, ...], budget: Budget | None,
+                  num_visual: int | None = None) -> Schedule:
+        """``policy.schedule`` (for images of ``num_visual`` tokens, else the nominal count); an invalid
+        schedule from a plugin's policy names the plugin."""
+        geometry = self.geometry if num_visual is None else dataclasses.replace(self.geometry, num_visual=num_visual)
         try:
-            return policy.schedule(self.geometry, groups, budget)
+            return policy.schedule(geometry, groups, budget)
         except ScheduleError as exc:
             plugin = self.registry.plugin_of("policy", policy.name) if hasattr(self.registry, "plugin_of") else None
             if plugin is None or plugin.startswith("vtsched."):
@@ -175,5 +179,35 @@ class Planner:
             partitioner = None
             partition = Partition.single(batch.num_visual)
         seen = self.budget_seen(policy, budget)
-        schedule = self._schedule(policy, partition.groups, seen)
+        schedule = self._batch_schedule(policy, partition.groups, seen, batch.num_visual)
         return Plan(policy, partitioner, seen, partition, schedule)
+
+    def _batch_schedule(self, policy: Policy, groups: tuple[str, ...], budget: Budget | None,
+                        num_visual: Sequence[int]) -> Schedule:
+        """The schedule of a batch: a policy that applies its budget inside the LLM solves it for each
+        sample's own token count (not the nominal one). Samples whose counts give different keep
+        amounts share one schedule with per-sample ``KeepTop.keep``; any other difference is refused."""
+        if budget is None or policy.needs_partition or not num_visual:
+            return self._schedule(policy, groups, budget)
+        by_count = {n: self._schedule(policy, groups, budget, n) for n in sorted(set(num_visual))}
+        schedules = [by_count[n] for n in num_visual]
+        first = schedules[0]
+        if all(s == first for s in schedules):
+            return first
+        counts = ", ".join(map(str, sorted(by_count)))
+        refusal = BudgetError(f"{policy.name}: budget {budget} schedules images of {counts} visual tokens "
+                              "differently; batch images with equal token counts or give a ratio budget")
+        frame = (first.num_layers, first.groups, first.streams, first.survivor, len(first.events))
+        if any((s.num_layers, s.groups, s.streams, s.survivor, len(s.events)) != frame for s in schedules):
+            raise refusal
+        events = []
+        for i, event in enumerate(first.events):
+            each = [s.events[i] for s in schedules]
+            if isinstance(event, KeepTop) and all(
+                    isinstance(e, KeepTop) and dataclasses.replace(e, keep=0) == dataclasses.replace(event, keep=0)
+                    for e in each):
+                event = dataclasses.replace(event, keep=tuple(e.keep for e in each))  # type: ignore[union-attr]
+            elif any(e != event for e in each):
+                raise refusal
+            events.append(event)
+        return dataclasses.replace(first, events=tuple(events))

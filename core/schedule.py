@@ -102,7 +102,9 @@ class KeepTop:
     """Keep, in ``stream``, the ``keep`` visual tokens of ``group`` that ``ranker`` scores highest.
 
     The kept tokens stay in ``group``; the others leave the stream. ``keep`` is a count, or
-    a ratio of the group's current size when it is a float in (0, 1]. ``ranker`` names how the
+    a ratio of the group's current size when it is a float in (0, 1]; or a tuple of those, one per
+    sample of the batch (a policy that solves its budget per sample, e.g. ``pdrop`` with a count
+    budget on images with different token counts). ``ranker`` names how the
     engine scores tokens (``"last_token_attention"``: attention from the last prompt token in
     the layer before, recomputed for that one query row).
     """
@@ -111,11 +113,14 @@ class KeepTop:
     layer: int
     stream: str
     group: str
-    keep: int | float
+    keep: int | float | tuple[int | float, ...]
     ranker: str = "last_token_attention"
 
     def describe(self) -> str:
-        amount = f"{self.keep:g} of" if isinstance(self.keep, float) else f"top {self.keep} of"
+        if isinstance(self.keep, tuple):
+            amount = "per sample " + "/".join(f"{k:.4g}" if isinstance(k, float) else str(k) for k in self.keep) + " of"
+        else:
+            amount = f"{self.keep:g} of" if isinstance(self.keep, float) else f"top {self.keep} of"
         return f"keep {amount} {self.group} in {self.stream} by {self.ranker}"
 
 
@@ -269,6 +274,8 @@ def _event_from_dict(data: Mapping[str, Any]) -> Event:
     if cls is Fuse:
         data["streams"] = tuple(data["streams"])
         data["params"] = tuple(sorted(dict(data.get("params", {})).items()))
+    if cls is KeepTop and isinstance(data.get("keep"), list):  # one keep per sample
+        data["keep"] = tuple(data["keep"])
     return cls(**data)
 
 
@@ -302,10 +309,8 @@ def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[st
                 raise ScheduleError(f"{where}: {event.stream} does not carry {event.group}")
             elif isinstance(event, RemoveGroup):
                 carried.remove(event.group)
-            elif isinstance(event.keep, float) and not 0.0 < event.keep <= 1.0 or (
-                isinstance(event.keep, int) and event.keep < 0
-            ):
-                raise ScheduleError(f"{where}: keep must be a count >= 0 or a ratio in (0, 1]")
+            elif not all(_valid_keep(k) for k in (event.keep if isinstance(event.keep, tuple) else (event.keep,))):
+                raise ScheduleError(f"{where}: keep must be a count >= 0 or a ratio in (0, 1] (or one per sample)")
             elif event.ranker not in KNOWN_RANKERS:
                 raise ScheduleError(f"{where}: the engine knows no ranker {event.ranker!r}; rankers: {list(KNOWN_RANKERS)}")
             elif event.ranker == "last_token_attention" and event.layer == 0:
@@ -322,6 +327,14 @@ def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[st
                 raise ScheduleError(f"{where}: the surviving stream cannot end")
             del alive[event.stream]
     return {name: tuple(groups) for name, groups in alive.items()}
+
+
+def _valid_keep(keep: object) -> bool:
+    if isinstance(keep, bool):
+        return False
+    if isinstance(keep, float):
+        return 0.0 < keep <= 1.0
+    return isinstance(keep, int) and keep >= 0
 
 
 def _validate(schedule: Schedule) -> None:
