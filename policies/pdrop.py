@@ -8,7 +8,9 @@ to the model's depth: stages after a quarter, half and three quarters of the lay
 the 6-layer demo model).
 
 Budget: when one is given, ``ratio`` is solved so that the visual tokens per layer, averaged over
-all layers, equal the budget (the "average tokens" convention later papers compare PDrop by).
+all layers, equal the budget (the "average tokens" convention later papers compare PDrop by),
+for each image's own token count (the planner schedules per sample: LLaVA-NeXT and Qwen images
+of different sizes get different ratios from one count budget).
 Every token runs through the layers before the first stage, so a budget below that floor cannot
 be reached by any ratio: it is refused with the smallest reachable value (move the stages
 earlier with ``-p layers=2/6/12`` for 64 of 576 tokens on 32 layers). No stage can come before
