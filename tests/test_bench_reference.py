@@ -42,6 +42,12 @@ def test_reference_cases_reproduce_the_engines_full_and_prune_logits_and_greedy_
     gap = (run_logits(s, batch, "full") - run_logits(s, batch, "prune", 3)).abs().max()
     assert float(gap) > 1e3 * ATOL
 
+    # the KV cache is reported as prefill left it, before the timed decoding grew it
+    g = s.adapter.geometry
+    full_row = next(r for r in report.rows() if r["case"] == "full")
+    expected = g.num_layers * 2 * g.num_kv_heads * g.head_dim * batch.samples[0].length * 8  # float64
+    assert full_row["kv_cache_mb"] == expected / 2**20
+
     [parvts] = report.flops_predictions()
     assert parvts["case"] == "parvts(drop_layer=1)@3" and parvts["against"] == "prune@3"
     expected = parvts["time_ratio"] / parvts["flops_ratio"]

@@ -391,6 +391,7 @@ class _Bench:
         if self.clock.cuda:
             torch.cuda.reset_peak_memory_stats()
         (plan, out), seconds = self.clock(partial(self._prefill, i))
+        kv_bytes = _cache_bytes(out.state, len(self.batch)) if out.state is not None else 0  # before decoding
         decode_seconds, tokens = None, None
         if self.decode_tokens > 0:
             first_token = out.logits.argmax(-1)[:, None]
@@ -405,6 +406,7 @@ class _Bench:
         if self.clock.cuda:
             r.peak_bytes.append(torch.cuda.max_memory_allocated())
         if first:
+            r.kv_cache_bytes = kv_bytes
             self._record_first(r, plan, out, tokens)
 
     def _prefill(self, i: int) -> tuple[Plan, Prefill]:
@@ -419,7 +421,6 @@ class _Bench:
         r.scoring_flops = float(scoring_flops(stats, geometry).mean())
         r.visual_kept = float(stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor).mean())
         r.visual_all = float(stats.visual_per_layer(geometry.num_layers).mean())
-        r.kv_cache_bytes = _cache_bytes(out.state, len(self.batch)) if out.state is not None else 0
         self.logits[r.case.label] = out.logits
         if tokens is not None:
             self.tokens[r.case.label] = tokens
