@@ -140,3 +140,29 @@ def test_unsupported_model_type_names_the_supported_ones(tmp_path, capsys):
     assert main(["explain", "--model", str(tmp_path), "--no-plugins"]) == 2
     err = capsys.readouterr().err
     assert "qwen2_5_vl" in err and "llava_next" in err and "llava" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("policy", "params"), [("parvts", {"drop_layer": 2}), ("parvts", {"drop_layer": 1, "fusion": "size"}),
+                                                ("subject-first", {"insert_layer": 1}),
+                                                ("non-subject-first", {"switch_layer": 2})])
+def test_streams_split_into_one_call_each_equal_packed_streams(family, policy, params):
+    """Long prompts run parallel streams one layer call each (``Engine.split_above``); the logits, the
+    decoded tokens and the attention the fusion rule reads equal the packed layout's, and the kernel
+    scores only each stream's own keys."""
+    from vtsched.core.engine import Engine
+
+    name, s = family
+    model, processor = FAMILIES[name](torch.float64)
+    packed = scheduler(model, processor)
+    split = Engine(packed.adapter.decoder(), registry().fusion_rules(), split_above=0)
+    batch = packed.prepare(IMAGES, QUESTIONS)
+    plan = packed.plan(batch, packed.make_policy(policy, params), None, Budget.parse("40%"))
+    config = GenerationConfig(max_new_tokens=3)
+    a = generate(packed.engine, batch, plan.schedule, plan.partition, config, keep_logits=True)
+    b = generate(split, batch, plan.schedule, plan.partition, config, keep_logits=True)
+    assert a.tokens == b.tokens
+    for x, y in zip(a.step_logits, b.step_logits):
+        torch.testing.assert_close(y, x, atol=1e-6, rtol=0)
+    parallel = [w for w in b.prefill.stats.work if w.stream != "subject" or w.end <= 1]
+    assert all(torch.equal(w.packed_keys, w.keys) for w in parallel)
+    assert b.prefill.stats.prefix is None  # split streams carry the text prefix themselves

@@ -98,6 +98,12 @@ class ModelAdapter(ABC):
         return self.geometry_from_config(self.model.config)
 
     @classmethod
+    def nominal_image_side(cls, config: Any) -> int:
+        """Side of the square image the nominal token count (``geometry.num_visual``) assumes; what
+        ``bench`` feeds a random shape (default: the vision tower's input size)."""
+        return int(config.vision_config.image_size)
+
+    @classmethod
     def budget_notes(cls, config: Any, keep: int, partitioner: str | None,
                      partitioner_params: Mapping[str, Any]) -> list[str]:
         """Lines ``vtsched explain`` prints about this family's tokens: what the image span holds and

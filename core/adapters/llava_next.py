@@ -95,6 +95,11 @@ class LlavaNextAdapter(LlavaAdapter):
         return replace(geometry, num_visual=next_token_count(config, 2 * tile, 2 * tile))
 
     @classmethod
+    def nominal_image_side(cls, config: Any) -> int:
+        """The 2x2-tile pinpoint's side: 672 at 336-px tiles."""
+        return 2 * int(config.vision_config.image_size)
+
+    @classmethod
     def budget_notes(cls, config: Any, keep: int, partitioner: str | None,
                      partitioner_params: Mapping[str, Any]) -> list[str]:
         tile = config.vision_config.image_size

@@ -124,6 +124,10 @@ class Qwen2VLAdapter(ModelAdapter):
         return vision.embed_dim, int(vision.embed_dim * vision.mlp_ratio)
 
     @classmethod
+    def nominal_image_side(cls, config: Any) -> int:
+        return NOMINAL_IMAGE_SIDE
+
+    @classmethod
     def budget_notes(cls, config: Any, keep: int, partitioner: str | None,
                      partitioner_params: Mapping[str, Any]) -> list[str]:
         unit = config.vision_config.patch_size * config.vision_config.spatial_merge_size

@@ -15,7 +15,8 @@ DEFAULT_BENCH_POLICIES = ("prune", "parvts:drop_layer=2", "parvts:drop_layer=3",
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = sub.add_parser("bench", help="measure policies side by side: prefill time, FLOPs, decode, memory")
     bench.add_argument("--shape", default=None,
-                       help="random-weight model shape (default: llava-1.5-7b on a GPU, llava-1.5-cpu on a CPU)")
+                       help="random-weight model shape (default: llava-1.5-7b on a GPU, llava-1.5-cpu on a CPU; "
+                            "llava-next-7b/-cpu, qwen2.5-vl-7b/-cpu for the other families)")
     bench.add_argument("--model", default=None, help="benchmark this checkpoint instead of a random shape")
     bench.add_argument("--policies", nargs="+", default=None, metavar="POLICY[:NAME=VALUE,...]",
                        help="cases to compare (default: every built-in policy family); full is always added")
@@ -69,8 +70,10 @@ def main(args: argparse.Namespace) -> int:
         shape_name = args.shape or ("llava-1.5-7b" if on_gpu else "llava-1.5-cpu")
         get_shape(shape_name)
         config = llava_config(shape_name)
-    planner = Planner(registry, registry.adapter_for_config(config).geometry_from_config(config))
+    adapter = registry.adapter_for_config(config)
+    planner = Planner(registry, adapter.geometry_from_config(config), adapter.default_partitioner)
     geometry = planner.geometry
+    side = adapter.nominal_image_side(config)  # 336 for LLaVA-1.5, 672 for LLaVA-NeXT and Qwen2-VL
     budgets = args.budgets or default_budgets(geometry.num_visual)
     specs = args.policies or [p for p in DEFAULT_BENCH_POLICIES if p.split(":")[0] in registry.names("policy")]
     cases = expand_cases(planner, specs, budgets, keep_full=True)
@@ -84,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
         scheduler = Scheduler.random(shape_name, dtype=dtype, device=device, attn_implementation=args.attn,
                                      registry=registry)
     words = [QUESTION_WORDS[i % len(QUESTION_WORDS)] for i in range(args.question_words)]
-    images = [random_image(i, 336, 336) for i in range(args.batch_size)]
+    images = [random_image(i, side, side) for i in range(args.batch_size)]
     questions = [" ".join(words) + "?" for _ in range(args.batch_size)]
     report = run_bench(scheduler, images, questions, cases, repeats=args.repeats, warmup=args.warmup,
                        decode_tokens=args.decode_tokens, shape=shape_name, progress=not args.no_progress,

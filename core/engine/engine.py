@@ -36,6 +36,7 @@ from vtsched.core.tokens import PromptBatch
 __all__ = ["Engine", "Prefill", "DecodeState"]
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+SPLIT_ABOVE = 1024  # prompt tokens above which parallel streams run one layer call each
 
 
 @dataclass
@@ -66,6 +67,11 @@ class Engine:
         parts: the decoder pieces (from ``adapter.decoder()``).
         fusion_rules: name -> fusion rule class (from the registry).
         share_prefix: compute the common text prefix once when streams run in parallel.
+        split_above: prompts longer than this many tokens run parallel streams in one layer call
+            each instead of packed into one row (``None``: always packed). Packing costs exactly
+            the tokens the streams carry, but the streams then need a block mask, and SDPA's masked
+            kernel costs about twice its causal one on long rows (LLaVA-NeXT's 2,928-token spans);
+            split, each stream carries the text prefix itself and runs the unmasked causal kernel.
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class Engine:
         parts: DecoderParts,
         fusion_rules: Mapping[str, type[FusionRule]] | None = None,
         share_prefix: bool = True,
+        split_above: int | None = SPLIT_ABOVE,
     ) -> None:
         if parts.attn_implementation not in SUPPORTED_ATTENTION:
             raise ScheduleError(
@@ -82,6 +89,7 @@ class Engine:
         self.parts = parts
         self.fusion_rules = dict(fusion_rules or {})
         self.share_prefix = share_prefix
+        self.split_above = split_above
 
     @torch.inference_mode()
     def prefill(
@@ -104,8 +112,11 @@ class Engine:
             raise ScheduleError(
                 f"schedule is for {schedule.num_layers} layers, the model has {len(self.parts.layers)}"
             )
-        shared_until = _parallel_until(schedule) if self.share_prefix else 0
+        parallel_until = _parallel_until(schedule)
+        split = self.split_above is not None and parallel_until > 0 and max(s.length for s in batch.samples) > self.split_above
+        shared_until = parallel_until if self.share_prefix and not split else 0
         run = self._start(batch, schedule, partition, tail, use_cache, shared_until > 0)
+        run.split = split
         if shared_until > 0:
             run_prefix(run, shared_until)
         for start, end, events in schedule.segments():

@@ -7,7 +7,9 @@ the surviving stream's cache) is computed once for the segment and read by each 
 Live streams are packed along the token axis, one row per sample (``(batch, T_1 + T_2 + ...)``),
 so a layer costs exactly the tokens the streams carry; a block mask keeps streams apart. With
 SDPA and a plain causal layout (one stream, no padding, no context) the mask is ``None`` so that
-SDPA can use its causal kernels, exactly as transformers does.
+SDPA can use its causal kernels, exactly as transformers does. On long prompts (``split``) each
+stream gets its own layer call on its column block instead, with its own mask (``None`` when
+plain causal): the packed columns, keys and cache stay laid out as if packed.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ class Segment:
         row_roles: ``(batch, T)`` role of each slot, ``-1`` at padding.
         cache_columns: key columns of the surviving stream (context included), ``None`` for all.
         cache_index: ``(batch, C_s)`` positions of those columns: one tensor for the whole segment.
+        split: per stream, the inputs of its own layer call (long prompts, see ``Engine``), or
+            ``None`` when the streams run packed in one call with ``inputs``' block mask.
+        stream_of_column: ``(T,)`` stream number of each packed column (``None`` for one stream).
     """
 
     start: int
@@ -104,6 +109,8 @@ class Segment:
     row_roles: torch.Tensor
     cache_columns: torch.Tensor | None
     cache_index: torch.Tensor
+    split: tuple[LayerInputs, ...] | None = None
+    stream_of_column: torch.Tensor | None = None
 
     def block(self, stream: str) -> slice:
         return self.blocks[self.names.index(stream)]
@@ -136,7 +143,9 @@ def build_segment(run: PrefillRun, start: int, end: int) -> Segment:
     n_context = 0 if context is None else context.index.shape[1]
     key_index = rows.index if context is None else torch.cat((context.index, rows.index), dim=1)
     row_roles = run.bound.lookup(run.bound.roles, rows.index)
-    run.stats.add_segment(start, end, list(names), rows, list(blocks), key_index[:, :n_context], row_roles)
+    split = run.split and len(names) > 1
+    run.stats.add_segment(start, end, list(names), rows, list(blocks), key_index[:, :n_context], row_roles,
+                          split=split)
 
     cache_columns = None
     cache_index = key_index
@@ -145,10 +154,20 @@ def build_segment(run: PrefillRun, start: int, end: int) -> Segment:
         own = torch.arange(survivor.start, survivor.stop) + n_context
         cache_columns = torch.cat((torch.arange(n_context), own)).to(device)
         cache_index = key_index[:, cache_columns]
+    rotary = run.bound.rotary_positions(rows.index)
+    if not split:
+        inputs = layer_inputs(run.parts, rows.hidden, rotary, layout_mask(run.parts, rows, context, stream_of_column))
+        per_stream = None
+    else:  # rotary embeddings once for all streams; each stream's own mask (none where plain causal)
+        inputs = layer_inputs(run.parts, rows.hidden, rotary, None)
+        per_stream = tuple(
+            LayerInputs(layout_mask(run.parts, Rows(rows.hidden[:, b], rows.index[:, b]), context, None),
+                        inputs.cos[:, b], inputs.sin[:, b],
+                        None if inputs.position_ids is None else inputs.position_ids[:, b])
+            for b in blocks
+        )
     return Segment(
-        start=start, end=end, names=names, blocks=tuple(blocks), rows=rows,
-        inputs=layer_inputs(run.parts, rows.hidden, run.bound.rotary_positions(rows.index),
-                            layout_mask(run.parts, rows, context, stream_of_column)),
+        start=start, end=end, names=names, blocks=tuple(blocks), rows=rows, inputs=inputs,
         n_context=n_context, key_index=key_index, row_roles=row_roles,
-        cache_columns=cache_columns, cache_index=cache_index,
+        cache_columns=cache_columns, cache_index=cache_index, split=per_stream, stream_of_column=stream_of_column,
     )

@@ -17,7 +17,7 @@ import torch
 from vtsched.core.adapters.base import DecoderParts
 from vtsched.core.engine.attention import KVBuffer, KVTap
 from vtsched.core.engine.binding import gather
-from vtsched.core.engine.layout import LayerInputs, build_segment, layer_inputs, layout_mask
+from vtsched.core.engine.layout import LayerInputs, Segment, build_segment, layer_inputs, layout_mask
 from vtsched.core.engine.probes import plan_probes
 from vtsched.core.engine.rows import Rows
 from vtsched.core.engine.run import Context, PrefillRun
@@ -74,11 +74,36 @@ def run_segment(run: PrefillRun, start: int, end: int) -> None:
     probes = plan_probes(run, segment)
     hidden = segment.rows.hidden
     for layer in range(start, end):
-        tap = KVTap(None if run.context is None else run.context.past(layer))
-        layer_input, hidden = hidden, call_layer(run.parts, layer, hidden, segment.inputs, tap)
+        past = None if run.context is None else run.context.past(layer)
+        if segment.split is None:
+            tap = KVTap(past)
+            layer_input, hidden = hidden, call_layer(run.parts, layer, hidden, segment.inputs, tap)
+        else:
+            layer_input, hidden, tap = hidden, *_split_call(run.parts, layer, hidden, segment, past)
         if run.use_cache:
             run.cache.append(segment.cache_entry(tap))
         for probe in probes.get(layer, ()):
             assert tap.keys is not None
             probe.read(run, layer, layer_input, tap.keys)
     run.streams.update(segment.unpack(hidden))
+
+
+def _split_call(
+    parts: DecoderParts, layer: int, hidden: torch.Tensor, segment: Segment,
+    past: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, KVTap]:
+    """Layer ``layer`` once per stream on its column block; the outputs and the keys/values laid out
+    as one packed call would leave them (context, then each block), for the cache and the probes."""
+    assert segment.split is not None
+    outputs, keys, values = [], [], []
+    n_context = 0 if past is None else past[0].shape[2]
+    for block, inputs in zip(segment.blocks, segment.split):
+        tap = KVTap(past)
+        outputs.append(call_layer(parts, layer, hidden[:, block], inputs, tap))
+        assert tap.keys is not None and tap.values is not None
+        keys.append(tap.keys[:, :, n_context:])
+        values.append(tap.values[:, :, n_context:])
+    packed = KVTap()
+    packed.keys = torch.cat(([past[0]] if past is not None else []) + keys, dim=2)
+    packed.values = torch.cat(([past[1]] if past is not None else []) + values, dim=2)
+    return torch.cat(outputs, dim=1), packed

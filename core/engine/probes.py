@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from vtsched.core.engine.attention import attention_probs
+from vtsched.core.engine.attention import attention_probs, build_attention_mask
 from vtsched.core.engine.layout import Segment
 from vtsched.core.engine.rows import pad_stack
 from vtsched.core.engine.run import PrefillRun
@@ -62,6 +62,14 @@ class QueryRows:
         inputs = segment.inputs
         if inputs.mask is not None:
             mask = inputs.mask[row, :, slot, :width].transpose(1, 2)
+        elif segment.split is not None:  # streams ran split: the packed mask's rows for these queries
+            query_index = segment.rows.index.gather(1, slot)
+            stream = segment.blocks.index(block)
+            key_stream = torch.cat((torch.full((segment.n_context,), -1, dtype=torch.long, device=slot.device),
+                                    segment.stream_of_column))[:width]
+            query_stream = torch.full((slot.shape[1],), stream, dtype=torch.long, device=slot.device)
+            mask = build_attention_mask(query_index, segment.key_index[:, :width], segment.rows.hidden.dtype,
+                                        query_stream, key_stream)
         else:  # plain causal layout: slot t sees slots <= t
             dtype = segment.rows.hidden.dtype
             allowed = torch.arange(width, device=slot.device)[None, None, :] <= slot[:, :, None]

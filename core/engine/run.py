@@ -94,6 +94,7 @@ class PrefillRun:
         prefix: the shared prefix's states entering the first layer a single stream runs.
         readings: attention read by probes for later events.
         cache: the surviving stream's :class:`LayerCache` per layer run so far.
+        split: parallel streams run one layer call each (long prompts), not packed into one.
     """
 
     parts: DecoderParts
@@ -108,6 +109,7 @@ class PrefillRun:
     prefix: Rows | None = None
     readings: Readings = field(default_factory=Readings)
     cache: list[LayerCache] = field(default_factory=list)
+    split: bool = False
 
     def rule(self, name: str) -> type[FusionRule]:
         try:

@@ -56,16 +56,20 @@ class RunStats:
         blocks: list[slice],
         context_index: torch.Tensor,
         roles: torch.Tensor,
+        split: bool = False,
     ) -> None:
         """Record layers ``start..end-1`` on packed ``rows`` (``names[i]`` in column block ``blocks[i]``).
 
-        ``context_index``: ``(batch, C)`` positions of shared context keys; ``roles``: ``(batch, T)``.
+        ``context_index``: ``(batch, C)`` positions of shared context keys; ``roles``: ``(batch, T)``;
+        ``split``: each stream ran its own layer call, so its kernel scored only its own keys.
         """
         valid = rows.valid
         context = (context_index >= 0).sum(1)
         packed = context + valid.sum(1)
         for name, block in zip(names, blocks):
             own = valid[:, block].sum(1)
+            if split:
+                packed = context + own
             self.work.append(
                 LayerWork(
                     start, end, name,
