@@ -166,3 +166,36 @@ def test_streams_split_into_one_call_each_equal_packed_streams(family, policy, p
     parallel = [w for w in b.prefill.stats.work if w.stream != "subject" or w.end <= 1]
     assert all(torch.equal(w.packed_keys, w.keys) for w in parallel)
     assert b.prefill.stats.prefix is None  # split streams carry the text prefix themselves
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Each family's tiny model saved in its real checkpoint layout."""
+    root = tmp_path_factory.mktemp("families")
+    paths = {}
+    for name, build in FAMILIES.items():
+        model, processor = build()
+        model.save_pretrained(root / name)
+        processor.save_pretrained(root / name)
+        paths[name] = root / name
+    return paths
+
+
+CLI_POLICIES = [
+    ["--policy", "full"], ["--policy", "prune", "--budget", "40%"],
+    ["--policy", "parvts", "-p", "drop_layer=1", "-p", "fusion=fixed", "-p", "alpha=0.7", "--budget", "40%"],
+    ["--policy", "subject-first", "-p", "insert_layer=2", "--budget", "40%"],
+    ["--policy", "non-subject-first", "-p", "switch_layer=2", "--budget", "40%"],
+    ["--policy", "fastv", "-p", "drop_layer=1", "--budget", "40%"], ["--policy", "vtw", "-p", "drop_layer=2"],
+    ["--policy", "pdrop", "-p", "layers=1/2/3", "--budget", "40%"], ["--policy", "visionzip", "--budget", "40%"],
+    ["--policy", "search", "-p", "threshold=1.0", "--budget", "40%"],
+]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_policy_from_the_cli(name, checkpoints, image_file, capsys):
+    for args in CLI_POLICIES:
+        code = main(["run", "--model", str(checkpoints[name]), "--image", str(image_file), "--question",
+                     "what colour is the small square?", *args, "--max-new-tokens", "2", "--no-plugins"])
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert code == 0 and last.startswith("ran: policy "), (name, args, last)
