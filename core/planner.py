@@ -204,9 +204,10 @@ class Planner:
         for i, event in enumerate(first.events):
             each = [s.events[i] for s in schedules]
             if isinstance(event, KeepTop) and all(
-                    isinstance(e, KeepTop) and dataclasses.replace(e, keep=0) == dataclasses.replace(event, keep=0)
-                    for e in each):
-                event = dataclasses.replace(event, keep=tuple(e.keep for e in each))  # type: ignore[union-attr]
+                    isinstance(e, KeepTop) and not isinstance(e.keep, tuple)
+                    and dataclasses.replace(e, keep=0) == dataclasses.replace(event, keep=0) for e in each):
+                keeps: list[int | float] = [e.keep for e in each]  # type: ignore[union-attr,misc]
+                event = dataclasses.replace(event, keep=tuple(keeps))
             elif any(e != event for e in each):
                 raise refusal
             events.append(event)

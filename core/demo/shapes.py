@@ -140,7 +140,7 @@ def build_processor(shape: Shape, tokenizer=None):
 
 
 def build_random_llava(
-    shape: str | Shape = "demo",
+    shape: Any = "demo",
     *,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,

@@ -63,6 +63,7 @@ class QueryRows:
         if inputs.mask is not None:
             mask = inputs.mask[row, :, slot, :width].transpose(1, 2)
         elif segment.split is not None:  # streams ran split: the packed mask's rows for these queries
+            assert segment.stream_of_column is not None
             query_index = segment.rows.index.gather(1, slot)
             stream = segment.blocks.index(block)
             key_stream = torch.cat((torch.full((segment.n_context,), -1, dtype=torch.long, device=slot.device),

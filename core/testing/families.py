@@ -154,7 +154,7 @@ class QwenAdapterConformance(AdapterConformance):
 
     def reference_inputs(self, processor: Any, image: Any, question: str) -> Mapping[str, torch.Tensor]:
         assert self.adapter_class is not None
-        text = self.adapter_class.prompt_template.replace("{question}", question)
+        text = str(getattr(self.adapter_class, "prompt_template")).replace("{question}", question)
         return processor(images=[image], text=[text], return_tensors="pt")  # type: ignore[no-any-return]
 
     def shortened_reference_logits(self, model: Any, sample: Any, keep: torch.Tensor,

@@ -209,8 +209,8 @@ def estimate_prefill_flops(schedule: Schedule, geometry: ModelGeometry, group_si
                 carried[event.stream][event.group] = group_sizes.get(event.group, 0)
             elif isinstance(event, KeepTop):
                 n = carried[event.stream].get(event.group, 0)
-                carried[event.stream][event.group] = (min(n, event.keep) if isinstance(event.keep, int)
-                                                      else int(round(event.keep * n)))
+                keep = event.keep[0] if isinstance(event.keep, tuple) else event.keep  # one sample's amount
+                carried[event.stream][event.group] = min(n, keep) if isinstance(keep, int) else int(round(keep * n))
             elif isinstance(event, EndStream):
                 carried.pop(event.stream, None)
         if layer < shared_until:
