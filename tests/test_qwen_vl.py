@@ -165,3 +165,36 @@ def test_explain_shapes_without_weights():
         planner = Planner(registry(), geometry, adapter.default_partitioner)
         check = planner.check(planner.policy("parvts"), Budget(count=64))
         assert check.partitioner == "attention" and check.keep == 64 and geometry.num_visual == 576
+
+
+@given(tiny_qwen_shapes(max_layers=2), family_prompts(max_size=1, min_side=40, max_side=130))
+@settings(max_examples=6)
+def test_decoding_after_pruning_continues_at_max_rotary_id_plus_one(shape, inputs):
+    """Tokens decoded after a pruned prefill take M-RoPE ids max(prompt ids) + 1, + 2, ... on all three
+    rows: the model run on the shortened prompt plus the generated tokens at those ids (transformers
+    alone) gives the engine's step logits. A delta cached from the unpruned prompt would be off by
+    the pruned count."""
+    from vtsched.core.generation import GenerationConfig, generate
+    from vtsched.core.tokens import Role
+
+    model, processor = tiny_qwen(shape)
+    s = scheduler(model, processor)
+    batch = s.prepare(*inputs)
+    sample = batch.samples[0]
+    plan = s.plan(batch, s.make_policy("prune"), s.make_partitioner("random"), Budget(count=sample.num_visual // 2))
+    ours = generate(s.engine, batch, plan.schedule, plan.partition, GenerationConfig(max_new_tokens=3),
+                    keep_logits=True)
+    keep_mask = sample.roles != Role.VISUAL
+    keep_mask[sample.visual_positions[plan.partition.members(0, "subject")]] = True
+    keep = torch.nonzero(keep_mask).flatten()
+    with torch.inference_mode():
+        embeds = model.get_input_embeddings()(sample.input_ids[None])
+        embeds[0, sample.visual_positions] = sample.visual_features.to(embeds.dtype)
+        new = torch.tensor(ours.tokens[0][:-1])
+        embeds = torch.cat((embeds[:, keep], model.get_input_embeddings()(new[None])), dim=1)
+        rope = sample.rope_positions[:, keep]
+        after = int(sample.rope_positions.max()) + 1 + torch.arange(new.numel())
+        rope = torch.cat((rope, after[None].expand(3, -1)), dim=1)
+        logits = model(inputs_embeds=embeds, position_ids=rope[:, None]).logits[0]
+    for step, step_logits in enumerate(ours.step_logits):
+        torch.testing.assert_close(step_logits[0], logits[keep.numel() - 1 + step].float(), atol=1e-6, rtol=0)
