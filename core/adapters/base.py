@@ -19,7 +19,7 @@ from vtsched.core.tokens import PromptBatch
 
 from vtsched.core.geometry import ModelGeometry
 
-__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter", "check_one_image"]
+__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter", "check_one_image", "llama_style_decoder", "rotate_half"]
 
 
 @dataclass
@@ -157,3 +157,35 @@ class ModelAdapter(ABC):
         if eos is None:
             return ()
         return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's half rotation, as Llama-style attention applies it."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def llama_style_decoder(language_model: Any, lm_head: nn.Module, **extra: Any) -> DecoderParts:
+    """:class:`DecoderParts` of a Llama-style text model (``embed_tokens``, ``layers`` with
+    ``input_layernorm`` and ``self_attn.q_proj``, ``rotary_emb``, ``norm``), as LLaVA's and Qwen2-VL's
+    language models are; ``extra`` sets the family's fields (``rope_rows``, ``layer_position_ids``)."""
+    lm = language_model
+
+    def query_rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        block = lm.layers[layer]
+        attn = block.self_attn
+        x = block.input_layernorm(hidden)
+        q = attn.q_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
+        return q * cos[:, None] + rotate_half(q) * sin[:, None]
+
+    return DecoderParts(
+        embed_tokens=lm.embed_tokens,
+        layers=lm.layers,
+        rotary=lm.rotary_emb,
+        norm=lm.norm,
+        lm_head=lm_head,
+        attn_implementation=lm.config._attn_implementation,
+        query_rows=query_rows,
+        scaling=lm.layers[0].self_attn.scaling,
+        **extra,
+    )

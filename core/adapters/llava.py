@@ -11,15 +11,10 @@ from torch import nn
 from vtsched.core.errors import InputError
 from vtsched.core.pixels import TokenBoxes, grid_boxes, processed_window
 from vtsched.core.tokens import PromptBatch, Role, Sample
-from vtsched.core.adapters.base import DecoderParts, ModelAdapter
+from vtsched.core.adapters.base import DecoderParts, ModelAdapter, llama_style_decoder
 from vtsched.core.geometry import ModelGeometry
 
 __all__ = ["LlavaAdapter"]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class LlavaAdapter(ModelAdapter):
@@ -70,26 +65,7 @@ class LlavaAdapter(ModelAdapter):
         )
 
     def decoder(self) -> DecoderParts:
-        lm = self.language_model
-        first = lm.layers[0].self_attn
-
-        def query_rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-            block = lm.layers[layer]
-            attn = block.self_attn
-            x = block.input_layernorm(hidden)
-            q = attn.q_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
-            return q * cos[:, None] + _rotate_half(q) * sin[:, None]
-
-        return DecoderParts(
-            embed_tokens=lm.embed_tokens,
-            layers=lm.layers,
-            rotary=lm.rotary_emb,
-            norm=lm.norm,
-            lm_head=self.model.lm_head,
-            attn_implementation=lm.config._attn_implementation,
-            query_rows=query_rows,
-            scaling=first.scaling,
-        )
+        return llama_style_decoder(self.language_model, self.model.lm_head)
 
     # -- inputs ------------------------------------------------------------------------------
     def _feature_layer(self) -> int:

@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vtsched.core.adapters.base import DecoderParts, ModelAdapter, check_one_image
-from vtsched.core.adapters.llava import _rotate_half
+from vtsched.core.adapters.base import DecoderParts, ModelAdapter, check_one_image, llama_style_decoder, rotate_half
 from vtsched.core.errors import InputError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.pixels import TokenBoxes, grid_boxes
@@ -140,28 +139,8 @@ class Qwen2VLAdapter(ModelAdapter):
         ]
 
     def decoder(self) -> DecoderParts:
-        lm = self.language_model
-        first = lm.layers[0].self_attn
-
-        def query_rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-            block = lm.layers[layer]
-            attn = block.self_attn
-            x = block.input_layernorm(hidden)
-            q = attn.q_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
-            return q * cos[:, None] + _rotate_half(q) * sin[:, None]
-
-        return DecoderParts(
-            embed_tokens=lm.embed_tokens,
-            layers=lm.layers,
-            rotary=lm.rotary_emb,
-            norm=lm.norm,
-            lm_head=self.model.lm_head,
-            attn_implementation=lm.config._attn_implementation,
-            query_rows=query_rows,
-            scaling=first.scaling,
-            rope_rows=3,
-            layer_position_ids=False,  # Qwen2-VL's text model passes None for unpacked sequences
-        )
+        # three M-RoPE rows; Qwen2-VL's text model passes no position_ids to its layers when unpacked
+        return llama_style_decoder(self.language_model, self.model.lm_head, rope_rows=3, layer_position_ids=False)
 
     # -- the vision tower: merged features, attention scores, keys ----------------------------
     def _score_block(self) -> int:
@@ -309,4 +288,4 @@ def _rotate_vision(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     """The vision tower's rotary embedding (``apply_rotary_pos_emb_vision``), in float32."""
     cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
     q, k = q.float(), k.float()
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
