@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import types
 from pathlib import Path
@@ -25,8 +26,14 @@ def test_ablations_page_runs_and_shows_what_it_computes(monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     blocks = _block(text, "python")
     assert len(blocks) == 3
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"ablations.md[block {i}]", "exec"), module.__dict__)
+    # the page interrupts a child sweep with SIGINT: a SIGINT disposition that an earlier test or library
+    # left ignored would be inherited by the child, so the page runs under Python's default handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"ablations.md[block {i}]", "exec"), module.__dict__)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     computed = {r["label"]: r for r in module.outcome.rows}
     (table,) = [b for b in _block(text, "text") if "prefill ms" in b]
     shown = {}
