@@ -10,7 +10,7 @@ from typing import Any
 
 from vtsched.core.io import write_atomic
 
-__all__ = ["write_json", "write_csv", "plot_time_vs_flops"]
+__all__ = ["write_json", "write_csv", "plot_time_vs_flops", "save_png"]
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -51,6 +51,13 @@ def plot_time_vs_flops(path: Path, rows: list[dict[str, Any]], title: str) -> Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return save_png(fig, path)
+
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Render ``fig`` to ``path`` (PNG) through a temporary file, and close it: never half a plot."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

@@ -9,7 +9,6 @@ a ``full`` cell for the same model, dataset and seed.
 
 from __future__ import annotations
 
-import io
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vtsched.core.io import write_atomic
-from vtsched.core.tools.report import write_csv
+from vtsched.core.tools.report import save_png, write_csv
 
 __all__ = ["summary_rows", "summary_table", "pareto_front", "write_report", "COLUMNS"]
 
@@ -98,19 +97,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
-    return path
 
 
 def _without_k(label: str) -> str:
@@ -198,7 +184,7 @@ def _plot(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
         ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _slug(text: str) -> str:
