@@ -45,6 +45,15 @@ class Plan:
     partition: Partition
     schedule: Schedule
 
+    def describe(self) -> str:
+        """``policy ..., partitioner ..., budget ...``: what ran, as every summary line starts."""
+        parts = [f"policy {dict(self.schedule.meta).get('policy') or self.policy.describe()}"]
+        if self.partitioner is not None:
+            parts.append(f"partitioner {self.partitioner.name}")
+        if self.budget is not None:
+            parts.append(f"budget {self.budget}")
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class RequestCheck:

@@ -39,14 +39,8 @@ class RunResult:
     visual_per_layer_survivor: torch.Tensor  # (batch,)
 
     def summary(self) -> str:
-        policy = dict(self.plan.schedule.meta).get("policy") or self.plan.policy.describe()
-        parts = [f"policy {policy}"]
-        if self.plan.partitioner is not None:
-            parts.append(f"partitioner {self.plan.partitioner.name}")
-        if self.plan.budget is not None:
-            parts.append(f"budget {self.plan.budget}")
         return (
-            ", ".join(parts)
+            self.plan.describe()
             + f" | visual tokens/layer: {self.visual_per_layer_survivor.mean():.1f} kept"
             f" ({self.visual_per_layer.mean():.1f} counting parallel streams)"
             f" | prefill {self.flops.mean() / 1e9:.3g} GFLOPs"

@@ -74,15 +74,9 @@ class Segmentation:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        policy = dict(self.plan.schedule.meta).get("policy") or self.plan.policy.describe()
-        parts = [f"policy {policy}"]
-        if self.plan.partitioner is not None:
-            parts.append(f"partitioner {self.plan.partitioner.name}")
-        if self.plan.budget is not None:
-            parts.append(f"budget {self.plan.budget}")
         sam_enc = "cached" if self.sam_encoder_cached else f"{self.sam_encoder_s * 1e3:.1f} ms"
         decode = f" + decode {self.llm_decode_s * 1e3:.1f} ms" if self.llm_decode_s else ""
-        return (", ".join(parts)
+        return (self.plan.describe()
                 + f" | visual tokens/layer: {self.visual_per_layer:.1f} kept ({self.visual_per_layer_all:.1f} counting "
                 f"parallel streams) | LLM prefill {self.llm_prefill_s * 1e3:.1f} ms ({self.flops / 1e9:.3g} GFLOPs)"
                 f"{decode} | CLIP {self.vision_s * 1e3:.1f} ms | SAM encoder {sam_enc}, mask decoder "
