@@ -79,7 +79,8 @@ def run_segment(run: PrefillRun, start: int, end: int) -> None:
             tap = KVTap(past)
             layer_input, hidden = hidden, call_layer(run.parts, layer, hidden, segment.inputs, tap)
         else:
-            layer_input, hidden, tap = hidden, *_split_call(run.parts, layer, hidden, segment, past)
+            needs_kv = run.use_cache or layer in probes  # else nobody reads the packed keys/values
+            layer_input, hidden, tap = hidden, *_split_call(run.parts, layer, hidden, segment, past, needs_kv)
         if run.use_cache:
             run.cache.append(segment.cache_entry(tap))
         for probe in probes.get(layer, ()):
@@ -90,10 +91,11 @@ def run_segment(run: PrefillRun, start: int, end: int) -> None:
 
 def _split_call(
     parts: DecoderParts, layer: int, hidden: torch.Tensor, segment: Segment,
-    past: tuple[torch.Tensor, torch.Tensor] | None,
+    past: tuple[torch.Tensor, torch.Tensor] | None, needs_kv: bool = True,
 ) -> tuple[torch.Tensor, KVTap]:
-    """Layer ``layer`` once per stream on its column block; the outputs and the keys/values laid out
-    as one packed call would leave them (context, then each block), for the cache and the probes."""
+    """Layer ``layer`` once per stream on its column block; the outputs and (when ``needs_kv``) the
+    keys/values laid out as one packed call would leave them (context, then each block), for the
+    cache and the probes. Without ``needs_kv`` the packing copy is skipped."""
     assert segment.split is not None
     outputs, keys, values = [], [], []
     n_context = 0 if past is None else past[0].shape[2]
@@ -104,6 +106,8 @@ def _split_call(
         keys.append(tap.keys[:, :, n_context:])
         values.append(tap.values[:, :, n_context:])
     packed = KVTap()
+    if not needs_kv:
+        return torch.cat(outputs, dim=1), packed
     packed.keys = torch.cat(([past[0]] if past is not None else []) + keys, dim=2)
     packed.values = torch.cat(([past[1]] if past is not None else []) + values, dim=2)
     return torch.cat(outputs, dim=1), packed
