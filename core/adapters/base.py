@@ -119,6 +119,11 @@ class ModelAdapter(ABC):
         """Tokenise prompts, encode images, return roles, features and CLS scores per sample."""
 
     @property
+    def language_model(self) -> Any:
+        """The text decoder (``model.model.language_model`` in transformers 5's multimodal classes)."""
+        return self.model.model.language_model
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

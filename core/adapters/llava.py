@@ -32,16 +32,8 @@ class LlavaAdapter(ModelAdapter):
 
     # -- model structure ---------------------------------------------------------------------
     @property
-    def language_model(self) -> Any:
-        return self.model.model.language_model
-
-    @property
     def vision_tower(self) -> Any:
         return self.model.model.vision_tower
-
-    @property
-    def geometry(self) -> ModelGeometry:
-        return self.geometry_from_config(self.model.config)
 
     @classmethod
     def geometry_from_config(cls, config: Any) -> ModelGeometry:

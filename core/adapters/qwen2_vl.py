@@ -88,10 +88,6 @@ class Qwen2VLAdapter(ModelAdapter):
 
     # -- model structure ---------------------------------------------------------------------
     @property
-    def language_model(self) -> Any:
-        return self.model.model.language_model
-
-    @property
     def visual(self) -> Any:
         return self.model.model.visual
 
