@@ -20,7 +20,7 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.hookspecs import hookimpl
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import Partitioner, Policy
-from vtsched.core.schedule import EndStream, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule, Stream
+from vtsched.core.schedule import Carry, EndStream, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule, Stream
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only; loaded lazily at run time
@@ -57,6 +57,6 @@ __all__ = [
     "Budget", "Engine", "Prefill", "DecodeState", "VtschedError", "ScheduleError", "BudgetError", "PluginError",
     "InputError", "FusionInputs", "FusionRule", "GenerationConfig", "generate", "hookimpl", "ModelGeometry",
     "Partition", "SUBJECT", "NON_SUBJECT", "Policy", "Partitioner", "Registry", "build_registry",
-    "make_plugin_manager", "Schedule", "Stream", "Fuse", "InsertGroup", "RemoveGroup", "KeepTop", "EndStream",
+    "make_plugin_manager", "Schedule", "Stream", "Fuse", "Carry", "InsertGroup", "RemoveGroup", "KeepTop", "EndStream",
     "Scheduler", "Plan", "RunResult", "PromptBatch", "Role", "Sample", "__version__",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "Fuse",
     "KeepTop",
     "EndStream",
+    "Carry",
     "Event",
     "Schedule",
     "FUSED_TOKENS",
@@ -136,8 +137,32 @@ class EndStream:
         return f"end {self.stream}"
 
 
-Event = Union[RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream]
-_EVENT_KINDS: dict[str, type] = {cls.kind: cls for cls in (RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream)}
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """Copy the text-token states of ``streams`` into ``into`` as extra tokens, instead of averaging them.
+
+    ``tokens`` chooses which text tokens travel (as for :class:`Fuse`). Each copy keeps its
+    token's rotary position id and sits in the causal order just before ``into``'s own copy of
+    that token (copies of several streams in the order listed), so from this layer on every
+    later token of ``into`` attends to both views. The copies run through the remaining layers
+    like any other token and live in the decode cache. Typically the sources end at the same
+    layer (an :class:`EndStream` after this event).
+    """
+
+    kind: ClassVar[str] = "carry"
+    layer: int
+    streams: tuple[str, ...]
+    into: str
+    tokens: Literal["question", "post_image"] = "post_image"
+
+    def describe(self) -> str:
+        return f"carry {self.tokens} tokens of {', '.join(self.streams)} -> {self.into} (as extra tokens)"
+
+
+Event = Union[RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry]
+_EVENT_KINDS: dict[str, type] = {
+    cls.kind: cls for cls in (RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +280,9 @@ class Schedule:
 
 def _event_to_dict(event: Event) -> dict[str, Any]:
     data = asdict(event)
-    if isinstance(event, Fuse):
+    if isinstance(event, (Fuse, Carry)):
         data["streams"] = list(event.streams)
+    if isinstance(event, Fuse):
         data["params"] = dict(event.params)
     return {"kind": event.kind, **data}
 
@@ -271,8 +297,9 @@ def _event_from_dict(data: Mapping[str, Any]) -> Event:
     unknown = set(data) - allowed
     if unknown:
         raise ScheduleError(f"event {kind!r} has unknown fields {sorted(unknown)}")
-    if cls is Fuse:
+    if cls in (Fuse, Carry):
         data["streams"] = tuple(data["streams"])
+    if cls is Fuse:
         data["params"] = tuple(sorted(dict(data.get("params", {})).items()))
     if cls is KeepTop and isinstance(data.get("keep"), list):  # one keep per sample
         data["keep"] = tuple(data["keep"])
@@ -292,7 +319,12 @@ def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[st
         if event.layer < last_layer:
             raise ScheduleError(f"{where}: events must be listed in layer order")
         last_layer = event.layer
-        targets = event.streams if isinstance(event, Fuse) else (event.stream,)
+        if isinstance(event, Carry):
+            targets = (*event.streams, event.into)
+        elif isinstance(event, Fuse):
+            targets = event.streams
+        else:
+            targets = (event.stream,)
         for name in targets:
             if name not in alive:
                 known = "no such stream" if name not in schedule.stream_names else "stream already ended"
@@ -320,6 +352,13 @@ def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[st
                 raise ScheduleError(f"{where}: fuse needs at least two distinct streams")
             if event.into not in event.streams:
                 raise ScheduleError(f"{where}: fuse target {event.into!r} is not among the fused streams")
+            if event.tokens not in FUSED_TOKENS:
+                raise ScheduleError(f"{where}: tokens must be one of {FUSED_TOKENS}")
+        elif isinstance(event, Carry):
+            if not event.streams or len(set(event.streams)) != len(event.streams):
+                raise ScheduleError(f"{where}: carry needs one or more distinct source streams")
+            if event.into in event.streams:
+                raise ScheduleError(f"{where}: a stream cannot carry its own tokens ({event.into!r})")
             if event.tokens not in FUSED_TOKENS:
                 raise ScheduleError(f"{where}: tokens must be one of {FUSED_TOKENS}")
         elif isinstance(event, EndStream):

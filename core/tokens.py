@@ -22,6 +22,7 @@ class Role:
     QUESTION = 2  # the user's question
     SUFFIX = 3  # other text after the image ("\n", " ASSISTANT:")
     TAIL = 4  # tokens appended after the prompt (generated ones); only the surviving stream has them
+    CARRIED = 5  # a copy of another stream's text token, carried into the survivor (engine-made, never in a Sample)
 
     FUSED = {"question": (QUESTION,), "post_image": (QUESTION, SUFFIX)}
 

@@ -18,6 +18,13 @@ read at the prompt's last token, which comes after the question: on the shipped 
 fusing the question alone recovers nothing of what pruning loses on non-subject questions
 (41-44% against 40.6% for prune), while fusing the post-image tokens recovers 62% of the loss
 (77.3%; docs/demo-model.md). ``fuse_tokens=question`` stays available for the paper's wording.
+
+``merge`` says what reaches the subject stream at ``K``: ``fuse`` (the paper: one averaged state
+per text token), ``carry`` (the other streams' text states join the subject stream as extra
+tokens, placed just before its own copies, so later tokens attend to both views instead of one
+average; :class:`~vtsched.core.schedule.Carry`), or ``both`` (fuse, and carry the other views
+besides). Carried tokens cost ``L - K`` layers of a few dozen text tokens each; on the shipped demo
+model carrying is what keeps subject answers while recovering non-subject ones (docs/demo-model.md).
 """
 
 from __future__ import annotations
@@ -28,12 +35,12 @@ from typing import ClassVar, Literal
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.budget import Budget
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
-from vtsched.core.schedule import EndStream, Fuse, Schedule, Stream
+from vtsched.core.schedule import Carry, EndStream, Fuse, Schedule, Stream
 
 
 @dataclass(frozen=True)
 class ParVTS(Policy):
-    """Subject and non-subject streams in parallel up to layer K, fused into the subject stream."""
+    """Subject and non-subject streams in parallel up to layer K, fused (or carried) into the subject stream."""
 
     name: ClassVar[str] = "parvts"
     aliases: ClassVar[tuple[str, ...]] = ("parallel",)
@@ -42,6 +49,7 @@ class ParVTS(Policy):
     fusion: str = "attention"
     alpha: float = 0.5
     fuse_tokens: Literal["question", "post_image"] = "post_image"
+    merge: Literal["fuse", "carry", "both"] = "fuse"
 
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
@@ -51,8 +59,11 @@ class ParVTS(Policy):
         streams = tuple(Stream(g, (g,)) for g in groups)
         events = []
         if others:
-            params = (("alpha", self.alpha),) if self.fusion == "fixed" else ()
-            events.append(Fuse(self.drop_layer, tuple(groups), subject, self.fusion, self.fuse_tokens, params))
+            if self.merge in ("fuse", "both"):
+                params = (("alpha", self.alpha),) if self.fusion == "fixed" else ()
+                events.append(Fuse(self.drop_layer, tuple(groups), subject, self.fusion, self.fuse_tokens, params))
+            if self.merge in ("carry", "both"):
+                events.append(Carry(self.drop_layer, tuple(others), subject, self.fuse_tokens))
             events.extend(EndStream(self.drop_layer, g) for g in others)
         return Schedule(
             geometry.num_layers, groups, streams, survivor=subject, events=tuple(events),

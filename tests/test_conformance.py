@@ -15,7 +15,7 @@ from hypothesis import Phase, find
 from hypothesis import strategies as st
 
 from vtsched.core import (
-    Budget, EndStream, Fuse, InsertGroup, KeepTop, ModelGeometry, RemoveGroup, Schedule, Stream, hookimpl,
+    Budget, Carry, EndStream, Fuse, InsertGroup, KeepTop, ModelGeometry, RemoveGroup, Schedule, Stream, hookimpl,
 )
 from vtsched.core.adapters import LlavaAdapter
 from vtsched.core.partition import top_k_partition
@@ -62,6 +62,16 @@ class TestParVTSFixedAtLayerZero(PolicyConformance):
 class TestParVTSFixedPostImage(PolicyConformance):
     policy_class = ParVTS
     policy_params = {"drop_layer": 1, "fusion": "fixed", "alpha": 0.7, "fuse_tokens": "post_image"}
+
+
+class TestParVTSCarry(PolicyConformance):
+    policy_class = ParVTS
+    policy_params = {"drop_layer": 1, "merge": "carry", "fuse_tokens": "post_image"}
+
+
+class TestParVTSFuseAndCarryQuestion(PolicyConformance):
+    policy_class = ParVTS
+    policy_params = {"drop_layer": 1, "merge": "both", "fusion": "size", "fuse_tokens": "question"}
 
 
 class TestSubjectFirst(PolicyConformance):
@@ -223,7 +233,7 @@ class TestLlavaAdapter(AdapterConformance):
 
 
 # -- the strategies ----------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", [RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream])
+@pytest.mark.parametrize("kind", [RemoveGroup, InsertGroup, Fuse, KeepTop, Carry, EndStream])
 def test_schedules_draw_every_event_kind(kind):
     found = find(schedules(), lambda s: any(isinstance(e, kind) for e in s.events))
     assert isinstance(found, Schedule)

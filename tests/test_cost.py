@@ -22,6 +22,7 @@ from .helpers import plan, scheduler
 @pytest.mark.parametrize("policy,params", [
     ("full", {}), ("prune", {}), ("parvts", {"drop_layer": 1}), ("parvts", {"drop_layer": 2, "fusion": "size"}),
     ("fastv", {"drop_layer": 1}), ("subject-first", {"insert_layer": 1}),
+    ("parvts", {"drop_layer": 1, "merge": "carry"}), ("parvts", {"drop_layer": 2, "merge": "both", "fusion": "size"}),
 ])
 def test_executed_flops_match_torch_flop_counter(policy, params):
     """Counted on the executed model (eager attention, so every matmul is visible to the counter)."""

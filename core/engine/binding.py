@@ -39,6 +39,8 @@ class Bound:
         lengths: ``(batch,)`` prompt length (tail included).
         rope: ``(R, batch, T_max)`` rotary ids, or ``None`` when a token's rotary id is its position.
         next_rotary: ``(batch,)`` rotary id of the first token after the prompt.
+        origin: ``(batch, T_max)`` each slot's position in the sample as given, or ``None`` while that
+            is the slot itself (it differs once tokens are carried: :mod:`.carry` renumbers slots).
     """
 
     embeds: torch.Tensor
@@ -47,6 +49,7 @@ class Bound:
     lengths: torch.Tensor
     rope: torch.Tensor | None
     next_rotary: torch.Tensor
+    origin: torch.Tensor | None = None
 
     def lookup(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``table[b, index[b, t]]`` for ``(rows, T)`` positions ``index``; ``-1`` at padding."""

@@ -31,7 +31,7 @@ from vtsched.core.errors import ScheduleError
 from vtsched.core.fusion import FusionRule
 from vtsched.core.partition import Partition
 from vtsched.core.schedule import Schedule
-from vtsched.core.tokens import PromptBatch
+from vtsched.core.tokens import PromptBatch, Role
 
 __all__ = ["Engine", "Prefill", "DecodeState"]
 
@@ -47,7 +47,8 @@ class Prefill:
         logits: ``(batch, vocab)`` next-token logits at each sample's last token.
         hidden: ``(batch, T, hidden)`` last-layer states of the surviving stream, before the final
             norm (when asked); ``all_logits`` are their logits.
-        index: ``(batch, T)`` positions of those states, ``-1`` for padding (when asked).
+        index: ``(batch, T)`` positions of those states in the sample as given, ``-1`` for padding and
+            for copies carried from other streams (when asked): a position names one token, its own copy.
         state: the decode cache (when asked).
         stats: token counts of what ran, per layer and stream.
     """
@@ -165,11 +166,20 @@ class Engine:
         logits = self.parts.lm_head(self.parts.norm(survivor.hidden[rows, last])).float()
         result = Prefill(logits=logits, stats=run.stats)
         if return_hidden:
-            result.hidden, result.index = survivor.hidden, survivor.index
+            result.hidden, result.index = survivor.hidden, _sample_positions(run, survivor.index)
             result.all_logits = self.parts.lm_head(self.parts.norm(survivor.hidden)).float()
         if run.use_cache:
             result.state = decode_state(run.cache, run.bound.lengths.clone(), run.bound.next_rotary.clone())
         return result
+
+
+def _sample_positions(run: PrefillRun, index: torch.Tensor) -> torch.Tensor:
+    """Slots -> positions in the sample as given; carried copies read ``-1`` (see :mod:`.carry`)."""
+    bound = run.bound
+    if bound.origin is None:
+        return index
+    carried = bound.lookup(bound.roles, index) == Role.CARRIED
+    return bound.lookup(bound.origin, index).masked_fill(carried, -1)
 
 
 def _parallel_until(schedule: Schedule) -> int:

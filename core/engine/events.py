@@ -1,8 +1,9 @@
 """Events between layers: how each schedule event changes the live streams of a run.
 
 An event at layer ``k`` acts on the states entering layer ``k``. Removing and inserting groups,
-keeping the top-ranked tokens of a group, fusing text-token states across streams and ending a
-stream are each one short function below, chosen by the event's type (``apply_event`` is a
+keeping the top-ranked tokens of a group, fusing text-token states across streams, carrying them
+into another stream (:mod:`.carry`, which renumbers slots) and ending a stream are each one short
+function below, chosen by the event's type (``apply_event`` is a
 ``functools.singledispatch`` function, so there is no dispatch chain to extend).
 """
 
@@ -13,11 +14,12 @@ from functools import singledispatch
 import torch
 
 from vtsched.core.engine.binding import gather
+from vtsched.core.engine.carry import carry
 from vtsched.core.engine.rows import Rows, pad_stack
 from vtsched.core.engine.run import PrefillRun
 from vtsched.core.errors import ScheduleError
 from vtsched.core.fusion import FusionInputs, check_weights
-from vtsched.core.schedule import EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup
+from vtsched.core.schedule import Carry, EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup
 from vtsched.core.tokens import Role
 
 __all__ = ["apply_event"]
@@ -32,6 +34,12 @@ def apply_event(event: Event, run: PrefillRun) -> None:
 @apply_event.register
 def _end_stream(event: EndStream, run: PrefillRun) -> None:
     del run.streams[event.stream]  # releases its states
+
+
+@apply_event.register
+def _carry(event: Carry, run: PrefillRun) -> None:
+    """Copies of the sources' text tokens join ``event.into`` just before its own copies."""
+    carry(event, run)
 
 
 @apply_event.register

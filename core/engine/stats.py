@@ -18,7 +18,8 @@ class LayerWork:
 
     ``queries``: tokens computed; ``keys``: tokens attended over (shared context included);
     ``packed_keys``: key columns the attention kernel scored (streams packed in one row see each
-    other's columns masked); ``visual``: visual tokens among the queries.
+    other's columns masked); ``visual``: visual tokens among the queries; ``carried``: copies of
+    other streams' text tokens among the queries (:class:`~vtsched.core.schedule.Carry`).
     """
 
     start: int
@@ -28,6 +29,7 @@ class LayerWork:
     keys: torch.Tensor  # (batch,)
     visual: torch.Tensor  # (batch,)
     packed_keys: torch.Tensor  # (batch,)
+    carried: torch.Tensor | None = None  # (batch,)
 
     @property
     def layers(self) -> int:
@@ -42,6 +44,7 @@ class RunStats:
     work: list[LayerWork] = field(default_factory=list)
     probes: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (layer, queries, keys)
     fusions: list[tuple[int, tuple[str, ...], torch.Tensor]] = field(default_factory=list)  # (layer, streams, w)
+    carries: list[tuple[int, tuple[str, ...], torch.Tensor]] = field(default_factory=list)  # (layer, streams, n)
 
     def add_prefix(self, tokens: torch.Tensor, layers: int) -> None:
         self.prefix = tokens.cpu()
@@ -77,12 +80,17 @@ class RunStats:
                     keys=(context + own).cpu(),
                     visual=(roles[:, block] == Role.VISUAL).sum(1).cpu(),
                     packed_keys=packed.cpu(),
+                    carried=(roles[:, block] == Role.CARRIED).sum(1).cpu(),
                 )
             )
 
     def add_fusion(self, layer: int, streams: tuple[str, ...], weights: torch.Tensor) -> None:
         """Fusion weights ``(streams, batch, tokens)`` used at ``layer`` (padding slots included)."""
         self.fusions.append((layer, streams, weights.detach().cpu()))
+
+    def add_carry(self, layer: int, streams: tuple[str, ...], tokens: torch.Tensor) -> None:
+        """``(batch,)`` copies of ``streams``' text tokens carried into the survivor at ``layer``."""
+        self.carries.append((layer, streams, tokens.cpu()))
 
     def add_probe(self, layer: int, queries: torch.Tensor, keys: int) -> None:
         self.probes.append((layer, queries.cpu(), keys))
@@ -93,4 +101,13 @@ class RunStats:
         for w in self.work:
             if stream is None or w.stream == stream:
                 total += w.visual.float() * w.layers
+        return total / num_layers
+
+    def carried_per_layer(self, num_layers: int) -> torch.Tensor:
+        """``(batch,)`` carried text-token copies per layer, averaged over layers: the extra tokens a
+        :class:`~vtsched.core.schedule.Carry` costs, beside the visual tokens it saves."""
+        total = torch.zeros(self.batch_size)
+        for w in self.work:
+            if w.carried is not None:
+                total += w.carried.float() * w.layers
         return total / num_layers

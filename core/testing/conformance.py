@@ -573,6 +573,11 @@ class AdapterConformance(_Kit):
                                    features: torch.Tensor | None = None) -> torch.Tensor:
         return models.shortened_logits(model, sample, keep, features)
 
+    def carried_reference_logits(self, adapter: Any, sample: Any, keeps: list[torch.Tensor], drop_layer: int,
+                                 carried_roles: tuple[int, ...]) -> torch.Tensor:
+        """Streams ``keeps`` run apart up to ``drop_layer``, then joined with copies (the model's own decoder)."""
+        return models.carried_logits(adapter.model, adapter.language_model, sample, keeps, drop_layer, carried_roles)
+
     # -- the checks -----------------------------------------------------------------------------
     def test_contract(self) -> None:
         problems = adapter_problems(self.adapter_class)
@@ -710,6 +715,29 @@ class AdapterConformance(_Kit):
 
         self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=2), st.data(), model=True)
 
+    def test_carry_equals_the_streams_run_apart_and_joined_by_hand(self) -> None:
+        def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
+            adapter = self._adapter(shape)
+            engine, planner = self._runner(adapter)
+            batch = adapter.prepare(*inputs)
+            sample = batch.samples[0]
+            budget = Budget(count=data.draw(st.integers(0, sample.num_visual), label="keep"))
+            drop = data.draw(st.integers(0, adapter.geometry.num_layers), label="drop_layer")
+            tokens = data.draw(st.sampled_from(["question", "post_image"]), label="tokens")
+            partitioner = self.registry().partitioner("random")(seed=data.draw(st.integers(0, 99), label="seed"))
+            params = {"drop_layer": drop, "merge": "carry", "fuse_tokens": tokens}
+            plan = planner.plan(batch, self._policy("parvts", params), partitioner, budget)
+            ours = engine.prefill(batch, plan.schedule, plan.partition, use_cache=False).logits[0]
+            text = torch.nonzero(sample.roles != Role.VISUAL).flatten()
+            keeps = [torch.sort(torch.cat((text, sample.visual_positions[plan.partition.members(0, g)]))).values
+                     for g in plan.partition.groups]
+            reference = self.carried_reference_logits(adapter, sample, keeps, drop, Role.FUSED[tokens])
+            _close(ours, reference, self.atol, 0.0,
+                   f"{_name(adapter)}: parvts carrying {tokens} tokens at layer {drop} differs from the streams run "
+                   "apart and joined by hand")
+
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=1), st.data(), model=True)
+
     def test_cached_decoding_equals_recomputation(self) -> None:
         from vtsched.core.generation import GenerationConfig, generate
 
@@ -718,7 +746,10 @@ class AdapterConformance(_Kit):
             engine, planner = self._runner(adapter)
             batch = adapter.prepare(*inputs)
             name = data.draw(st.sampled_from(["full", "prune", "parvts"]), label="policy")
-            params = {"drop_layer": min(1, adapter.geometry.num_layers)} if name == "parvts" else {}
+            params: dict[str, Any] = {}
+            if name == "parvts":
+                merge = data.draw(st.sampled_from(["fuse", "carry", "both"]), label="merge")
+                params = {"drop_layer": min(1, adapter.geometry.num_layers), "merge": merge}
             budget = Budget(count=data.draw(st.integers(0, min(batch.num_visual)), label="keep")) if name != "full" \
                 else None
             plan = planner.plan(batch, self._policy(name, params), None, budget)

@@ -3,12 +3,13 @@
 The conformance kits (:mod:`vtsched.core.testing.conformance`) run components on these. A
 reference here never goes through the engine: it is the model's own ``forward``/``generate``,
 or the model run on a physically shortened sequence that keeps each token's original position id
-(what pruning must equal).
+(what pruning must equal), or such sequences run apart and joined by hand (what carrying must equal).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -19,7 +20,7 @@ from vtsched.core.tokens import Sample
 
 __all__ = [
     "TinyShape", "tiny_llava", "tiny_llava_shapes", "default_registry", "bound_scheduler", "processor_inputs",
-    "model_logits", "model_greedy_tokens", "shortened_logits",
+    "model_logits", "model_greedy_tokens", "shortened_logits", "carried_logits",
 ]
 
 
@@ -91,3 +92,75 @@ def shortened_logits(model: Any, sample: Sample, keep: torch.Tensor,
         rope = sample.rope_positions.to(device)
         positions = rope[keep][None] if rope.dim() == 1 else rope[:, keep][:, None]
     return model(inputs_embeds=embeds[:, keep], position_ids=positions).logits[0].float()
+
+
+def _layer_embeds(model: Any, sample: Sample) -> torch.Tensor:
+    """``(1, T, hidden)`` the prompt's layer-0 inputs: token embeddings, visual features in place."""
+    device = next(model.parameters()).device
+    embeds = model.get_input_embeddings()(sample.input_ids[None].to(device))
+    embeds[0, sample.visual_positions.to(device)] = sample.visual_features.to(device, embeds.dtype)
+    return embeds
+
+
+def _rotary_ids(sample: Sample, positions: torch.Tensor) -> torch.Tensor:
+    """Position ids for the tokens at ``positions``: the positions, or their ``rope_positions`` (M-RoPE: ``(3, 1, T)``)."""
+    if sample.rope_positions is None:
+        return positions[None]
+    rope = sample.rope_positions.to(positions.device)
+    return rope[positions][None] if rope.dim() == 1 else rope[:, positions][:, None]
+
+
+@contextmanager
+def _decoder_slice(language_model: Any, layers: Sequence[torch.nn.Module], final_norm: bool) -> Iterator[Any]:
+    """The language model's own forward over ``layers`` only (its final norm optional), for references."""
+    saved_layers, saved_norm = language_model.layers, language_model.norm
+    language_model.layers = torch.nn.ModuleList(layers)
+    if not final_norm:
+        language_model.norm = torch.nn.Identity()
+    try:
+        yield language_model
+    finally:
+        language_model.layers, language_model.norm = saved_layers, saved_norm
+
+
+def _one_sequence(ids: torch.Tensor) -> torch.Tensor:
+    """An all-ones 2-D mask. Without a mask or a cache, transformers reads position ids that do not step
+    by one as several packed sequences; the shortened or repeated ids here are one sequence."""
+    return torch.ones(ids.shape[-2:], dtype=torch.long, device=ids.device)
+
+
+@torch.inference_mode()
+def carried_logits(model: Any, language_model: Any, sample: Sample, keeps: Sequence[torch.Tensor], drop_layer: int,
+                   carried_roles: Sequence[int]) -> torch.Tensor:
+    """``(vocab,)`` last-token logits of streams run apart up to ``drop_layer`` and then joined by hand.
+
+    ``keeps[0]`` are the surviving stream's positions (sorted), ``keeps[1:]`` the other streams'.
+    Each stream runs as a physically shortened sequence through the language model's own forward
+    over layers ``< drop_layer`` (original position ids). Then, before each surviving token whose
+    role is in ``carried_roles``, the other streams' states of that token are inserted, in stream
+    order, with the same position ids, and the joined sequence runs the model's own forward over
+    the remaining layers and its final norm. ``language_model`` is the decoder (``.layers``, ``.norm``).
+    """
+    embeds = _layer_embeds(model, sample)
+    device = embeds.device
+    layers = list(language_model.layers)
+    states = []
+    for keep in keeps:
+        keep = keep.to(device)
+        ids = _rotary_ids(sample, keep)
+        with _decoder_slice(language_model, layers[:drop_layer], final_norm=False) as lm:
+            out = lm(inputs_embeds=embeds[:, keep], position_ids=ids, attention_mask=_one_sequence(ids),
+                     use_cache=False).last_hidden_state
+        states.append(dict(zip(keep.tolist(), out[0])))
+    roles = sample.roles.tolist()
+    rows, positions = [], []
+    for p in keeps[0].tolist():
+        copies = states[1:] if roles[p] in carried_roles else []
+        for state in (*copies, states[0]):
+            rows.append(state[p])
+            positions.append(p)
+    ids = _rotary_ids(sample, torch.tensor(positions, device=device))
+    with _decoder_slice(language_model, layers[drop_layer:], final_norm=True) as lm:
+        out = lm(inputs_embeds=torch.stack(rows)[None], position_ids=ids, attention_mask=_one_sequence(ids),
+                 use_cache=False)
+    return model.lm_head(out.last_hidden_state[0, -1]).float()

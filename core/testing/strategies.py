@@ -26,7 +26,7 @@ from vtsched.core.fusion import FusionInputs
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT
 from vtsched.core.schedule import (
-    FUSED_TOKENS, KNOWN_RANKERS, EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule, Stream,
+    FUSED_TOKENS, KNOWN_RANKERS, Carry, EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule, Stream,
 )
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
@@ -145,8 +145,8 @@ def group_sets(*, min_size: int = 1, max_size: int = 3, names: tuple[str, ...] =
 @st.composite
 def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: int = 3,
               max_events_per_layer: int = 2, fusion_rules: tuple[str, ...] = BUILTIN_FUSION_RULES) -> Schedule:
-    """Valid schedules drawing every event kind: ``RemoveGroup``, ``InsertGroup``, ``Fuse``, ``KeepTop``
-    and ``EndStream``, on 1..max_streams streams that start with any subsets of the groups.
+    """Valid schedules drawing every event kind: ``RemoveGroup``, ``InsertGroup``, ``Fuse``, ``KeepTop``,
+    ``Carry`` and ``EndStream``, on 1..max_streams streams that start with any subsets of the groups.
 
     Events are drawn layer by layer from what is valid in the layout at that layer; streams other
     than the survivor (the first) that are still running at the last layer end there.
@@ -186,6 +186,8 @@ def _next_event(layer: int, alive: dict[str, list[str]], groups: tuple[str, ...]
         options.append(st.sampled_from(missing).map(lambda sg: InsertGroup(layer, *sg)))
     if len(alive) >= 2 and fusion_rules:
         options.append(_fuse(layer, list(alive), fusion_rules))
+    if len(alive) >= 2:
+        options.append(_carry(layer, list(alive)))
     enders = [s for s in alive if s != survivor]
     if enders:
         options.append(st.sampled_from(enders).map(lambda s: EndStream(layer, s)))
@@ -198,6 +200,14 @@ def _fuse(draw, layer: int, alive: list[str], fusion_rules: tuple[str, ...]) -> 
     rule = draw(st.sampled_from(fusion_rules))
     params = (("alpha", draw(st.floats(0.0, 1.0, allow_subnormal=False))),) if rule == "fixed" else ()
     return Fuse(layer, fused, draw(st.sampled_from(fused)), rule, draw(st.sampled_from(FUSED_TOKENS)), params)
+
+
+@st.composite
+def _carry(draw, layer: int, alive: list[str]) -> Carry:
+    into = draw(st.sampled_from(alive))
+    others = [s for s in alive if s != into]
+    sources = tuple(draw(st.lists(st.sampled_from(others), min_size=1, max_size=len(others), unique=True)))
+    return Carry(layer, sources, into, draw(st.sampled_from(FUSED_TOKENS)))
 
 
 def _apply(event: Event, alive: dict[str, list[str]]) -> None:

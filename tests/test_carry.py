@@ -1,0 +1,108 @@
+"""Issue 14: the carry event. Text states of ending streams join the survivor as extra tokens.
+
+The main property, carrying equals the streams run apart and joined by hand through the model's own
+decoder, is in the adapter kit (``test_carry_equals_the_streams_run_apart_and_joined_by_hand``, run
+for every family); batch == one by one and cached decoding == recompute are in the policy kit
+(``TestParVTSCarry``). Here: what nothing attends to changes nothing, the split layout, what a
+prefill reports, and how schedules spell the event.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vtsched.core import Carry, EndStream, GenerationConfig, Schedule, ScheduleError, Stream, generate
+from vtsched.core.cost import executed_prefill_flops, prefill_flops
+from vtsched.core.engine import Engine
+from vtsched.core.testing import TinyShape, prompts, random_image, tiny_llava, tiny_llava_shapes
+from vtsched.core.tokens import Role
+
+from .helpers import plan, registry, scheduler
+
+ATOL = 1e-6
+TOKENS = st.sampled_from(["question", "post_image"])
+
+
+def _generate(s, batch, pl, steps):
+    return generate(s.engine, batch, pl.schedule, pl.partition, GenerationConfig(max_new_tokens=steps),
+                    keep_logits=True)
+
+
+@given(tiny_llava_shapes(), prompts(max_size=2), TOKENS, st.data())
+def test_carried_tokens_no_layer_attends_to_change_nothing_in_prefill_or_decoding(shape, batch_inputs, tokens, data):
+    """Carried after the last layer, no layer ever sees the copies: logits and every decoded step equal
+    prune's, although the copies took slots (the next token's place moved, its rotary id must not)."""
+    s = scheduler(*tiny_llava(shape))
+    batch = s.prepare(*batch_inputs)
+    keep = data.draw(st.integers(0, min(batch.num_visual)), label="keep")
+    carried = plan(s, batch, "parvts", keep, drop_layer=shape.layers, merge="carry", fuse_tokens=tokens)
+    pruned = plan(s, batch, "prune", keep)
+    ours, theirs = _generate(s, batch, carried, 3), _generate(s, batch, pruned, 3)
+    for step, (a, b) in enumerate(zip(ours.step_logits, theirs.step_logits)):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0, msg=f"step {step}")
+    assert ours.tokens == theirs.tokens
+
+
+@given(tiny_llava_shapes(min_layers=2), prompts(min_size=1, max_size=2), TOKENS, st.data())
+def test_split_streams_carry_as_packed_ones_do(shape, batch_inputs, tokens, data):
+    model, processor = tiny_llava(shape)
+    s = scheduler(model, processor)
+    batch = s.prepare(*batch_inputs)
+    keep = data.draw(st.integers(0, min(batch.num_visual)), label="keep")
+    k = data.draw(st.integers(0, shape.layers), label="K")
+    pl = plan(s, batch, "parvts", keep, drop_layer=k, merge=data.draw(st.sampled_from(["carry", "both"])),
+              fuse_tokens=tokens)
+    split = Engine(s.engine.parts, s.engine.fusion_rules, split_above=0)
+    packed = s.engine.prefill(batch, pl.schedule, pl.partition, use_cache=False).logits
+    torch.testing.assert_close(split.prefill(batch, pl.schedule, pl.partition, use_cache=False).logits, packed,
+                               atol=ATOL, rtol=0)
+
+
+def test_a_prefill_reports_its_own_positions_and_counts_the_copies():
+    s = scheduler(*tiny_llava(TinyShape(layers=3, heads=2, kv_heads=1, image_size=42)))
+    batch = s.prepare([random_image(1, 40, 30), random_image(2, 30, 50)], ["what colour?", "what is in the corner here?"])
+    pl = plan(s, batch, "parvts", 4, drop_layer=1, merge="carry", fuse_tokens="post_image")
+    out = s.engine.prefill(batch, pl.schedule, pl.partition, use_cache=False, return_hidden=True)
+    assert out.index is not None
+    for b, sample in enumerate(batch.samples):
+        post_image = int(torch.isin(sample.roles, torch.tensor(Role.FUSED["post_image"])).sum())
+        own = out.index[b][out.index[b] >= 0]
+        text = torch.nonzero(sample.roles != Role.VISUAL).flatten()
+        subject = sample.visual_positions[pl.partition.members(b, pl.partition.groups[0])]
+        assert own.tolist() == sorted(torch.cat((text, subject)).tolist())  # each position once: its own copy
+        assert int(out.stats.carries[0][2][b]) == post_image
+        survivor_after = [w for w in out.stats.work if w.start >= 1 and w.stream == pl.schedule.survivor]
+        assert all(int(w.carried[b]) == post_image for w in survivor_after)
+    # the copies are paid for: the same schedule without them costs less, by their tokens' work
+    plain = plan(s, batch, "parvts", 4, drop_layer=1, merge="fuse", fuse_tokens="post_image")
+    base = s.engine.prefill(batch, plain.schedule, plain.partition, use_cache=False)
+    g = s.adapter.geometry
+    assert bool((prefill_flops(out.stats, g) > prefill_flops(base.stats, g)).all())
+    assert bool((executed_prefill_flops(out.stats, g) > executed_prefill_flops(base.stats, g)).all())
+    assert bool((out.stats.carried_per_layer(g.num_layers) > 0).all())
+
+
+def _streams(*events):
+    return Schedule(4, ("s", "n"), (Stream("s", ("s",)), Stream("n", ("n",))), "s", tuple(events))
+
+
+@pytest.mark.parametrize("events,message", [
+    ([Carry(2, ("s",), "s"), EndStream(2, "n")], "cannot carry its own tokens"),
+    ([Carry(2, (), "s"), EndStream(2, "n")], "one or more distinct source streams"),
+    ([EndStream(1, "n"), Carry(2, ("n",), "s")], "stream already ended"),
+    ([Carry(2, ("n",), "s", "answer"), EndStream(2, "n")], "tokens must be one of"),  # type: ignore[arg-type]
+])
+def test_invalid_carries_are_refused_clearly(events, message):
+    with pytest.raises(ScheduleError, match=message):
+        _streams(*events)
+
+
+def test_a_carry_reads_in_explain_and_survives_json():
+    schedule = _streams(Carry(2, ("n",), "s", "question"), EndStream(2, "n"))
+    assert "@2   carry question tokens of n -> s (as extra tokens)" in schedule.explain()
+    assert Schedule.from_json(schedule.to_json()) == schedule
+    policy = registry().policy("parvts")(merge="carry")
+    assert "merge=carry" in policy.describe()
