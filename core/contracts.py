@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = [
     "policy_problems", "partitioner_problems", "fusion_rule_problems", "adapter_problems", "command_problems",
-    "PROBLEMS_OF_KIND",
+    "evaluator_problems", "PROBLEMS_OF_KIND",
     "KNOWN_RANKERS",
 ]
 
@@ -128,10 +128,28 @@ def command_problems(cls: Any) -> list[str]:
     return problems
 
 
+def evaluator_problems(cls: Any) -> list[str]:
+    """An evaluator: a concrete subclass of :class:`~vtsched.core.evaluators.Evaluator` whose name
+    (``--data NAME:SPEC``) holds no ``:`` and is not a prefix ``vtsched eval`` reads itself."""
+    from vtsched.core.evaluators import RESERVED_DATA_PREFIXES, Evaluator
+
+    problems = _name_problems(cls)
+    if not (isinstance(cls, type) and issubclass(cls, Evaluator)):
+        return problems + ["is not a class subclassing vtsched.core.evaluators.Evaluator"]
+    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+    if abstract:
+        problems.append(f"does not implement {', '.join(abstract)}")
+    for name in (getattr(cls, "name", ""), *getattr(cls, "aliases", ())):
+        if isinstance(name, str) and (":" in name or name in RESERVED_DATA_PREFIXES):
+            problems.append(f"name {name!r} cannot prefix --data (no ':', not {' or '.join(RESERVED_DATA_PREFIXES)})")
+    return problems
+
+
 PROBLEMS_OF_KIND: dict[str, Callable[[Any], list[str]]] = {
     "policy": policy_problems,
     "partitioner": partitioner_problems,
     "fusion_rule": fusion_rule_problems,
     "adapter": adapter_problems,
     "command": command_problems,
+    "evaluator": evaluator_problems,
 }

@@ -1,4 +1,4 @@
-"""Hook specifications: how policies, partitioners, fusion rules and adapters reach vtsched.
+"""Hook specifications: how policies, partitioners, fusion rules, adapters, commands and evaluators reach vtsched.
 
 Every hook receives a ``register`` callable owned by the host, so the host can refuse a
 duplicate name and say which two plugins claimed it. Built-in components register through
@@ -82,4 +82,17 @@ def vtsched_register_commands(register: Register) -> None:
     subclasses :class:`~vtsched.core.commands.Command` with ``name``, ``help``,
     ``add_arguments(parser)`` and ``run(args) -> int``. A name a built-in command already uses is
     refused naming the plugin. The return value is ignored.
+    """
+
+
+@hookspec
+def vtsched_register_evaluators(register: Register) -> None:
+    """Register evaluators: kinds of dataset ``vtsched eval`` hands to a plugin.
+
+    Called once per registry. Call ``register(evaluator_cls)``; the class subclasses
+    :class:`~vtsched.core.evaluators.Evaluator` with ``name`` (``vtsched eval --data NAME:SPEC``
+    picks it; not a prefix core reads itself, ``synthetic`` or ``hf``, and without ``:``),
+    ``help``, optionally ``accepts(data) -> bool`` (claims a dataset by its layout) and
+    ``evaluate(request: EvalRequest) -> EvalOutcome``. Contract violations are refused naming the
+    plugin. The return value is ignored.
     """

@@ -30,13 +30,14 @@ BUILTIN_PLUGINS = (
     "vtsched.policies",
     "vtsched.partitioners",
 )
-KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command")
+KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command", "evaluator")
 _HOOK_OF_KIND = {
     "policy": "vtsched_register_policies",
     "partitioner": "vtsched_register_partitioners",
     "fusion_rule": "vtsched_register_fusion_rules",
     "adapter": "vtsched_register_adapters",
     "command": "vtsched_register_commands",
+    "evaluator": "vtsched_register_evaluators",
 }
 
 

@@ -1,4 +1,9 @@
-"""``vtsched eval``: answer a dataset under several policies: accuracy, agreement with full, KL, cost."""
+"""``vtsched eval``: answer a dataset under several policies: accuracy, agreement with full, KL, cost.
+
+A dataset a plugin's evaluator serves (``--data NAME:SPEC``, or one whose layout an evaluator
+claims, :mod:`vtsched.core.evaluators`) is handed to it with the same options: segmentation data
+with the LISA plugin, scored by gIoU and cIoU.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ev = sub.add_parser("eval", help="answer a dataset under several policies: accuracy, agreement, KL, cost")
     ev.add_argument("--model", default=None, help="checkpoint (default: the shipped demo model)")
     ev.add_argument("--data", default="synthetic:1:30",
-                    help="JSONL file or folder with data.jsonl, synthetic:SEED:IMAGES, or hf:PATH[:SPLIT]")
+                    help="JSONL file or folder with data.jsonl, synthetic:SEED:IMAGES, hf:PATH[:SPLIT], or a dataset "
+                    "a plugin's evaluator serves (NAME:SPEC, e.g. segmentation:synthetic:1:20; see `vtsched list`)")
     ev.add_argument("--policies", nargs="+", default=["prune", "parvts:drop_layer=2"],
                     metavar="POLICY[:NAME=VALUE,...]", help="cases besides full, which always runs")
     ev.add_argument("--partitioners", nargs="+", default=None, metavar="PARTITIONER[:NAME=VALUE,...]",
@@ -30,11 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vtsched.core.evaluators import evaluator_for
     from vtsched.core.tools.bench import expand_cases
     from vtsched.core.tools.evaluate import cross_partitioners, evaluate, load_items
     from vtsched.core.tools.report import write_csv, write_json
 
     registry = registry_for(args)
+    served = evaluator_for(registry, args.data)
+    if served is not None:
+        return _run_evaluator(args, registry, *served)
     planner = planner_for_model(args.model, registry)
     cases = expand_cases(planner, args.policies, args.budgets, keep_full=False)
     if args.partitioners:
@@ -48,5 +58,25 @@ def main(args: argparse.Namespace) -> int:
     write_json(out / "results.json", {"data": args.data, "model": args.model or "demo", "rows": report.rows(),
                                       "predictions": [p.__dict__ for p in report.predictions]})
     write_csv(out / "results.csv", report.rows())
+    print(f"wrote {out / 'results.json'}, {out / 'results.csv'}")
+    return 0
+
+
+def _run_evaluator(args: argparse.Namespace, registry: object, evaluator: type, data: str) -> int:
+    from pathlib import Path
+
+    from vtsched.core.evaluators import EvalRequest
+    from vtsched.core.tools.report import write_csv, write_json
+
+    request = EvalRequest(data=data, model=args.model, policies=list(args.policies), budgets=list(args.budgets),
+                          partitioners=args.partitioners, limit=args.limit, device=args.device,
+                          batch_size=args.batch_size, progress=not args.no_progress, registry=registry)
+    outcome = evaluator.evaluate(request)
+    print(outcome.table)
+    out = Path(args.out)
+    write_json(out / "results.json", {"data": args.data, "evaluator": evaluator.name,
+                                      "model": outcome.model or args.model or "default", "rows": outcome.rows,
+                                      "items": outcome.records})
+    write_csv(out / "results.csv", outcome.rows)
     print(f"wrote {out / 'results.json'}, {out / 'results.csv'}")
     return 0

@@ -7,11 +7,12 @@ import argparse
 from vtsched.core.cli.common import add_common, registry_for
 
 TITLES = {"policy": "policies", "partitioner": "partitioners", "fusion_rule": "fusion rules",
-          "adapter": "model adapters", "command": "commands from plugins"}
+          "adapter": "model adapters", "command": "commands from plugins",
+          "evaluator": "evaluators (dataset kinds for vtsched eval)"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters and plugins")
+    lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters, commands, evaluators and plugins")
     add_common(lister)
 
 
