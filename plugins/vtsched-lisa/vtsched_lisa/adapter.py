@@ -70,7 +70,8 @@ class LisaAdapter(LlavaAdapter):
                      grid: tuple[int, int] | None, image: Any) -> Sample:
         tokenizer = self.processor.tokenizer
         start, end = (IM_START, IM_END) if self.model.config.use_mm_start_end else ("", "")
-        head_text, tail_template = self.prompt_template.split("<image>")
+        template = getattr(self.model.config, "prompt_template", "") or self.prompt_template
+        head_text, tail_template = template.split("<image>")
         head_text += start
         before, after = tail_template.split("{question}")
         before = end + before

@@ -24,6 +24,18 @@ weights is said as such). SAM's variant (vit_h / vit_l / vit_b, or one registere
 :func:`vtsched_segment_anything.register_variant`) is read from the shapes by the
 segment-anything plugin and built by segment-anything's own registry; the segment-anything plugin's
 tiny test SAM (``tiny``) is known as well, so a tiny LISA checkpoint loads from the command line.
+
+Two config fields go beyond LISA's published configs, both for checkpoints built on a LLaVA-1.5
+(the demo LISA, :mod:`vtsched_lisa.demo_lisa`):
+
+- ``mm_projector_type: "mlp2x_gelu"`` (LLaVA-1.5's name): the projector is LLaVA-1.5's two-layer
+  MLP, ``model.mm_projector.{0,2}.*``, instead of LISA's single ``Linear``;
+- ``base_llava``: a LLaVA-1.5 folder in transformers' layout (relative to the LISA folder,
+  absolute, or ``vtsched:demo`` for the demo LLaVA shipped with vtsched) that supplies every
+  weight the LISA folder does not hold, by the key map :data:`BASE_KEY_MAP` (the folder's own
+  weights win), and the CLIP tower and image processor. So a LISA trained on top of a LLaVA ships
+  only what it added or changed. ``conv_type`` (``llava_v1``, LISA's default, or ``vtsched_demo``)
+  picks the prompt.
 """
 
 from __future__ import annotations
@@ -38,10 +50,10 @@ import torch
 
 from vtsched.core.errors import InputError
 
-from vtsched_lisa.model import SEG_TOKEN, LisaConfig, LisaModel, LisaProcessor
+from vtsched_lisa.model import CONVERSATIONS, PROJECTORS, SEG_TOKEN, LisaConfig, LisaModel, LisaProcessor
 
-__all__ = ["KEY_MAP", "IGNORED", "map_keys", "published_state_dict", "read_weights", "load_lisa", "find_clip",
-           "weights_fingerprint", "is_lisa_folder"]
+__all__ = ["KEY_MAP", "IGNORED", "BASE_KEY_MAP", "map_keys", "published_state_dict", "read_weights", "load_lisa",
+           "find_clip", "weights_fingerprint", "is_lisa_folder", "base_llava_folder", "read_base_llava"]
 
 # published prefix -> module prefix, in the order they are tried
 KEY_MAP: tuple[tuple[str, str], ...] = (
@@ -53,6 +65,14 @@ KEY_MAP: tuple[tuple[str, str], ...] = (
     ("model.text_hidden_fcs.", "model.text_hidden_fcs."),
     ("model.visual_model.", "model.visual_model."),
 )
+# a base LLaVA-1.5's module keys (transformers' LlavaForConditionalGeneration) -> published LISA keys
+BASE_KEY_MAP: tuple[tuple[str, str], ...] = (
+    ("model.language_model.", "model."),
+    ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
+    ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
+    ("lm_head.", "lm_head."),
+)
+BASE_DEMO = "vtsched:demo"
 IGNORED = (re.compile(r"\.rotary_emb\.inv_freq$"), re.compile(r"^model\.vision_tower\."))
 SAM_PREFIX = "model.visual_model."
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
@@ -145,10 +165,70 @@ def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 
 
 def weights_fingerprint(folder: str | Path) -> str:
-    """A content key of a checkpoint's weights (the segment-anything plugin's file fingerprint)."""
+    """A content key of a checkpoint's weights (the segment-anything plugin's file fingerprint), its
+    base LLaVA's included."""
     from vtsched_segment_anything.checkpoint import fingerprint
 
-    return "-".join(fingerprint(p) for p in _weight_files(Path(folder)))
+    folder = Path(folder)
+    files = _weight_files(folder)
+    try:
+        base = base_llava_folder(folder, json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError, InputError):
+        base = None
+    if base is not None:
+        files += sorted(base.glob("*.safetensors")) + sorted(base.glob("pytorch_model*.bin"))
+    return "-".join(fingerprint(p) for p in files)
+
+
+def base_llava_folder(folder: Path, data: Mapping[str, Any]) -> Path | None:
+    """The config's ``base_llava`` folder (``vtsched:demo``: the shipped demo LLaVA), or ``None``."""
+    spec = data.get("base_llava")
+    if not spec:
+        return None
+    if spec == BASE_DEMO:
+        from vtsched.core.demo import demo_model_path
+
+        base = demo_model_path()
+        if base is None:
+            raise InputError(f"{folder}: base_llava {BASE_DEMO} but vtsched ships no demo LLaVA")
+        return Path(base)
+    base = Path(str(spec))
+    base = base if base.is_absolute() else folder / base
+    if not (base / "config.json").is_file():
+        raise InputError(f"{folder}: base_llava {spec} is not a LLaVA folder (no config.json)")
+    return base
+
+
+def read_base_llava(base: Path) -> tuple[dict[str, torch.Tensor], Any, Any]:
+    """A base LLaVA-1.5's weights under published LISA keys (by :data:`BASE_KEY_MAP`; any other key
+    refused in one line), its CLIP tower and its image processor."""
+    from transformers import AutoImageProcessor, LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        llava = LlavaForConditionalGeneration.from_pretrained(str(base), attn_implementation="sdpa")
+        image_processor = AutoImageProcessor.from_pretrained(str(base))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{base}: cannot load the base LLaVA ({str(exc).splitlines()[0]})") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    published: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in llava.state_dict().items():
+        if key.startswith("model.vision_tower."):
+            continue
+        for source, target in BASE_KEY_MAP:
+            if key.startswith(source):
+                published[target + key[len(source):]] = value.detach()
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise InputError(f"{base}: base LLaVA keys with no place in a LISA: {_names(sorted(unknown))}")
+    return published, llava.model.vision_tower, image_processor
 
 
 def find_clip(folder: Path, data: Mapping[str, Any], clip: str | None) -> Path:
@@ -163,6 +243,22 @@ def find_clip(folder: Path, data: Mapping[str, Any], clip: str | None) -> Path:
         raise InputError(f"CLIP folder not found (no config.json): {clip}")
     named = data.get("mm_vision_tower") or data.get("vision_tower") or "openai/clip-vit-large-patch14"
     raise InputError(f"{folder}: LISA checkpoints omit the CLIP tower; pass --clip FOLDER (a saved {named})")
+
+
+def _load_clip(clip_folder: Path) -> tuple[Any, Any]:
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one load line per tensor file is noise in a command's output
+    try:
+        tower = CLIPVisionModel.from_pretrained(str(clip_folder), attn_implementation="sdpa")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{clip_folder}: cannot load CLIP ({str(exc).splitlines()[0]})") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    return tower, CLIPImageProcessor.from_pretrained(str(clip_folder))
 
 
 def _llama_config(data: Mapping[str, Any], vocab: int) -> Any:
@@ -195,12 +291,15 @@ def _seg_token_id(tokenizer: Any, folder: Path) -> int:
 def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu",
               dtype: torch.dtype | None = None) -> tuple[LisaModel, LisaProcessor]:
     """A LISA checkpoint folder as a :class:`LisaModel` and its processor, every key accounted for."""
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
+    from transformers import AutoTokenizer
 
     from vtsched_segment_anything.checkpoint import detect_variant, variants
     from vtsched_segment_anything.testing import register_tiny
 
+    from vtsched_lisa.demo_lisa import register_demo_sam
+
     register_tiny()  # the plugin's 56k-parameter test SAM: tiny LISA checkpoints load from the command line too
+    register_demo_sam()  # the demo LISA's SAM
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"LISA checkpoint folder not found: {folder}" if not folder.exists()
@@ -212,6 +311,17 @@ def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu",
     except ValueError as exc:
         raise InputError(f"{folder}/config.json is not JSON ({exc})") from None
     published = read_weights(folder)
+    base = base_llava_folder(folder, data)
+    base_tower = base_image_processor = None
+    if base is not None:
+        base_published, base_tower, base_image_processor = read_base_llava(base)
+        published = {**base_published, **published}  # the LISA folder's own weights win
+    projector = str(data.get("mm_projector_type", "linear"))
+    if projector not in PROJECTORS:
+        raise InputError(f"{folder}: mm_projector_type {projector!r} is not one of {', '.join(PROJECTORS)}")
+    conv_type = str(data.get("conv_type", "llava_v1"))
+    if conv_type not in CONVERSATIONS:
+        raise InputError(f"{folder}: conv_type {conv_type!r} is not one of {', '.join(CONVERSATIONS)}")
     state = map_keys(published, str(folder))
     sam_state = {k[len(SAM_PREFIX):]: v for k, v in state.items() if k.startswith(SAM_PREFIX)}
     if not sam_state:
@@ -232,19 +342,10 @@ def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu",
     except (OSError, ValueError) as exc:
         raise InputError(f"{folder}: cannot load the tokenizer ({str(exc).splitlines()[0]})") from None
     seg_id = _seg_token_id(tokenizer, folder)
-    clip_folder = find_clip(folder, data, clip)
-    from transformers.utils import logging as hf_logging
-
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # one load line per tensor file is noise in a command's output
-    try:
-        tower = CLIPVisionModel.from_pretrained(str(clip_folder), attn_implementation="sdpa")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{clip_folder}: cannot load CLIP ({str(exc).splitlines()[0]})") from None
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-    image_processor = CLIPImageProcessor.from_pretrained(str(clip_folder))
+    if base_tower is not None and clip is None:
+        tower, image_processor = base_tower, base_image_processor
+    else:
+        tower, image_processor = _load_clip(find_clip(folder, data, clip))
     vocab = int(state["model.language_model.embed_tokens.weight"].shape[0])
     sam_prompt = known[variant].build()
     out_dim = int(data.get("out_dim", 256))
@@ -257,7 +358,7 @@ def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu",
         vision_feature_layer=int(data.get("mm_vision_select_layer", -2)),
         vision_feature_select_strategy="full" if data.get("mm_vision_select_feature") == "cls_patch" else "default",
         image_token_id=int(tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0),
-        sam_variant=variant, source=dict(data),
+        sam_variant=variant, source=dict(data), projector_type=projector, prompt_template=CONVERSATIONS[conv_type],
     )
     model = LisaModel(config, sam_prompt)
     model.model.vision_tower = tower

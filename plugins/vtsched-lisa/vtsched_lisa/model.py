@@ -19,13 +19,23 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LisaConfig", "LisaModel", "LisaProcessor", "SEG_TOKEN", "IM_START", "IM_END", "SYSTEM"]
+__all__ = ["LisaConfig", "LisaModel", "LisaProcessor", "SEG_TOKEN", "IM_START", "IM_END", "SYSTEM", "CONVERSATIONS",
+           "PROJECTORS"]
 
 SEG_TOKEN = "[SEG]"
 IM_START, IM_END = "<im_start>", "<im_end>"
 # LLaVA-v1's ``conv_llava_v1`` system prompt (LISA's default conversation template)
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+# a checkpoint config's ``conv_type`` -> the prompt around the image and question (LISA's default: llava_v1);
+# ``vtsched_demo`` is the demo LLaVA's own prompt, which the demo LISA keeps
+CONVERSATIONS = {
+    "llava_v1": SYSTEM + " USER: <image>\n{question} ASSISTANT:",
+    "vtsched_demo": "USER: <image>\n{question} ASSISTANT:",
+}
+# a checkpoint config's ``mm_projector_type``: LISA's single Linear, or LLaVA-1.5's two-layer MLP
+# (``mm_projector.0`` / ``mm_projector.2``, GELU between), the projector of the demo LLaVA
+PROJECTORS = ("linear", "mlp2x_gelu")
 
 
 @dataclass
@@ -48,6 +58,8 @@ class LisaConfig:
     vision_feature_select_strategy: str = "default"  # LLaVA-v1's "patch": drop CLIP's [CLS]
     image_token_id: int = 0
     sam_variant: str = ""
+    projector_type: str = "linear"
+    prompt_template: str = CONVERSATIONS["llava_v1"]
     model_type: str = "lisa"
     source: dict[str, Any] = field(default_factory=dict)  # the checkpoint's config.json as read
 
@@ -60,7 +72,10 @@ class _Inner(nn.Module):
         hidden = config.text_config.hidden_size
         self.language_model = LlamaModel(config.text_config)
         self.vision_tower = CLIPVisionModel(config.vision_config)
-        self.multi_modal_projector = nn.Linear(config.vision_config.hidden_size, hidden)
+        width = config.vision_config.hidden_size
+        self.multi_modal_projector: nn.Module = (
+            nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+            if config.projector_type == "mlp2x_gelu" else nn.Linear(width, hidden))
         self.visual_model = sam
         self.text_hidden_fcs = nn.ModuleList([nn.Sequential(
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, config.out_dim), nn.Dropout(0.0))])
