@@ -256,7 +256,9 @@ def test_vtsched_segment_writes_mask_and_overlay(tmp_path, capsys):
     assert record["visual_tokens_per_layer"] == 4.0 and record["seg_position"] is not None
 
 
-def test_vtsched_segment_without_model_says_so(tmp_path, capsys):
+def test_vtsched_segment_without_model_or_demo_says_so(tmp_path, capsys, monkeypatch):
+    """Without --model the demo LISA answers (tests/test_lisa_demo.py); were it missing, one line says so."""
+    monkeypatch.setattr(lisa, "demo_lisa_path", lambda: None)
     image = tmp_path / "img.png"
     IMAGES[0].save(image)
     assert main(["segment", "--image", str(image), "--question", QUESTION]) == 2

@@ -2,9 +2,11 @@
 
 Registered through the ``vtsched`` entry-point group (``vtsched list`` shows it as plugin ``lisa``):
 the ``lisa`` adapter (the engine runs LISA's LLaMA as it runs LLaVA-1.5's), the ``lisa``
-partitioner (the mask LISA predicts for the question's object is the subject group), and the
-commands ``vtsched segment`` (one image: mask PNG, overlay, what ran) and ``vtsched segment-eval``
-(gIoU and cIoU over a segmentation dataset, per policy and budget).
+partitioner (the mask LISA predicts for the question's object is the subject group), the
+``segmentation`` evaluator (segmentation datasets in ``vtsched eval``: gIoU and cIoU per policy and
+budget), and the commands ``vtsched segment`` (one image: mask PNG, overlay, what ran),
+``vtsched segment-eval`` (the evaluation with ``--clip`` and ``--dtype``) and
+``vtsched train-demo-lisa`` (trains the demo LISA shipped in ``vtsched_lisa/demo``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ __all__ = ["LisaAdapter", "LisaPartitioner", "LisaSegmenter", "Segmentation", "l
 
 
 def demo_lisa_path():
-    """The demo LISA shipped inside this package, or ``None`` (none is shipped yet)."""
+    """The demo LISA shipped inside this package (``vtsched train-demo-lisa``), or ``None`` if it is missing."""
     from pathlib import Path
 
     path = Path(__file__).resolve().parent / "demo"
@@ -41,7 +43,15 @@ def vtsched_register_partitioners(register):
 
 @hookimpl
 def vtsched_register_commands(register):
-    from vtsched_lisa.commands import SegmentCommand, SegmentEvalCommand
+    from vtsched_lisa.commands import SegmentCommand, SegmentEvalCommand, TrainDemoLisaCommand
 
     register(SegmentCommand)
     register(SegmentEvalCommand)
+    register(TrainDemoLisaCommand)
+
+
+@hookimpl
+def vtsched_register_evaluators(register):
+    from vtsched_lisa.evaluator import SegmentationEvaluator
+
+    register(SegmentationEvaluator)

@@ -1,4 +1,8 @@
-"""``vtsched segment`` and ``vtsched segment-eval``: LISA under a scheduling policy, on one image or a dataset."""
+"""``vtsched segment`` and ``vtsched segment-eval``: LISA under a scheduling policy, on one image or a dataset.
+
+Segmentation datasets evaluate in ``vtsched eval`` too (:mod:`vtsched_lisa.evaluator`);
+``segment-eval`` is the same evaluation with ``--clip`` and ``--dtype``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,7 +19,8 @@ import numpy as np
 from vtsched.core.commands import Command
 from vtsched.core.errors import InputError
 
-__all__ = ["SegmentCommand", "SegmentEvalCommand", "evaluate_segmentation"]
+__all__ = ["SegmentCommand", "SegmentEvalCommand", "TrainDemoLisaCommand", "evaluate_segmentation", "segmentation_cases",
+           "format_table"]
 
 DEFAULT_POLICIES = ("full", "prune", "parvts:drop_layer=2,fusion=size,fuse_tokens=post_image")
 
@@ -37,8 +43,8 @@ def _scheduler(args: argparse.Namespace) -> Any:
 
     path = args.model or demo_lisa_path()
     if path is None:
-        raise InputError("no --model given and no demo LISA is shipped (not trained yet, see docs/lisa.md); pass "
-                         "--model FOLDER, a LISA checkpoint")
+        raise InputError("no --model given and no demo LISA is installed (vtsched train-demo-lisa makes one, see "
+                         "docs/lisa.md); pass --model FOLDER, a LISA checkpoint")
     dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
     return lisa_scheduler(str(path), clip=args.clip, device=args.device, dtype=dtype, registry=registry_for(args))
 
@@ -111,10 +117,14 @@ class SegmentCommand(Command):
 
 
 class SegmentEvalCommand(Command):
-    """gIoU / cIoU of LISA on a segmentation dataset (JSONL, ReasonSeg, synthetic) per policy and budget."""
+    """gIoU / cIoU of LISA on a segmentation dataset, with --clip and --dtype (else as `vtsched eval`).
+
+    The same evaluation as ``vtsched eval --data segmentation:SPEC``, under its older name, with the
+    options ``vtsched eval`` lacks."""
 
     name: ClassVar[str] = "segment-eval"
-    help: ClassVar[str] = "gIoU / cIoU of LISA on a segmentation dataset under several policies and budgets"
+    help: ClassVar[str] = ("gIoU / cIoU of LISA on a segmentation dataset (what `vtsched eval --data "
+                           "segmentation:SPEC` runs), with --clip and --dtype")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -139,38 +149,100 @@ class SegmentEvalCommand(Command):
 
         items = load_seg_items(args.data, args.limit)
         scheduler = _scheduler(args)
-        report = evaluate_segmentation(scheduler, items, args.policies, args.budgets, args)
+        partitioners = None
+        if args.partitioner:
+            params = ",".join(f"{k}={v}" for k, v in args.partitioner_param)
+            partitioners = [args.partitioner + (f":{params}" if params else "")]
+        cases = segmentation_cases(scheduler, args.policies, args.budgets, partitioners)
+        report = evaluate_segmentation(scheduler, items, cases)
+        report["data"] = args.data
         print(format_table(report["rows"]))
         if args.json:
             write_atomic(args.json, json.dumps(report, indent=2) + "\n")
         return 0
 
 
-def evaluate_segmentation(scheduler: Any, items: list[Any], policies: list[str], budgets: list[str],
-                          args: argparse.Namespace) -> dict[str, Any]:
-    """Every item under every (policy, budget) case, teacher-forced: rows of gIoU, cIoU (overall and by
-    tag), times (LLM prefill, SAM encoder, SAM decoder) and visual tokens; ``full`` first."""
+class TrainDemoLisaCommand(Command):
+    """Train the demo LISA (tiny SAM + [SEG] on the shipped demo LLaVA) on the procedural scenes from a seed."""
+
+    name: ClassVar[str] = "train-demo-lisa"
+    help: ClassVar[str] = "train the demo LISA on top of the demo LLaVA from a seed (about 30 min on one CPU thread)"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        from vtsched_lisa.training import TrainConfig
+
+        defaults = TrainConfig()
+        parser.add_argument("--out", default="vtsched-out/demo-lisa")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--steps", type=int, default=defaults.steps,
+                            help=f"optimiser steps (default {defaults.steps} reproduces the shipped demo LISA)")
+        parser.add_argument("--threads", type=int, default=defaults.threads,
+                            help="torch threads (the shipped one was trained on 1)")
+        parser.add_argument("--device", default="cpu")
+        parser.add_argument("--no-progress", action="store_true")
+
+    @classmethod
+    def run(cls, args: argparse.Namespace) -> int:
+        from dataclasses import replace
+
+        from vtsched_lisa.training import TrainConfig, train_demo_lisa
+
+        if args.steps < 1:
+            raise InputError(f"--steps must be at least 1, not {args.steps}")
+        config = replace(TrainConfig(), seed=args.seed, steps=args.steps, threads=args.threads, device=args.device,
+                         warmup=min(TrainConfig().warmup, max(1, args.steps // 10)))
+        facts = train_demo_lisa(args.out, config, progress=not args.no_progress)
+        last = facts["history"][-1]
+        print(f"trained the demo LISA in {facts['minutes']:.1f} min (final mask loss {last['mask']:.3f}, where "
+              f"loss {last['aux']:.3f}); saved to {args.out} ({facts['shipped_bytes'] / 1e6:.1f} MB of weights)")
+        return 0
+
+
+def segmentation_cases(scheduler: Any, policies: Sequence[str], budgets: Sequence[str],
+                       partitioners: Sequence[str] | None = None) -> list[tuple[str, Any, Any, Any]]:
+    """``(label, policy, partitioner, budget)`` for ``full`` and every policy x budget (x partitioner,
+    for policies that need one), built and checked before any item runs; labels as ``vtsched eval``
+    writes them (``prune@7``, ``prune@7 [lisa]``)."""
     from vtsched.core.budget import Budget
+    from vtsched.core.cli.common import build_policy_routing_params
     from vtsched.core.tools.evaluate import parse_partitioner
+
+    planner = scheduler.planner
+    specs = ["full"] + [p for p in policies if p != "full"]
+    cases: list[tuple[str, Any, Any, Any]] = []
+    seen = set()
+    for spec in specs:
+        name, params = parse_partitioner(spec)
+        for text in budgets:
+            for part_spec in (partitioners or [None]):
+                part_name, part_params = parse_partitioner(part_spec) if part_spec else (None, {})
+                policy, routed = build_policy_routing_params(planner, name, part_name, params, part_params)
+                budget = planner.budget_seen(policy, Budget.parse(text))
+                chosen = planner.default_partitioner(policy, part_name)
+                part = scheduler.make_partitioner(chosen, routed) if (chosen and policy.needs_partition) else None
+                label = spec + (f"@{budget}" if budget is not None else "")
+                if part_spec and part is not None:
+                    label += f" [{part_spec}]"
+                if label not in seen:
+                    seen.add(label)
+                    cases.append((label, policy, part, budget))
+    return cases
+
+
+def evaluate_segmentation(scheduler: Any, items: list[Any], cases: list[tuple[str, Any, Any, Any]],
+                          progress: bool = False) -> dict[str, Any]:
+    """Every item under every case (:func:`segmentation_cases`), teacher-forced: rows of gIoU, cIoU
+    (overall and by tag), times (LLM prefill, SAM encoder, SAM decoder) and visual tokens."""
+    from tqdm.auto import tqdm
 
     from vtsched_lisa.metrics import giou_ciou, intersection_union
     from vtsched_lisa.segment import LisaSegmenter
 
     segmenter = LisaSegmenter(scheduler)
-    specs = ["full"] + [p for p in policies if p != "full"]
-    cases: list[tuple[str, Any, Any, Budget | None]] = []
-    seen = set()
-    for spec in specs:
-        name, params = parse_partitioner(spec)
-        for text in budgets:
-            policy, part = _policy(scheduler, args, name, params)
-            budget = scheduler.planner.budget_seen(policy, Budget.parse(text))
-            label = spec + (f"@{budget}" if budget is not None else "")
-            if label not in seen:
-                seen.add(label)
-                cases.append((label, policy, part, budget))
     loaded = [item.load() for item in items]
     rows, per_item = [], []
+    bar = tqdm(total=len(cases) * len(items), desc="segmentation eval", disable=not progress)
     for label, policy, part, budget in cases:
         pairs, by_tag = [], defaultdict(list)
         prefill, enc, dec, kept, flops, warnings = [], [], [], [], [], 0
@@ -188,6 +260,7 @@ def evaluate_segmentation(scheduler: Any, items: list[Any], policies: list[str],
             warnings += result.warning is not None
             per_item.append({"case": label, "id": item.id, "tag": item.tag, "intersection": pair[0],
                              "union": pair[1], "warning": result.warning})
+            bar.update()
         giou, ciou = giou_ciou(pairs)
         row: dict[str, Any] = {"case": label, "n": len(pairs), "giou": giou, "ciou": ciou}
         for tag in sorted(by_tag):
@@ -199,7 +272,8 @@ def evaluate_segmentation(scheduler: Any, items: list[Any], policies: list[str],
             "no_seg_warnings": warnings,
         })
         rows.append(row)
-    return {"data": getattr(args, "data", None), "rows": rows, "items": per_item}
+    bar.close()
+    return {"rows": rows, "items": per_item}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
