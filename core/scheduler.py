@@ -37,12 +37,16 @@ class RunResult:
     flops: torch.Tensor  # (batch,) decoder prefill FLOPs of what ran
     visual_per_layer: torch.Tensor  # (batch,) visual tokens per layer, all streams
     visual_per_layer_survivor: torch.Tensor  # (batch,)
+    carried_per_layer: torch.Tensor | None = None  # (batch,) carried text-token copies per layer (Carry)
 
     def summary(self) -> str:
+        carried = ""
+        if self.carried_per_layer is not None and bool((self.carried_per_layer > 0).any()):
+            carried = f", {self.carried_per_layer.mean():.1f} carried text tokens besides"
         return (
             self.plan.describe()
             + f" | visual tokens/layer: {self.visual_per_layer_survivor.mean():.1f} kept"
-            f" ({self.visual_per_layer.mean():.1f} counting parallel streams)"
+            f" ({self.visual_per_layer.mean():.1f} counting parallel streams{carried})"
             f" | prefill {self.flops.mean() / 1e9:.3g} GFLOPs"
         )
 
@@ -167,4 +171,5 @@ class Scheduler:
             flops=prefill_flops(stats, self.adapter.geometry),
             visual_per_layer=stats.visual_per_layer(layers),
             visual_per_layer_survivor=stats.visual_per_layer(layers, plan.schedule.survivor),
+            carried_per_layer=stats.carried_per_layer(layers),
         )

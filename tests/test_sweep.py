@@ -23,7 +23,7 @@ from vtsched.core.errors import InputError
 from vtsched.core.tools.sweep import run_sweep
 from vtsched.core.tools.sweep_config import expand_params, load_config, parse_config
 from vtsched.core.tools.sweep_plan import estimate_prefill_flops, shard_cells
-from vtsched.core.tools.sweep_report import pareto_front
+from vtsched.core.tools.sweep_report import pareto_front, seed_means, seed_table, summary_rows
 from vtsched.core.tools.sweep_results import FORMAT, ResultsFile, SweepLock, append_row, read_rows
 
 from .helpers import registry
@@ -131,6 +131,29 @@ def test_pareto_front():
 def _append_many(path: str, worker: int) -> None:
     for i in range(40):
         append_row(path, {"format": FORMAT, "hash": f"{worker}-{i}", "status": "ok", "payload": "x" * (1000 + i)})
+
+
+def _result(label, seed, accuracy, splits, policy="prune", gflops=1.0):
+    spec = {"model": "demo", "dataset": f"synthetic:{seed}:40", "seed": seed, "policy": policy, "budget": "7"}
+    return {"spec": spec, "label": f"{label}#s{seed}", "status": "ok", "n": 10, "accuracy": accuracy,
+            "by_split": splits, "prefill_gflops": gflops, "visual_tokens_per_layer": 7.0, "prefill_ms": 2.0}
+
+
+def test_cells_over_seeds_average_into_one_row_with_their_spread():
+    rows = summary_rows([
+        _result("prune@7", 1, 0.5, {"tag=subject": 1.0, "tag=non-subject": 0.2}),
+        _result("prune@7", 2, 0.7, {"tag=subject": 0.8, "tag=non-subject": 0.6}),
+        _result("prune@7", 3, 0.6, {"tag=subject": 0.9}, gflops=4.0),
+        _result("parvts@7", 1, 0.9, {"tag=subject": 0.9}, policy="parvts"),
+    ])
+    means = {r["label"]: r for r in seed_means(rows)}
+    prune = means["prune@7"]
+    assert prune["dataset"] == "synthetic:{seed}:40" and prune["seeds"] == 3 and prune["n"] == 30
+    assert prune["accuracy"] == pytest.approx(0.6) and (prune["accuracy_min"], prune["accuracy_max"]) == (0.5, 0.7)
+    assert prune["by_split"]["tag=non-subject"] == pytest.approx(0.4)  # mean over the seeds that have the split
+    assert prune["prefill_gflops"] == pytest.approx(2.0) and means["parvts@7"]["seeds"] == 1
+    assert "prune@7" in seed_table(list(means.values())) and "50.0-70.0" in seed_table(list(means.values()))
+    assert seed_means(rows[3:]) == []  # one seed: nothing to average
 
 
 def test_concurrent_appends_never_interleave(tmp_path):

@@ -88,4 +88,5 @@ def _record(result: Any) -> dict[str, Any]:
         "subject_tokens": plan.partition.members(0, plan.partition.groups[0]).tolist(),
         "prefill_flops": float(result.flops[0]),
         "visual_tokens_per_layer": float(result.visual_per_layer_survivor[0]),
+        "carried_tokens_per_layer": float(result.carried_per_layer[0]) if result.carried_per_layer is not None else 0.0,
     }

@@ -4,7 +4,9 @@ Per model and dataset: accuracy against prefill FLOPs and against measured prefi
 per policy, the Pareto front over all cells marked), accuracy against K (the drop layer of layered
 policies, one line per policy and budget) and against the budget (one line per policy
 configuration). Agreement with ``full`` is computed from the stored predictions when the sweep has
-a ``full`` cell for the same model, dataset and seed.
+a ``full`` cell for the same model, dataset and seed. When cells repeat over seeds, a second table,
+CSV and plot give each configuration's mean over its seeds (with the spread, and accuracy per
+split: subject / non-subject, question type), which is what a paper's table reports.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from vtsched.core.io import write_atomic
 from vtsched.core.tools.report import save_png, write_csv
 
-__all__ = ["summary_rows", "summary_table", "pareto_front", "write_report", "COLUMNS"]
+__all__ = ["summary_rows", "summary_table", "seed_means", "seed_table", "pareto_front", "write_report", "COLUMNS"]
 
 COLUMNS = ("model", "dataset", "label", "policy", "budget", "k", "partitioner", "seed", "status", "n", "accuracy",
            "agreement_with_full", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",
@@ -56,6 +58,7 @@ def summary_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "agreement_with_full": agreement, "visual_tokens_per_layer": r.get("visual_tokens_per_layer"),
             "prefill_gflops": r.get("prefill_gflops"), "est_gflops": r.get("est_gflops"),
             "prefill_ms": r.get("prefill_ms"), "vision_ms": r.get("vision_ms"), "wall_s": r.get("wall_s"),
+            "by_split": dict(r.get("by_split") or {}),
             "error": r.get("error"), "hash": r.get("hash"),
         })
     return out
@@ -88,6 +91,63 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _over_seeds(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """What a cell is apart from its seed: model, dataset with the seed's value as ``{seed}``, label sans ``#s``."""
+    seed, parts = row.get("seed"), str(row["dataset"]).split(":")
+    if seed is not None and str(seed) in parts:
+        parts[parts.index(str(seed))] = "{seed}"
+    return str(row["model"]), ":".join(parts), str(row["label"]).split("#")[0]
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def seed_means(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration run under several seeds: means over its ``ok`` seeds, and the spread.
+
+    ``rows`` are :func:`summary_rows`. Empty when no configuration ran under more than one seed.
+    """
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "ok" and r["accuracy"] is not None:
+            groups[_over_seeds(r)].append(r)
+    if all(len(mine) < 2 for mine in groups.values()):
+        return []
+    out = []
+    for (model, dataset, label), mine in groups.items():
+        accuracy = [float(r["accuracy"]) for r in mine]
+        splits = sorted({k for r in mine for k in r.get("by_split", {})})
+        out.append({
+            "model": model, "dataset": dataset, "label": label, "policy": mine[0]["policy"],
+            "budget": mine[0]["budget"], "k": mine[0]["k"], "status": "ok", "seeds": len(mine),
+            "n": sum(int(r["n"] or 0) for r in mine), "accuracy": _mean(accuracy), "accuracy_min": min(accuracy),
+            "accuracy_max": max(accuracy), "agreement_with_full": _mean([r["agreement_with_full"] for r in mine]),
+            **{key: _mean([r[key] for r in mine])
+               for key in ("visual_tokens_per_layer", "prefill_gflops", "prefill_ms", "vision_ms")},
+            "by_split": {k: _mean([r.get("by_split", {}).get(k) for r in mine]) for k in splits},
+        })
+    return out
+
+
+def seed_table(means: Sequence[Mapping[str, Any]]) -> str:
+    """The mean-over-seeds table: accuracy, its range over seeds, the subject / non-subject splits, cost."""
+    tags = sorted({k for r in means for k in r["by_split"] if k.startswith("tag=")})
+    width = max([len("cell (mean over seeds)"), *(len(r["label"]) for r in means)])
+    header = (f"{'cell (mean over seeds)':<{width}s} {'seeds':>5s} {'n':>5s} {'acc':>6s} {'min-max':>11s} "
+              + " ".join(f"{t[4:]:>11s}" for t in tags) + f" {'GFLOPs':>8s} {'prefill ms':>10s}")
+    lines = []
+    for dataset in dict.fromkeys((r["model"], r["dataset"]) for r in means):
+        lines += [f"model {dataset[0]}, data {dataset[1]}", header, "-" * len(header)]
+        for r in (r for r in means if (r["model"], r["dataset"]) == dataset):
+            spread = f"{100 * r['accuracy_min']:.1f}-{100 * r['accuracy_max']:.1f}"
+            lines.append(f"{r['label']:<{width}s} {r['seeds']:>5d} {r['n']:>5d} {_fmt(r['accuracy'], '.1f', 100):>6s} "
+                         f"{spread:>11s} " + " ".join(f"{_fmt(r['by_split'].get(t), '.1f', 100):>11s}" for t in tags)
+                         + f" {_fmt(r['prefill_gflops'], '.4f'):>8s} {_fmt(r['prefill_ms'], '.2f'):>10s}")
+    return "\n".join(lines)
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats: lower cost (x) and higher accuracy (y), by x."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
@@ -110,6 +170,11 @@ def _without_k(label: str) -> str:
     return label.replace(",)", ")").replace("()", "").split("#")[0]
 
 
+def _config_name(r: Mapping[str, Any]) -> str:
+    """A cell's policy settings without K, budget or seed: one colour in the cost plots."""
+    return _without_k(str(r["label"])).split("@")[0]
+
+
 def _series_name(r: Mapping[str, Any]) -> str:
     return str(r["label"]).split("@")[0].split("#")[0]
 
@@ -126,13 +191,14 @@ def _plot(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
     markers = "os^Dv<>pP*Xh"
     policies = list(dict.fromkeys(r["policy"] for r in ok))
     style = {p: markers[i % len(markers)] for i, p in enumerate(policies)}
-    colours = {p: f"C{i % 10}" for i, p in enumerate(policies)}
+    configs = list(dict.fromkeys(_config_name(r) for r in ok))  # a policy's settings apart from K and budget
+    tint = {c: f"C{i % 10}" for i, c in enumerate(configs)}
     for ax, key, xlabel in ((axes[0][0], "prefill_gflops", "decoder prefill GFLOPs per sample (what ran)"),
                             (axes[0][1], "prefill_ms", "measured prefill time per sample (ms)")):
-        for policy in policies:
-            mine = [r for r in ok if r["policy"] == policy]
-            ax.scatter([r[key] for r in mine], [100 * r["accuracy"] for r in mine], marker=style[policy],
-                       color=colours[policy], s=40, label=policy, alpha=0.85)
+        for config in configs:
+            mine = [r for r in ok if _config_name(r) == config]
+            ax.scatter([r[key] for r in mine], [100 * r["accuracy"] for r in mine], marker=style[mine[0]["policy"]],
+                       color=tint[config], s=40, label=config, alpha=0.85)
         points = [(float(r[key]), float(r["accuracy"])) for r in ok]
         front = [ok[i] for i in pareto_front(points)]
         if front:
@@ -202,6 +268,20 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: Path, name: str) -> lis
         if any(r["status"] == "ok" for r in mine):
             stem = "plots" if len(groups) == 1 else f"plots-{_slug(Path(model).name)}-{_slug(dataset)}"
             written.append(_plot(mine, f"{name}: {model}, {dataset}", out / f"{stem}.png"))
-    write_atomic(out / "summary.txt", summary_table(rows) + "\n")
+    text = summary_table(rows) + "\n"
+    means = seed_means(rows)
+    if means:
+        splits = sorted({k for r in means for k in r["by_split"]})
+        columns = ("model", "dataset", "label", "policy", "budget", "k", "seeds", "n", "accuracy", "accuracy_min",
+                   "accuracy_max", "agreement_with_full", "visual_tokens_per_layer", "prefill_gflops", "prefill_ms")
+        written.append(write_csv(out / "summary-seeds.csv",
+                                 [{**{k: r.get(k) for k in columns}, **{k: r["by_split"].get(k) for k in splits}}
+                                  for r in means]))
+        for (model, dataset) in dict.fromkeys((r["model"], r["dataset"]) for r in means):
+            mine = [r for r in means if (r["model"], r["dataset"]) == (model, dataset)]
+            stem = f"plots-seed-mean-{_slug(Path(model).name)}-{_slug(dataset)}"
+            written.append(_plot(mine, f"{name}: {model}, {dataset}, mean over seeds", out / f"{stem}.png"))
+        text += "\n" + seed_table(means) + "\n"
+    write_atomic(out / "summary.txt", text)
     written.append(out / "summary.txt")
     return written
