@@ -18,6 +18,7 @@ from vtsched.core import Carry, EndStream, GenerationConfig, Schedule, ScheduleE
 from vtsched.core.cost import executed_prefill_flops, prefill_flops
 from vtsched.core.engine import Engine
 from vtsched.core.testing import TinyShape, prompts, random_image, tiny_llava, tiny_llava_shapes
+from vtsched.core.testing.strategies import schedules
 from vtsched.core.tokens import Role
 
 from .helpers import plan, registry, scheduler
@@ -106,3 +107,33 @@ def test_a_carry_reads_in_explain_and_survives_json():
     assert Schedule.from_json(schedule.to_json()) == schedule
     policy = registry().policy("parvts")(merge="carry")
     assert "merge=carry" in policy.describe()
+
+
+# -- any schedule, carries among the other events -------------------------------------------------
+def _random_partition(schedule, batch, seed):
+    from vtsched.core import Partition
+
+    g = torch.Generator().manual_seed(seed)
+    assignment = tuple(torch.randint(0, len(schedule.groups), (n,), generator=g) for n in batch.num_visual)
+    return Partition(schedule.groups, assignment)
+
+
+@given(schedules(max_layers=3), tiny_llava_shapes(), prompts(min_size=2, max_size=3), st.integers(0, 99))
+def test_any_schedule_runs_a_batch_as_its_samples_one_by_one_and_decodes_as_it_recomputes(schedule, shape,
+                                                                                          batch_inputs, seed):
+    """Drawn schedules mix every event kind (carries with fuses, inserts, kept tops, ends) on any streams."""
+    from dataclasses import replace
+
+    s = scheduler(*tiny_llava(replace(shape, layers=schedule.num_layers)))
+    batch = s.prepare(*batch_inputs)
+    partition = _random_partition(schedule, batch, seed)
+    together = generate(s.engine, batch, schedule, partition, GenerationConfig(max_new_tokens=2), keep_logits=True)
+    for b in range(len(batch)):
+        alone_partition = type(partition)(partition.groups, (partition.assignment[b],))
+        alone = generate(s.engine, batch.select([b]), schedule, alone_partition, GenerationConfig(max_new_tokens=2),
+                         keep_logits=True)
+        for step, logits in enumerate(alone.step_logits):
+            torch.testing.assert_close(together.step_logits[step][b], logits[0], atol=ATOL, rtol=0)
+    tail = [torch.tensor(t[:1], dtype=torch.long) for t in together.tokens]
+    again = s.engine.prefill(batch, schedule, partition, tail=tail, use_cache=False)
+    torch.testing.assert_close(together.step_logits[1], again.logits, atol=ATOL, rtol=0)
