@@ -31,7 +31,7 @@ from vtsched.core.tokens import PromptBatch, Role  # noqa: E402
 from vtsched_lisa import LisaPartitioner, LisaSegmenter, giou_ciou, intersection_union, load_lisa  # noqa: E402
 from vtsched_lisa.checkpoint import KEY_MAP, published_state_dict, read_weights  # noqa: E402
 from vtsched_lisa.data import load_seg_items, reasonseg_mask  # noqa: E402
-from vtsched_lisa.partitioner import LisaPartition, clear_caches  # noqa: E402
+from vtsched_lisa.partitioner import LisaPartition, clear_caches, load_segmenter  # noqa: E402
 from vtsched_lisa.segment import lisa_scheduler  # noqa: E402
 from vtsched_lisa.testing import TINY_LAYERS, save_tiny_lisa  # noqa: E402
 
@@ -290,6 +290,12 @@ def test_lisa_partitioner_runs_with_a_llava_and_records_its_prompt(tmp_path, cap
     assert isinstance(partition, LisaPartition)
     assert partition.prompts == ("What colour is the big shape? Please output segmentation mask.",)
     assert len(partition.members(0, partition.groups[0])) == 3
+    spent = part.spent_flops()  # a whole LISA pass: more than its LLM prefill alone
+    segmenter = load_segmenter(str(tiny_lisa()))
+    prefill = segmenter.segment([IMAGES[0]], [partition.prompts[0]], "full")[0].flops
+    assert spent > prefill > 0
+    part.partition(batch, Budget(count=3))
+    assert part.spent_flops() == spent  # the mask came from the cache: nothing ran
     image = tmp_path / "img.png"
     IMAGES[0].save(image)
     assert main(["run", "--image", str(image), "--question", "What colour is the big shape?", "--policy", "prune",

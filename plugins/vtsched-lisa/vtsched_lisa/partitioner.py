@@ -12,7 +12,10 @@ The question is the sample's own (``Sample.extras["question"]``, which
 neither, one line says so. The partition records the prompts it used
 (:attr:`LisaPartition.prompts`). Masks are cached by LISA checkpoint, image content and prompt
 (the segment-anything plugin's :class:`~vtsched_segment_anything.cache.MaskCache`, in memory and
-under ``cache_dir``), so a sweep asks LISA once per image and question.
+under ``cache_dir``), so a sweep asks LISA once per image and question. ``spent_flops()`` counts
+what LISA ran for this partitioner (CLIP, the LLM prefill, SAM's encoder and decoder; measured by
+torch's ``FlopCounterMode`` on every cache miss, cache hits cost nothing), which ``vtsched eval``
+reports beside the partitioner's time: a question-conditioned partition costs a whole LISA pass.
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ class LisaPartitioner(Partitioner):
             raise InputError(f"lisa: prompt={self.prompt!r} has no {{question}}")
         if self.model and not Path(self.model).is_dir():
             raise InputError(f"lisa: model={self.model!r} is not a LISA checkpoint folder")
+        object.__setattr__(self, "_spent", [0.0])  # FLOPs LISA spent for this instance (not a parameter)
+
+    def spent_flops(self) -> float:
+        """FLOPs LISA has run for this partitioner so far (cache hits: 0)."""
+        return float(self._spent[0])  # type: ignore[attr-defined]
 
     def partition(self, batch: PromptBatch, budget: Budget) -> LisaPartition:
         path = self._model_path()
@@ -81,7 +89,11 @@ class LisaPartitioner(Partitioner):
             key = cache_key(model_key, image_digest(sample.image), text)
             hit = MASKS.get(key, self.cache_dir)
             if hit is None:
-                mask = segmenter.segment([sample.image], [text], "full")[0].mask
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    mask = segmenter.segment([sample.image], [text], "full")[0].mask
+                self._spent[0] += float(counter.get_total_flops())  # type: ignore[attr-defined]
                 MASKS.put(key, mask[None], np.ones(1, dtype=np.float32), self.cache_dir)
             else:
                 mask = hit[0][0]
