@@ -30,7 +30,7 @@ __all__ = [
     "FUSED_TOKENS",
 ]
 
-FUSED_TOKENS = ("question", "post_image")
+FUSED_TOKENS = ("question", "post_image", "last")
 ParamValue = Union[int, float, str]
 
 
@@ -72,8 +72,9 @@ class InsertGroup:
 class Fuse:
     """Merge the text-token states of ``streams`` into ``into`` with the fusion rule ``rule``.
 
-    ``tokens`` chooses which text tokens are fused: ``"question"`` (the user's question only)
-    or ``"post_image"`` (every text token after the image). ``params`` are the rule's
+    ``tokens`` chooses which text tokens are fused: ``"question"`` (the user's question only),
+    ``"post_image"`` (every text token after the image) or ``"last"`` (the prompt's last token
+    only, where the answer is read). ``params`` are the rule's
     keyword arguments, as sorted ``(name, value)`` pairs so the event stays hashable.
     """
 
@@ -82,7 +83,7 @@ class Fuse:
     streams: tuple[str, ...]
     into: str
     rule: str
-    tokens: Literal["question", "post_image"] = "question"
+    tokens: Literal["question", "post_image", "last"] = "question"
     params: tuple[tuple[str, ParamValue], ...] = ()
 
     @property
@@ -153,7 +154,7 @@ class Carry:
     layer: int
     streams: tuple[str, ...]
     into: str
-    tokens: Literal["question", "post_image"] = "post_image"
+    tokens: Literal["question", "post_image", "last"] = "post_image"
 
     def describe(self) -> str:
         return f"carry {self.tokens} tokens of {', '.join(self.streams)} -> {self.into} (as extra tokens)"

@@ -17,7 +17,9 @@ template (``ASSISTANT:``) alike. The paper speaks of fusing the question tokens,
 read at the prompt's last token, which comes after the question: on the shipped demo model
 fusing the question alone recovers nothing of what pruning loses on non-subject questions
 (41-44% against 40.6% for prune), while fusing the post-image tokens recovers 62% of the loss
-(77.3%; docs/demo-model.md). ``fuse_tokens=question`` stays available for the paper's wording.
+(77.3%; docs/demo-model.md). ``fuse_tokens=question`` stays available for the paper's wording, and
+``fuse_tokens=last`` fuses the answer position alone (on the demo model it carries nearly all of
+the recovery, and all of the cost to subject questions).
 
 ``merge`` says what reaches the subject stream at ``K``: ``fuse`` (the paper: one averaged state
 per text token), ``carry`` (the other streams' text states join the subject stream as extra
@@ -48,7 +50,7 @@ class ParVTS(Policy):
     drop_layer: int = 2
     fusion: str = "attention"
     alpha: float = 0.5
-    fuse_tokens: Literal["question", "post_image"] = "post_image"
+    fuse_tokens: Literal["question", "post_image", "last"] = "post_image"
     merge: Literal["fuse", "carry", "both"] = "fuse"
 
     def schedule(

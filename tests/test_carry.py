@@ -24,7 +24,7 @@ from vtsched.core.tokens import Role
 from .helpers import plan, registry, scheduler
 
 ATOL = 1e-6
-TOKENS = st.sampled_from(["question", "post_image"])
+TOKENS = st.sampled_from(["question", "post_image", "last"])
 
 
 def _generate(s, batch, pl, steps):

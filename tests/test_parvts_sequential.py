@@ -15,7 +15,7 @@ from .helpers import plan, registry, run_logits, scheduler
 
 ATOL = 1e-6
 RULES = st.sampled_from(["fixed", "size", "attention"])
-TOKENS = st.sampled_from(["question", "post_image"])
+TOKENS = st.sampled_from(["question", "post_image", "last"])
 
 
 def _setup(shape, batch_inputs, data):

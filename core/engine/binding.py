@@ -55,6 +55,18 @@ class Bound:
         """``table[b, index[b, t]]`` for ``(rows, T)`` positions ``index``; ``-1`` at padding."""
         return table.gather(1, index.clamp(min=0)).masked_fill(index < 0, -1)
 
+    def fused(self, index: torch.Tensor, tokens: str) -> torch.Tensor:
+        """``(rows, T)`` which slots at ``index`` are text tokens of kind ``tokens`` (a ``Fuse``/``Carry``
+        event's ``tokens``): by role for ``"question"`` and ``"post_image"``; for ``"last"`` the
+        prompt's last token (tail and carried copies are not the prompt's)."""
+        roles = self.lookup(self.roles, index)
+        if tokens != "last":
+            return torch.isin(roles, torch.tensor(Role.FUSED[tokens], device=roles.device))
+        prompt = (self.roles >= 0) & (self.roles != Role.TAIL) & (self.roles != Role.CARRIED)
+        slots = torch.arange(prompt.shape[1], device=prompt.device).expand_as(prompt)
+        last = torch.where(prompt, slots, -1).amax(1)  # (batch,) slot of each sample's last prompt token
+        return (index == last[:, None]) & (index >= 0)
+
     def rotary_positions(self, index: torch.Tensor) -> torch.Tensor:
         """Rotary ids of the slots at ``(rows, T)`` positions ``index``: ``(rows, T)``, or ``(R, rows, T)``
         for multi-row rotary embeddings (padding slots read position 0's)."""

@@ -33,11 +33,10 @@ __all__ = ["carry"]
 def carry(event: Carry, run: PrefillRun) -> None:
     """Add copies of the source streams' ``event.tokens`` text tokens to ``event.into``, renumbering slots."""
     bound = run.bound
-    fused_roles = torch.tensor(Role.FUSED[event.tokens], device=bound.roles.device)
     copies: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(bound.roles.shape[0])]
     for name in event.streams:
         rows = run.streams[name]
-        chosen = torch.isin(bound.lookup(bound.roles, rows.index), fused_roles)
+        chosen = bound.fused(rows.index, event.tokens)
         for b in range(rows.num_rows):
             copies[b].append((rows.index[b][chosen[b]], rows.hidden[b][chosen[b]]))
     slot_of, copy_slots = _renumbering(bound, copies)

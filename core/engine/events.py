@@ -98,11 +98,10 @@ def _fuse(event: Fuse, run: PrefillRun) -> None:
 
 def _fused_slots(event: Fuse, run: PrefillRun) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
     """Per stream: the fused tokens' slots per row, and their states ``(batch, tokens, hidden)``."""
-    fused_roles = torch.tensor(Role.FUSED[event.tokens], device=run.bound.roles.device)
     slots, states = [], []
     for name in event.streams:
         rows = run.streams[name]
-        sel = torch.isin(run.bound.lookup(run.bound.roles, rows.index), fused_roles)
+        sel = run.bound.fused(rows.index, event.tokens)
         slot = [torch.nonzero(s).flatten() for s in sel]
         slots.append(slot)
         states.append(pad_stack([rows.hidden[b, s] for b, s in enumerate(slot)], 0.0))

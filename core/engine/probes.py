@@ -154,14 +154,14 @@ def _fuse_probes(event: Fuse, run: PrefillRun, segment: Segment) -> list[tuple[i
     if not all(s in segment.names for s in event.streams):
         return []
     roles = segment.row_roles
-    fused = torch.tensor(Role.FUSED[event.tokens], device=roles.device)
+    fused = run.bound.fused(segment.rows.index, event.tokens)
     visual_keys = run.bound.lookup(run.bound.roles, segment.key_index) == Role.VISUAL
     key_is_visual = visual_keys.to(torch.float32)
     probes: list[Probe] = []
     for stream in event.streams:
         block = segment.block(stream)
         sel = torch.zeros_like(roles, dtype=torch.bool)
-        sel[:, block] = torch.isin(roles[:, block], fused)
+        sel[:, block] = fused[:, block]
         queries = QueryRows.select(segment, sel, block)
         visual = key_is_visual[:, : queries.width]
         probes.append(MassProbe(queries, event=event, stream=stream, key_is_visual=visual))

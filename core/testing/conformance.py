@@ -573,10 +573,12 @@ class AdapterConformance(_Kit):
                                    features: torch.Tensor | None = None) -> torch.Tensor:
         return models.shortened_logits(model, sample, keep, features)
 
-    def carried_reference_logits(self, adapter: Any, sample: Any, keeps: list[torch.Tensor], drop_layer: int,
-                                 carried_roles: tuple[int, ...]) -> torch.Tensor:
-        """Streams ``keeps`` run apart up to ``drop_layer``, then joined with copies (the model's own decoder)."""
-        return models.carried_logits(adapter.model, adapter.language_model, sample, keeps, drop_layer, carried_roles)
+    def joined_reference_logits(self, adapter: Any, sample: Any, keeps: list[torch.Tensor], drop_layer: int, *,
+                                averaged: set[int], alpha: float, carried: set[int]) -> torch.Tensor:
+        """Two streams ``keeps`` run apart up to ``drop_layer``, then joined by hand (states at ``averaged``
+        fused with ``alpha``, copies of ``carried`` inserted) and run on (the model's own decoder)."""
+        return models.joined_logits(adapter.model, adapter.language_model, sample, keeps, drop_layer,
+                                    averaged=averaged, alpha=alpha, carried=carried)
 
     # -- the checks -----------------------------------------------------------------------------
     def test_contract(self) -> None:
@@ -703,7 +705,7 @@ class AdapterConformance(_Kit):
             batch = adapter.prepare(*inputs)
             budget = Budget(count=data.draw(st.integers(0, min(batch.num_visual)), label="keep"))
             drop = data.draw(st.integers(0, adapter.geometry.num_layers), label="drop_layer")
-            tokens = data.draw(st.sampled_from(["question", "post_image"]), label="fuse_tokens")
+            tokens = data.draw(st.sampled_from(["question", "post_image", "last"]), label="fuse_tokens")
             partitioner = self.registry().partitioner("uniform")()
             logits = []
             for name, params in (("prune", {}), ("parvts", {"drop_layer": drop, "fusion": "fixed", "alpha": 1.0,
@@ -715,7 +717,7 @@ class AdapterConformance(_Kit):
 
         self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=2), st.data(), model=True)
 
-    def test_carry_equals_the_streams_run_apart_and_joined_by_hand(self) -> None:
+    def test_parvts_equals_the_streams_run_apart_and_joined_by_hand(self) -> None:
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
             adapter = self._adapter(shape)
             engine, planner = self._runner(adapter)
@@ -723,18 +725,23 @@ class AdapterConformance(_Kit):
             sample = batch.samples[0]
             budget = Budget(count=data.draw(st.integers(0, sample.num_visual), label="keep"))
             drop = data.draw(st.integers(0, adapter.geometry.num_layers), label="drop_layer")
-            tokens = data.draw(st.sampled_from(["question", "post_image"]), label="tokens")
+            tokens = data.draw(st.sampled_from(["question", "post_image", "last"]), label="tokens")
+            merge = data.draw(st.sampled_from(["fuse", "carry", "both"]), label="merge")
+            alpha = data.draw(st.sampled_from([0.0, 0.3, 0.5, 1.0]), label="alpha")
             partitioner = self.registry().partitioner("random")(seed=data.draw(st.integers(0, 99), label="seed"))
-            params = {"drop_layer": drop, "merge": "carry", "fuse_tokens": tokens}
+            params = {"drop_layer": drop, "merge": merge, "fuse_tokens": tokens, "fusion": "fixed", "alpha": alpha}
             plan = planner.plan(batch, self._policy("parvts", params), partitioner, budget)
             ours = engine.prefill(batch, plan.schedule, plan.partition, use_cache=False).logits[0]
             text = torch.nonzero(sample.roles != Role.VISUAL).flatten()
-            keeps = [torch.sort(torch.cat((text, sample.visual_positions[plan.partition.members(0, g)]))).values
-                     for g in plan.partition.groups]
-            reference = self.carried_reference_logits(adapter, sample, keeps, drop, Role.FUSED[tokens])
+            members = [plan.partition.members(0, g) for g in plan.partition.groups]
+            keeps = [torch.sort(torch.cat((text, sample.visual_positions[m]))).values for m in members]
+            chosen = models.fused_positions(sample, tokens)
+            reference = self.joined_reference_logits(
+                adapter, sample, keeps, drop, averaged=chosen if merge != "carry" else set(),
+                alpha=alpha if len(members[1]) else 1.0, carried=chosen if merge != "fuse" else set())
             _close(ours, reference, self.atol, 0.0,
-                   f"{_name(adapter)}: parvts carrying {tokens} tokens at layer {drop} differs from the streams run "
-                   "apart and joined by hand")
+                   f"{_name(adapter)}: parvts (merge={merge}, {tokens} tokens, alpha {alpha}, layer {drop}) differs "
+                   "from the streams run apart and joined by hand")
 
         self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=1), st.data(), model=True)
 

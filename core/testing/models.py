@@ -3,12 +3,13 @@
 The conformance kits (:mod:`vtsched.core.testing.conformance`) run components on these. A
 reference here never goes through the engine: it is the model's own ``forward``/``generate``,
 or the model run on a physically shortened sequence that keeps each token's original position id
-(what pruning must equal), or such sequences run apart and joined by hand (what carrying must equal).
+(what pruning must equal), or such sequences run apart and joined by hand (what fusing and carrying
+must equal).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -20,7 +21,7 @@ from vtsched.core.tokens import Sample
 
 __all__ = [
     "TinyShape", "tiny_llava", "tiny_llava_shapes", "default_registry", "bound_scheduler", "processor_inputs",
-    "model_logits", "model_greedy_tokens", "shortened_logits", "carried_logits",
+    "model_logits", "model_greedy_tokens", "shortened_logits", "joined_logits", "fused_positions",
 ]
 
 
@@ -94,6 +95,16 @@ def shortened_logits(model: Any, sample: Sample, keep: torch.Tensor,
     return model(inputs_embeds=embeds[:, keep], position_ids=positions).logits[0].float()
 
 
+def fused_positions(sample: Sample, tokens: str) -> set[int]:
+    """Positions of the text tokens a ``Fuse``/``Carry`` event with ``tokens`` acts on, read from roles alone."""
+    from vtsched.core.tokens import Role
+
+    roles = sample.roles.tolist()
+    if tokens == "last":
+        return {len(roles) - 1}
+    return {p for p, role in enumerate(roles) if role in Role.FUSED[tokens]}
+
+
 def _layer_embeds(model: Any, sample: Sample) -> torch.Tensor:
     """``(1, T, hidden)`` the prompt's layer-0 inputs: token embeddings, visual features in place."""
     device = next(model.parameters()).device
@@ -130,35 +141,38 @@ def _one_sequence(ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def carried_logits(model: Any, language_model: Any, sample: Sample, keeps: Sequence[torch.Tensor], drop_layer: int,
-                   carried_roles: Sequence[int]) -> torch.Tensor:
-    """``(vocab,)`` last-token logits of streams run apart up to ``drop_layer`` and then joined by hand.
+def joined_logits(model: Any, language_model: Any, sample: Sample, keeps: Sequence[torch.Tensor], drop_layer: int, *,
+                  averaged: Collection[int] = (), alpha: float = 1.0, carried: Collection[int] = ()) -> torch.Tensor:
+    """``(vocab,)`` last-token logits of two streams run apart up to ``drop_layer`` and then joined by hand.
 
-    ``keeps[0]`` are the surviving stream's positions (sorted), ``keeps[1:]`` the other streams'.
-    Each stream runs as a physically shortened sequence through the language model's own forward
-    over layers ``< drop_layer`` (original position ids). Then, before each surviving token whose
-    role is in ``carried_roles``, the other streams' states of that token are inserted, in stream
-    order, with the same position ids, and the joined sequence runs the model's own forward over
-    the remaining layers and its final norm. ``language_model`` is the decoder (``.layers``, ``.norm``).
+    ``keeps[0]`` are the surviving stream's positions (sorted), ``keeps[1]`` the other stream's.
+    Each runs as a physically shortened sequence through the language model's own forward over
+    layers ``< drop_layer`` (original position ids). Then the surviving stream's state of each
+    position in ``averaged`` becomes ``alpha * own + (1 - alpha) * other`` (``fixed`` fusion; the
+    caller passes ``alpha = 1`` when the other stream has no visual token), and before each
+    position in ``carried`` the other stream's state is inserted with the same position id. The
+    joined sequence runs the model's own forward over the remaining layers and its final norm.
+    ``language_model`` is the decoder (``.layers``, ``.norm``).
     """
     embeds = _layer_embeds(model, sample)
     device = embeds.device
     layers = list(language_model.layers)
-    states = []
-    for keep in keeps:
+    own, other = [], []
+    for keep, states in zip(keeps, (own, other)):
         keep = keep.to(device)
         ids = _rotary_ids(sample, keep)
         with _decoder_slice(language_model, layers[:drop_layer], final_norm=False) as lm:
             out = lm(inputs_embeds=embeds[:, keep], position_ids=ids, attention_mask=_one_sequence(ids),
                      use_cache=False).last_hidden_state
         states.append(dict(zip(keep.tolist(), out[0])))
-    roles = sample.roles.tolist()
+    mine, theirs = own[0], other[0]
     rows, positions = [], []
     for p in keeps[0].tolist():
-        copies = states[1:] if roles[p] in carried_roles else []
-        for state in (*copies, states[0]):
-            rows.append(state[p])
+        if p in carried:
+            rows.append(theirs[p])
             positions.append(p)
+        rows.append(alpha * mine[p] + (1.0 - alpha) * theirs[p] if p in averaged else mine[p])
+        positions.append(p)
     ids = _rotary_ids(sample, torch.tensor(positions, device=device))
     with _decoder_slice(language_model, layers[drop_layer:], final_norm=True) as lm:
         out = lm(inputs_embeds=torch.stack(rows)[None], position_ids=ids, attention_mask=_one_sequence(ids),
