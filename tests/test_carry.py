@@ -137,3 +137,16 @@ def test_any_schedule_runs_a_batch_as_its_samples_one_by_one_and_decodes_as_it_r
     tail = [torch.tensor(t[:1], dtype=torch.long) for t in together.tokens]
     again = s.engine.prefill(batch, schedule, partition, tail=tail, use_cache=False)
     torch.testing.assert_close(together.step_logits[1], again.logits, atol=ATOL, rtol=0)
+
+
+def test_the_answer_position_diagnostic_runs(tmp_path):
+    """docs/diagnostics/answer_position.py, quoted by docs/demo-model.md, on a few images so it never rots."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "diagnostics" / "answer_position.py"
+    out = subprocess.run([sys.executable, str(script), "--images", "2", "--attention"], capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "average the answer position alone" in out.stdout and "carried" in out.stdout

@@ -21,7 +21,7 @@ from vtsched.core.tokens import Sample
 
 __all__ = [
     "TinyShape", "tiny_llava", "tiny_llava_shapes", "default_registry", "bound_scheduler", "processor_inputs",
-    "model_logits", "model_greedy_tokens", "shortened_logits", "joined_logits", "fused_positions",
+    "model_logits", "model_greedy_tokens", "shortened_logits", "joined_logits", "fused_positions", "layer_embeds", "decoder_slice", "one_sequence",
 ]
 
 
@@ -105,7 +105,7 @@ def fused_positions(sample: Sample, tokens: str) -> set[int]:
     return {p for p, role in enumerate(roles) if role in Role.FUSED[tokens]}
 
 
-def _layer_embeds(model: Any, sample: Sample) -> torch.Tensor:
+def layer_embeds(model: Any, sample: Sample) -> torch.Tensor:
     """``(1, T, hidden)`` the prompt's layer-0 inputs: token embeddings, visual features in place."""
     device = next(model.parameters()).device
     embeds = model.get_input_embeddings()(sample.input_ids[None].to(device))
@@ -122,7 +122,7 @@ def _rotary_ids(sample: Sample, positions: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _decoder_slice(language_model: Any, layers: Sequence[torch.nn.Module], final_norm: bool) -> Iterator[Any]:
+def decoder_slice(language_model: Any, layers: Sequence[torch.nn.Module], final_norm: bool) -> Iterator[Any]:
     """The language model's own forward over ``layers`` only (its final norm optional), for references."""
     saved_layers, saved_norm = language_model.layers, language_model.norm
     language_model.layers = torch.nn.ModuleList(layers)
@@ -134,7 +134,7 @@ def _decoder_slice(language_model: Any, layers: Sequence[torch.nn.Module], final
         language_model.layers, language_model.norm = saved_layers, saved_norm
 
 
-def _one_sequence(ids: torch.Tensor) -> torch.Tensor:
+def one_sequence(ids: torch.Tensor) -> torch.Tensor:
     """An all-ones 2-D mask. Without a mask or a cache, transformers reads position ids that do not step
     by one as several packed sequences; the shortened or repeated ids here are one sequence."""
     return torch.ones(ids.shape[-2:], dtype=torch.long, device=ids.device)
@@ -154,15 +154,15 @@ def joined_logits(model: Any, language_model: Any, sample: Sample, keeps: Sequen
     joined sequence runs the model's own forward over the remaining layers and its final norm.
     ``language_model`` is the decoder (``.layers``, ``.norm``).
     """
-    embeds = _layer_embeds(model, sample)
+    embeds = layer_embeds(model, sample)
     device = embeds.device
     layers = list(language_model.layers)
     own, other = [], []
     for keep, states in zip(keeps, (own, other)):
         keep = keep.to(device)
         ids = _rotary_ids(sample, keep)
-        with _decoder_slice(language_model, layers[:drop_layer], final_norm=False) as lm:
-            out = lm(inputs_embeds=embeds[:, keep], position_ids=ids, attention_mask=_one_sequence(ids),
+        with decoder_slice(language_model, layers[:drop_layer], final_norm=False) as lm:
+            out = lm(inputs_embeds=embeds[:, keep], position_ids=ids, attention_mask=one_sequence(ids),
                      use_cache=False).last_hidden_state
         states.append(dict(zip(keep.tolist(), out[0])))
     mine, theirs = own[0], other[0]
@@ -174,7 +174,7 @@ def joined_logits(model: Any, language_model: Any, sample: Sample, keeps: Sequen
         rows.append(alpha * mine[p] + (1.0 - alpha) * theirs[p] if p in averaged else mine[p])
         positions.append(p)
     ids = _rotary_ids(sample, torch.tensor(positions, device=device))
-    with _decoder_slice(language_model, layers[drop_layer:], final_norm=True) as lm:
-        out = lm(inputs_embeds=torch.stack(rows)[None], position_ids=ids, attention_mask=_one_sequence(ids),
+    with decoder_slice(language_model, layers[drop_layer:], final_norm=True) as lm:
+        out = lm(inputs_embeds=torch.stack(rows)[None], position_ids=ids, attention_mask=one_sequence(ids),
                  use_cache=False)
     return model.lm_head(out.last_hidden_state[0, -1]).float()
