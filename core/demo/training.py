@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,11 +126,14 @@ def _one(seed: int, index: int):
     return SyntheticSample(f"train-{index}", image, question, scene[key], tag, qtype, scene, mask)
 
 
-def _language_logits(model, embeds, attention, image_mask, withdraw_at: int | None) -> torch.Tensor:
-    """The language model's logits; from layer ``withdraw_at`` on, text tokens do not see the image."""
-    if withdraw_at is None:
-        return model(inputs_embeds=embeds, attention_mask=attention).logits
-    lm = model.model.language_model
+def withdrawn_hidden(lm: Any, embeds: torch.Tensor, attention: torch.Tensor, image_mask: torch.Tensor,
+                     withdraw_at: int | None) -> torch.Tensor:
+    """Last-layer states (before the final norm) of the language model ``lm`` run layer by layer;
+    from layer ``withdraw_at`` on, text tokens do not see the image (``None``: they always do).
+
+    The demo LLaVA's second phase and the demo LISA train with it, so that image information moves
+    into the text tokens in the first layers, as it does in pretrained LLaVA.
+    """
     batch, length = attention.shape
     positions = torch.arange(length, device=embeds.device)[None].expand(batch, length)
     cos, sin = lm.rotary_emb(embeds, positions)
@@ -142,12 +146,21 @@ def _language_logits(model, embeds, attention, image_mask, withdraw_at: int | No
     def additive(mask: torch.Tensor) -> torch.Tensor:
         return torch.zeros(mask.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(~mask, minimum)[:, None]
 
-    seeing, not_seeing = additive(allowed), additive(blind)
+    seeing = additive(allowed)
+    not_seeing = additive(blind) if withdraw_at is not None else seeing
     hidden = embeds
     for index, layer in enumerate(lm.layers):
-        mask = seeing if index < withdraw_at else not_seeing
+        mask = seeing if withdraw_at is None or index < withdraw_at else not_seeing
         hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
-    return model.lm_head(lm.norm(hidden))
+    return hidden
+
+
+def _language_logits(model, embeds, attention, image_mask, withdraw_at: int | None) -> torch.Tensor:
+    """The language model's logits; from layer ``withdraw_at`` on, text tokens do not see the image."""
+    if withdraw_at is None:
+        return model(inputs_embeds=embeds, attention_mask=attention).logits
+    lm = model.model.language_model
+    return model.lm_head(lm.norm(withdrawn_hidden(lm, embeds, attention, image_mask, withdraw_at)))
 
 
 def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: bool = True) -> dict:

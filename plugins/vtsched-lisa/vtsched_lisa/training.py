@@ -146,30 +146,6 @@ def _decode_batch(sam: Any, embeddings: torch.Tensor, prompts: torch.Tensor) -> 
     return (hyper[:, None] @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, 1, h2, w2)
 
 
-def _llm_states(lm: Any, embeds: torch.Tensor, attention: torch.Tensor, visual: torch.Tensor,
-                withdraw_at: int | None) -> torch.Tensor:
-    """Last-layer states (before the final norm); from ``withdraw_at`` on, text does not see the image."""
-    batch, length = attention.shape
-    positions = torch.arange(length, device=embeds.device)[None].expand(batch, length)
-    cos, sin = lm.rotary_emb(embeds, positions)
-    causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=embeds.device))
-    allowed = causal[None] & attention.bool()[:, None, :]
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=embeds.device)[None]
-    blind = allowed & ~((~visual)[:, :, None] & visual[:, None, :])
-    minimum = torch.finfo(embeds.dtype).min
-
-    def additive(mask: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(mask.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(~mask, minimum)[:, None]
-
-    seeing = additive(allowed)
-    not_seeing = additive(blind) if withdraw_at is not None else seeing
-    hidden = embeds
-    for index, layer in enumerate(lm.layers):
-        mask = seeing if withdraw_at is None or index < withdraw_at else not_seeing
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
-    return hidden
-
-
 def _dice(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     p = logits.sigmoid().flatten(1)
     t = truth.flatten(1)
@@ -185,6 +161,7 @@ def train_demo_lisa(out: str | Path, config: TrainConfig = TrainConfig(), progre
     from tqdm.auto import tqdm
 
     from vtsched.core.demo.synthetic import CORNERS, POSITIONS, SHAPES, SUBJECT_COLOURS
+    from vtsched.core.demo.training import withdrawn_hidden
     from vtsched.core.registry import build_registry, make_plugin_manager
     from vtsched.core.scheduler import Scheduler
     from vtsched.core.tokens import Role
@@ -257,7 +234,7 @@ def train_demo_lisa(out: str | Path, config: TrainConfig = TrainConfig(), progre
         features = torch.stack([s.visual_features for s in batch.samples]).to(config.device)
         embeds = embeds.masked_scatter(visual[..., None], features.reshape(-1, hidden).to(embeds.dtype))
         withdraw_at = int(rng.choice(config.withdraw_layers)) if rng.random() < config.withdraw_prob else None
-        states = lm.norm(_llm_states(lm, embeds, attention, visual, withdraw_at))
+        states = lm.norm(withdrawn_hidden(lm, embeds, attention, visual, withdraw_at))
         seg_at = (ids == seg_id).float().argmax(1)
         rows = torch.arange(len(scenes), device=ids.device)
         seg_states = states[rows, seg_at]
