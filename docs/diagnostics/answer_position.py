@@ -6,7 +6,8 @@ It prints, for held-out seed 2 at 7 of 64 visual tokens (``cls`` partition), K =
 - how often the first answer token equals ``full``'s when the subject and non-subject streams,
   run apart through the model's own decoder up to K, are joined by hand: averaging (size weights)
   every post-image token, every one but the answer position, the answer position alone; carrying
-  the non-subject copies (``merge=carry``); nothing (prune);
+  the non-subject copies (``merge=carry``); carrying the rest and averaging the answer position;
+  nothing (prune);
 - with ``--attention``, the share of the answer position's attention (heads averaged, eager) on
   the prefix, the kept visual tokens, its own post-image tokens and the carried copies, per layer.
 
@@ -80,7 +81,8 @@ def main() -> None:
             last = int(keeps[0][-1])
             cases = {"prune": (set(), set()), "average every post-image token": (post, set()),
                      "average all but the answer position": (post - {last}, set()),
-                     "average the answer position alone": ({last}, set()), "carry (merge=carry)": (set(), post)}
+                     "average the answer position alone": ({last}, set()), "carry (merge=carry)": (set(), post),
+                     "carry the rest, average the answer position": ({last}, post - {last})}
             for name, (averaged, carried) in cases.items():
                 rows, positions, kinds = [], [], []
                 for p in keeps[0].tolist():
@@ -89,7 +91,7 @@ def main() -> None:
                     rows.append(w_own * own[p] + (1 - w_own) * other[p] if p in averaged else own[p])
                     positions.append(p)
                     kinds.append(0 if roles[p] == Role.PREFIX else 1 if roles[p] == Role.VISUAL else 2)
-                watch = args.attention and name.startswith("carry")
+                watch = args.attention and name == "carry (merge=carry)"
                 logits, attentions = finish(s, rows, positions, args.k, attention=watch)
                 agree[name] += int(logits.argmax()) == want
                 if watch:
@@ -100,7 +102,7 @@ def main() -> None:
                             mass[(args.k + i, label)].append(float(last_row[kind == j].sum()))
     print(f"seed 2, {len(items)} {args.tag} questions, 7 of 64 tokens, K={args.k}: first answer token equals full's")
     for name, n in agree.items():
-        print(f"  {name:40s} {n:4d}/{len(items)} ({100 * n / len(items):.1f}%)")
+        print(f"  {name:45s} {n:4d}/{len(items)} ({100 * n / len(items):.1f}%)")
     if mass:
         print("attention of the answer position after a carry (heads averaged):")
         for layer in sorted({layer for layer, _ in mass}):
