@@ -27,13 +27,14 @@ from vtsched.core.demo.synthetic import generate  # noqa: E402
 from vtsched.core.generation import GenerationConfig  # noqa: E402
 from vtsched.core.pixels import TokenBoxes, grid_boxes  # noqa: E402
 from vtsched.core.testing import PartitionerConformance  # noqa: E402
-from vtsched.core.tokens import PromptBatch, Role  # noqa: E402
+from vtsched.core.tokens import PromptBatch  # noqa: E402
 from vtsched_lisa import LisaPartitioner, LisaSegmenter, giou_ciou, intersection_union, load_lisa  # noqa: E402
 from vtsched_lisa.checkpoint import KEY_MAP, published_state_dict, read_weights  # noqa: E402
 from vtsched_lisa.data import load_seg_items, reasonseg_mask  # noqa: E402
 from vtsched_lisa.partitioner import LisaPartition, clear_caches, load_segmenter  # noqa: E402
 from vtsched_lisa.segment import lisa_scheduler  # noqa: E402
 from vtsched_lisa.testing import TINY_LAYERS, save_tiny_lisa  # noqa: E402
+from vtsched.core.testing.models import fused_positions, joined_states, stream_positions  # noqa: E402
 
 IMAGES = [s.image for s in generate(7, 3, types=("subject_colour",))]
 QUESTION = "Segment the big shape. Please output segmentation mask."
@@ -105,44 +106,19 @@ def test_missing_clip_is_one_line(tmp_path):
 
 
 # -- [SEG] from the surviving stream equals a by-hand run -----------------------------------------
-def _run_layers(lm, hidden, positions, layers):
-    mask = torch.ones(hidden.shape[1], hidden.shape[1], dtype=torch.bool).tril()[None, None]
-    cos_sin = lm.rotary_emb(hidden, positions)
-    for i in layers:
-        hidden = lm.layers[i](hidden, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
-    return hidden
-
-
-@torch.inference_mode()
 def _reference_seg(seg: LisaSegmenter, sample, subject: torch.Tensor, drop_layer: int | None, alpha: float):
-    """The normed last-layer [SEG] state of the shortened (prune) or fused (parvts) sequence, by hand."""
+    """The normed last-layer [SEG] state of the shortened (prune) or fused (parvts) sequence, by hand
+    (the streams run apart through the model's own decoder and joined: ``models.joined_states``)."""
     model = seg.model
-    lm = model.model.language_model
-    embeds = lm.embed_tokens(sample.input_ids[None]).clone()
-    visual = sample.visual_positions
-    embeds[0, visual] = sample.visual_features.to(embeds.dtype)
-    text = torch.nonzero(sample.roles != Role.VISUAL).flatten()
-    post = torch.nonzero((sample.roles == Role.QUESTION) | (sample.roles == Role.SUFFIX)).flatten()
-    in_subject = torch.zeros(len(visual), dtype=torch.bool)
-    in_subject[subject] = True
-
-    def keep_of(tokens):
-        return torch.sort(torch.cat((text, visual[tokens]))).values
-
-    keep_s = keep_of(in_subject)
+    others = torch.tensor([i for i in range(sample.num_visual) if i not in set(subject.tolist())], dtype=torch.long)
+    keeps = [stream_positions(sample, subject), stream_positions(sample, others)]
     seg_at = int(torch.nonzero(sample.input_ids == model.config.seg_token_id)[0])
     if drop_layer is None:
-        hidden = _run_layers(lm, embeds[:, keep_s], keep_s[None], range(TINY_LAYERS))
+        positions, states = joined_states(model, model.model.language_model, sample, keeps[:1], TINY_LAYERS)
     else:
-        keep_n = keep_of(~in_subject)
-        h_s = _run_layers(lm, embeds[:, keep_s], keep_s[None], range(drop_layer))
-        h_n = _run_layers(lm, embeds[:, keep_n], keep_n[None], range(drop_layer))
-        rows_s = torch.searchsorted(keep_s, post)
-        rows_n = torch.searchsorted(keep_n, post)
-        h_s[0, rows_s] = alpha * h_s[0, rows_s] + (1 - alpha) * h_n[0, rows_n]
-        hidden = _run_layers(lm, h_s, keep_s[None], range(drop_layer, TINY_LAYERS))
-    row = int(torch.searchsorted(keep_s, torch.tensor(seg_at)))
-    return lm.norm(hidden)[0, row], seg_at
+        positions, states = joined_states(model, model.model.language_model, sample, keeps, drop_layer,
+                                          averaged=fused_positions(sample, "post_image"), alpha=alpha)
+    return states[positions.index(seg_at)], seg_at
 
 
 @pytest.mark.parametrize("policy, params", [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from vtsched.core import Budget
 from vtsched.core.adapters import LlavaNextAdapter

@@ -174,14 +174,9 @@ def _keep_top_probes(event: KeepTop, run: PrefillRun, segment: Segment) -> list[
     layer = event.layer - 1
     if not segment.start <= layer < segment.end:
         return []
-    roles = segment.row_roles
     block = segment.block(event.stream)
-    prompt = (roles >= 0) & (roles != Role.TAIL)
-    prompt[:, : block.start] = False
-    prompt[:, block.stop :] = False
-    last = prompt.long().cumsum(1).argmax(1)  # last prompt slot of the stream, per row
-    sel = torch.zeros_like(roles, dtype=torch.bool)
-    sel[torch.arange(roles.shape[0], device=sel.device), last] = True
+    sel = torch.zeros_like(segment.row_roles, dtype=torch.bool)
+    sel[:, block] = run.bound.fused(segment.rows.index[:, block], "last")  # every stream has the prompt's text
     own = slice(segment.n_context + block.start, segment.n_context + block.stop)
     return [(layer, RankProbe(QueryRows.select(segment, sel, block), event=event, own=own,
                               index=segment.rows.index[:, block]))]

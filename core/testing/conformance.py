@@ -618,9 +618,7 @@ class AdapterConformance(_Kit):
 
     def test_full_equals_the_models_own_forward(self) -> None:
         def check(shape: Any, inputs: tuple[list[Any], list[str]]) -> None:
-            adapter = self._adapter(shape)
-            engine, planner = self._runner(adapter)
-            batch = adapter.prepare(*inputs)
+            adapter, engine, planner, batch = self._prepared(shape, inputs)
             reference_inputs = self.reference_inputs(adapter.processor, inputs[0][0], inputs[1][0])
             _expect(reference_inputs["input_ids"][0].tolist() == batch.samples[0].input_ids.tolist(),
                     f"{_name(adapter)}: prepared token ids differ from the processor's")
@@ -638,9 +636,7 @@ class AdapterConformance(_Kit):
         from vtsched.core.generation import GenerationConfig, generate
 
         def check(shape: Any, inputs: tuple[list[Any], list[str]]) -> None:
-            adapter = self._adapter(shape)
-            engine, planner = self._runner(adapter)
-            batch = adapter.prepare(*inputs)
+            adapter, engine, planner, batch = self._prepared(shape, inputs)
             plan = planner.plan(batch, self._policy("full"), None, None)
             config = GenerationConfig(max_new_tokens=self.new_tokens)
             ours = generate(engine, batch, plan.schedule, plan.partition, config)
@@ -653,17 +649,13 @@ class AdapterConformance(_Kit):
 
     def test_prune_equals_the_model_on_a_physically_shortened_sequence(self) -> None:
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
-            adapter = self._adapter(shape)
-            engine, planner = self._runner(adapter)
-            batch = adapter.prepare(*inputs)
+            adapter, engine, planner, batch = self._prepared(shape, inputs)
             sample = batch.samples[0]
             budget = Budget(count=data.draw(st.integers(0, sample.num_visual), label="keep"))
             partitioner = self.registry().partitioner("random")(seed=data.draw(st.integers(0, 99), label="seed"))
             plan = planner.plan(batch, self._policy("prune"), partitioner, budget)
             ours = engine.prefill(batch, plan.schedule, plan.partition, use_cache=False, return_hidden=True)
-            keep_mask = sample.roles != Role.VISUAL
-            keep_mask[sample.visual_positions[plan.partition.members(0, plan.partition.groups[0])]] = True
-            keep = torch.nonzero(keep_mask).flatten()
+            keep = models.stream_positions(sample, plan.partition.members(0, plan.partition.groups[0]))
             kept = ours.index[0].tolist() if ours.index is not None else None
             _expect(kept == keep.tolist(), f"{_name(adapter)}: prune kept positions {kept}, expected {keep.tolist()}")
             reference = self.shortened_reference_logits(adapter.model, sample, keep)
@@ -676,9 +668,7 @@ class AdapterConformance(_Kit):
         from vtsched.core.generation import GenerationConfig, generate
 
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
-            adapter = self._adapter(shape)
-            engine, planner = self._runner(adapter)
-            batch = adapter.prepare(*inputs)
+            adapter, engine, planner, batch = self._prepared(shape, inputs)
             name = data.draw(st.sampled_from(["full", "prune"]), label="policy")
             budget = Budget(count=data.draw(st.integers(0, min(batch.num_visual)), label="keep"))
             partitioner = self.registry().partitioner("uniform")() if name == "prune" else None
@@ -700,9 +690,7 @@ class AdapterConformance(_Kit):
 
     def test_parvts_with_alpha_one_equals_prune(self) -> None:
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
-            adapter = self._adapter(shape)
-            engine, planner = self._runner(adapter)
-            batch = adapter.prepare(*inputs)
+            adapter, engine, planner, batch = self._prepared(shape, inputs)
             budget = Budget(count=data.draw(st.integers(0, min(batch.num_visual)), label="keep"))
             drop = data.draw(st.integers(0, adapter.geometry.num_layers), label="drop_layer")
             tokens = data.draw(st.sampled_from(["question", "post_image", "last"]), label="fuse_tokens")
@@ -719,9 +707,7 @@ class AdapterConformance(_Kit):
 
     def test_parvts_equals_the_streams_run_apart_and_joined_by_hand(self) -> None:
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
-            adapter = self._adapter(shape)
-            engine, planner = self._runner(adapter)
-            batch = adapter.prepare(*inputs)
+            adapter, engine, planner, batch = self._prepared(shape, inputs)
             sample = batch.samples[0]
             budget = Budget(count=data.draw(st.integers(0, sample.num_visual), label="keep"))
             drop = data.draw(st.integers(0, adapter.geometry.num_layers), label="drop_layer")
@@ -732,9 +718,8 @@ class AdapterConformance(_Kit):
             params = {"drop_layer": drop, "merge": merge, "fuse_tokens": tokens, "fusion": "fixed", "alpha": alpha}
             plan = planner.plan(batch, self._policy("parvts", params), partitioner, budget)
             ours = engine.prefill(batch, plan.schedule, plan.partition, use_cache=False).logits[0]
-            text = torch.nonzero(sample.roles != Role.VISUAL).flatten()
             members = [plan.partition.members(0, g) for g in plan.partition.groups]
-            keeps = [torch.sort(torch.cat((text, sample.visual_positions[m]))).values for m in members]
+            keeps = [models.stream_positions(sample, m) for m in members]
             chosen = models.fused_positions(sample, tokens)
             reference = self.joined_reference_logits(
                 adapter, sample, keeps, drop, averaged=chosen if merge != "carry" else set(),
@@ -749,9 +734,7 @@ class AdapterConformance(_Kit):
         from vtsched.core.generation import GenerationConfig, generate
 
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
-            adapter = self._adapter(shape)
-            engine, planner = self._runner(adapter)
-            batch = adapter.prepare(*inputs)
+            adapter, engine, planner, batch = self._prepared(shape, inputs)
             name = data.draw(st.sampled_from(["full", "prune", "parvts"]), label="policy")
             params: dict[str, Any] = {}
             if name == "parvts":
@@ -802,6 +785,12 @@ class AdapterConformance(_Kit):
 
         planner = Planner(self.registry(), adapter.geometry, type(adapter).default_partitioner)
         return Engine(adapter.decoder(), self.registry().fusion_rules()), planner
+
+    def _prepared(self, shape: Any, inputs: tuple[list[Any], list[str]]) -> tuple[Any, Any, Any, PromptBatch]:
+        """The tiny model's adapter, an engine and a planner on it, and ``inputs`` prepared as a batch."""
+        adapter = self._adapter(shape)
+        engine, planner = self._runner(adapter)
+        return adapter, engine, planner, adapter.prepare(*inputs)
 
     def _policy(self, name: str, params: Mapping[str, Any] | None = None) -> Policy:
         return self.registry().policy(name)(**dict(params or {}))  # type: ignore[no-any-return]

@@ -21,7 +21,7 @@ from vtsched.core.tokens import Sample
 
 __all__ = [
     "TinyShape", "tiny_llava", "tiny_llava_shapes", "default_registry", "bound_scheduler", "processor_inputs",
-    "model_logits", "model_greedy_tokens", "shortened_logits", "joined_logits", "fused_positions", "layer_embeds", "decoder_slice", "one_sequence",
+    "model_logits", "model_greedy_tokens", "shortened_logits", "joined_states", "joined_logits", "fused_positions", "stream_positions", "layer_embeds", "decoder_slice", "one_sequence",
 ]
 
 
@@ -95,6 +95,15 @@ def shortened_logits(model: Any, sample: Sample, keep: torch.Tensor,
     return model(inputs_embeds=embeds[:, keep], position_ids=positions).logits[0].float()
 
 
+def stream_positions(sample: Sample, visual: torch.Tensor) -> torch.Tensor:
+    """Sorted positions a stream carries: every text token and the visual tokens numbered ``visual``
+    (indices into the image's tokens, e.g. ``Partition.members``)."""
+    from vtsched.core.tokens import Role
+
+    text = torch.nonzero(sample.roles != Role.VISUAL).flatten()
+    return torch.sort(torch.cat((text, sample.visual_positions[visual]))).values
+
+
 def fused_positions(sample: Sample, tokens: str) -> set[int]:
     """Positions of the text tokens a ``Fuse``/``Carry`` event with ``tokens`` acts on, read from roles alone."""
     from vtsched.core.tokens import Role
@@ -141,31 +150,33 @@ def one_sequence(ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def joined_logits(model: Any, language_model: Any, sample: Sample, keeps: Sequence[torch.Tensor], drop_layer: int, *,
-                  averaged: Collection[int] = (), alpha: float = 1.0, carried: Collection[int] = ()) -> torch.Tensor:
-    """``(vocab,)`` last-token logits of two streams run apart up to ``drop_layer`` and then joined by hand.
+def joined_states(model: Any, language_model: Any, sample: Sample, keeps: Sequence[torch.Tensor], drop_layer: int, *,
+                  averaged: Collection[int] = (), alpha: float = 1.0,
+                  carried: Collection[int] = ()) -> tuple[list[int], torch.Tensor]:
+    """Streams run apart up to ``drop_layer``, then joined by hand: ``(positions, (T, hidden) states)``
+    of the joined sequence after the last layer and the final norm (a position twice where carried).
 
-    ``keeps[0]`` are the surviving stream's positions (sorted), ``keeps[1]`` the other stream's.
-    Each runs as a physically shortened sequence through the language model's own forward over
-    layers ``< drop_layer`` (original position ids). Then the surviving stream's state of each
-    position in ``averaged`` becomes ``alpha * own + (1 - alpha) * other`` (``fixed`` fusion; the
-    caller passes ``alpha = 1`` when the other stream has no visual token), and before each
-    position in ``carried`` the other stream's state is inserted with the same position id. The
-    joined sequence runs the model's own forward over the remaining layers and its final norm.
+    ``keeps[0]`` are the surviving stream's positions (sorted), ``keeps[1]`` (if given) the other
+    stream's. Each runs as a physically shortened sequence through the language model's own
+    forward over layers ``< drop_layer`` (original position ids). Then the surviving stream's state
+    of each position in ``averaged`` becomes ``alpha * own + (1 - alpha) * other`` (``fixed``
+    fusion; the caller passes ``alpha = 1`` when the other stream has no visual token), and before
+    each position in ``carried`` the other stream's state is inserted with the same position id.
+    The joined sequence runs the model's own forward over the remaining layers and its final norm.
     ``language_model`` is the decoder (``.layers``, ``.norm``).
     """
     embeds = layer_embeds(model, sample)
     device = embeds.device
     layers = list(language_model.layers)
-    own, other = [], []
-    for keep, states in zip(keeps, (own, other)):
+    streams = []
+    for keep in keeps:
         keep = keep.to(device)
         ids = _rotary_ids(sample, keep)
         with decoder_slice(language_model, layers[:drop_layer], final_norm=False) as lm:
             out = lm(inputs_embeds=embeds[:, keep], position_ids=ids, attention_mask=one_sequence(ids),
                      use_cache=False).last_hidden_state
-        states.append(dict(zip(keep.tolist(), out[0])))
-    mine, theirs = own[0], other[0]
+        streams.append(dict(zip(keep.tolist(), out[0])))
+    mine, theirs = streams[0], (streams[1] if len(streams) > 1 else {})
     rows, positions = [], []
     for p in keeps[0].tolist():
         if p in carried:
@@ -177,4 +188,13 @@ def joined_logits(model: Any, language_model: Any, sample: Sample, keeps: Sequen
     with decoder_slice(language_model, layers[drop_layer:], final_norm=True) as lm:
         out = lm(inputs_embeds=torch.stack(rows)[None], position_ids=ids, attention_mask=one_sequence(ids),
                  use_cache=False)
-    return model.lm_head(out.last_hidden_state[0, -1]).float()
+    return positions, out.last_hidden_state[0]
+
+
+@torch.inference_mode()
+def joined_logits(model: Any, language_model: Any, sample: Sample, keeps: Sequence[torch.Tensor], drop_layer: int, *,
+                  averaged: Collection[int] = (), alpha: float = 1.0, carried: Collection[int] = ()) -> torch.Tensor:
+    """``(vocab,)`` last-token logits of :func:`joined_states` (the model's own head)."""
+    _, states = joined_states(model, language_model, sample, keeps, drop_layer, averaged=averaged, alpha=alpha,
+                              carried=carried)
+    return model.lm_head(states[-1]).float()

@@ -24,7 +24,7 @@ import torch
 
 from vtsched.core import Budget, Scheduler
 from vtsched.core.demo import demo_model_path, synthetic
-from vtsched.core.testing.models import decoder_slice, layer_embeds, one_sequence
+from vtsched.core.testing.models import decoder_slice, layer_embeds, one_sequence, stream_positions
 from vtsched.core.tokens import Role
 
 KINDS = ("prefix", "visual", "own post-image", "carried")
@@ -71,9 +71,8 @@ def main() -> None:
             full = s.plan(batch, s.make_policy("full", {}), None, None)
             want = int(s.engine.prefill(batch, full.schedule, full.partition, use_cache=False).logits.argmax())
             plan = s.plan(batch, s.make_policy("prune", {}), None, Budget.parse("7"))
-            text = torch.nonzero(sample.roles != Role.VISUAL).flatten()
             members = [plan.partition.members(0, g) for g in plan.partition.groups]
-            keeps = [torch.sort(torch.cat((text, sample.visual_positions[m]))).values for m in members]
+            keeps = [stream_positions(sample, m) for m in members]
             own, other = streams_until(s, sample, keeps, args.k)
             w_own = len(members[0]) / sample.num_visual  # size fusion
             roles = sample.roles.tolist()
