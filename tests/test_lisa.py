@@ -25,9 +25,7 @@ from vtsched.core import InputError  # noqa: E402
 from vtsched.core.cli import main  # noqa: E402
 from vtsched.core.demo.synthetic import generate  # noqa: E402
 from vtsched.core.generation import GenerationConfig  # noqa: E402
-from vtsched.core.pixels import TokenBoxes, grid_boxes  # noqa: E402
 from vtsched.core.testing import PartitionerConformance  # noqa: E402
-from vtsched.core.tokens import PromptBatch  # noqa: E402
 from vtsched_lisa import LisaPartitioner, LisaSegmenter, giou_ciou, intersection_union, load_lisa  # noqa: E402
 from vtsched_lisa.checkpoint import KEY_MAP, published_state_dict, read_weights  # noqa: E402
 from vtsched_lisa.data import load_seg_items, reasonseg_mask  # noqa: E402
@@ -296,20 +294,6 @@ class TestLisaConformance(PartitionerConformance):
         return LisaPartitioner(model=str(tiny_lisa()), **dict(self.partitioner_params))
 
     def prompt_batches(self, *, distinct_visual: bool = False):
-        import dataclasses
-
-        from hypothesis import strategies as st
-
         from vtsched.core.testing import prompt_batches
 
-        @st.composite
-        def batches(draw):
-            batch = draw(prompt_batches(min_size=1, max_size=3, distinct_visual=distinct_visual))
-            out = []
-            for sample in batch.samples:
-                image = IMAGES[draw(st.integers(0, len(IMAGES) - 1))]
-                boxes = TokenBoxes(grid_boxes(image.size, *sample.grid), image.size)
-                out.append(dataclasses.replace(sample, image=image, pixel_boxes=boxes))
-            return PromptBatch(out)
-
-        return batches()
+        return prompt_batches(min_size=1, max_size=3, distinct_visual=distinct_visual, images=IMAGES)

@@ -41,11 +41,8 @@ def _with_procedural_images(batch: PromptBatch, picks: list[int]) -> PromptBatch
     return PromptBatch(samples)
 
 
-@st.composite
-def procedural_batches(draw, **kwargs):
-    batch = draw(prompt_batches(**kwargs))
-    picks = draw(st.lists(st.integers(0, IMAGES - 1), min_size=len(batch), max_size=len(batch)))
-    return _with_procedural_images(batch, picks)
+def procedural_batches(**kwargs):
+    return prompt_batches(**kwargs, images=[p.image for p in PROCEDURAL])
 
 
 class TestMaskPartitioner(PartitionerConformance):

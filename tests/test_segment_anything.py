@@ -63,21 +63,9 @@ class _WithPixelBoxes:
         return SamPartitioner(checkpoint=str(tiny_checkpoint()), **dict(self.partitioner_params))
 
     def prompt_batches(self, *, distinct_visual: bool = False):
-        from hypothesis import strategies as st
-
         from vtsched.core.testing import prompt_batches
 
-        @st.composite
-        def batches(draw):
-            batch = draw(prompt_batches(min_size=1, max_size=3, distinct_visual=distinct_visual))
-            out = []
-            for sample in batch.samples:
-                image = IMAGES[draw(st.integers(0, len(IMAGES) - 1))]
-                boxes = TokenBoxes(grid_boxes(image.size, *sample.grid), image.size)
-                out.append(dataclasses.replace(sample, image=image, pixel_boxes=boxes))
-            return PromptBatch(out)
-
-        return batches()
+        return prompt_batches(min_size=1, max_size=3, distinct_visual=distinct_visual, images=IMAGES)
 
 
 class TestSamConformance(_WithPixelBoxes, PartitionerConformance):

@@ -14,7 +14,10 @@ Models are built with random weights and cached per shape, so a property can dra
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from functools import lru_cache
 
 import torch
@@ -24,6 +27,7 @@ from vtsched.core.budget import Budget
 from vtsched.core.demo.shapes import QUESTION_WORDS, SHAPES, Shape, build_random_llava, random_image
 from vtsched.core.fusion import FusionInputs
 from vtsched.core.geometry import ModelGeometry
+from vtsched.core.pixels import TokenBoxes, grid_boxes
 from vtsched.core.partition import NON_SUBJECT, SUBJECT
 from vtsched.core.schedule import (
     FUSED_TOKENS, KNOWN_RANKERS, Carry, EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule, Stream,
@@ -224,14 +228,16 @@ IMAGE_TOKEN_ID = 4  # token id synthetic samples use for visual tokens
 
 @st.composite
 def prompt_batches(draw, *, min_size: int = 1, max_size: int = 3, max_side: int = 4, hidden_size: int = 8,
-                   key_size: int = 4, vocab_size: int = 64, distinct_visual: bool = False) -> PromptBatch:
+                   key_size: int = 4, vocab_size: int = 64, distinct_visual: bool = False,
+                   images: Sequence[Any] | None = None) -> PromptBatch:
     """Synthetic prompt batches for partitioners, no model needed.
 
     Each sample has its own patch grid (1..max_side rows and columns, so samples in one batch
     carry different numbers of visual tokens; ``distinct_visual`` makes every count different),
     random features ``(num_visual, hidden_size)``, [CLS] scores (sometimes all tied), patch keys
     in ``extras["patch_keys"]`` and a small noise image, laid out as prefix, image, question,
-    suffix like an adapter's prompt.
+    suffix like an adapter's prompt. With ``images``, each sample gets one of them instead, with the
+    pixel boxes an identity-geometry adapter would give (for partitioners that read pixels).
     """
     size = draw(st.integers(max(min_size, 2 if distinct_visual else 1), max_size))
     grid = st.tuples(st.integers(1, max_side), st.integers(1, max_side))
@@ -260,6 +266,10 @@ def prompt_batches(draw, *, min_size: int = 1, max_size: int = 3, max_side: int 
             image=random_image(seed, 14 * cols, 14 * rows),
             extras={"patch_keys": torch.randn(n, key_size, generator=gen)},
         ))
+        if images:
+            image = images[draw(st.integers(0, len(images) - 1))]
+            boxes = TokenBoxes(grid_boxes(image.size, rows, cols), image.size)
+            samples[-1] = dataclasses.replace(samples[-1], image=image, pixel_boxes=boxes)
     return PromptBatch(samples)
 
 
