@@ -373,3 +373,14 @@ def test_sweep_help_lists_the_options():
     text = sub.choices["sweep"].format_help()
     for option in ("--dry-run", "--retry-failed", "--workers", "--executor", "--devices"):
         assert option in text
+
+
+def test_text_lengths_split_each_familys_prompt_at_its_own_image_marker():
+    """Qwen's template marks the image with <|image_pad|>, not <image>: estimates must not crash on it."""
+    from vtsched.core.adapters import LlavaAdapter
+    from vtsched.core.adapters.qwen2_vl import Qwen2VLAdapter
+    from vtsched.core.tools.sweep_plan import _ModelInfo, _text_lengths
+
+    for adapter in (LlavaAdapter, Qwen2VLAdapter):
+        counts = _text_lengths(_ModelInfo("/no/tokenizer/here", "-", None, None, adapter), "synthetic:1:1", None)
+        assert sum(counts.values()) == 7 and all(prefix > 0 and suffix > 0 for prefix, suffix in counts)

@@ -69,6 +69,7 @@ class ModelAdapter(ABC):
     name: ClassVar[str]
     model_type: ClassVar[str]  # transformers' ``config.model_type`` this adapter reads
     prompt_template: ClassVar[str] = "{question}"
+    image_placeholder: ClassVar[str] = "<image>"  # what marks the image in prompt_template
     # The partitioner a policy whose default is ``cls`` uses on this family: ``cls`` where the
     # vision tower has a [CLS] token, the family's own score otherwise (``attention`` on Qwen2-VL).
     default_partitioner: ClassVar[str] = "cls"

@@ -126,7 +126,7 @@ class LlavaAdapter(ModelAdapter):
     def _sample(self, question, features, cls, grid, image) -> Sample:
         tokenizer = self.processor.tokenizer
         image_token = getattr(self.processor, "image_token", "<image>")
-        head, tail = self.prompt_template.split("<image>")
+        head, tail = self.prompt_template.split(self.image_placeholder)
         q_at = tail.index("{question}")
         tail = tail.replace("{question}", question)
         text = head + image_token * features.shape[0] + tail

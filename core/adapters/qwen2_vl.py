@@ -68,6 +68,7 @@ class Qwen2VLAdapter(ModelAdapter):
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
     )
+    image_placeholder: ClassVar[str] = IMAGE_PAD
     default_partitioner: ClassVar[str] = "attention"
 
     def __init__(self, model: nn.Module, processor: Any = None, **options: Any) -> None:
@@ -221,7 +222,7 @@ class Qwen2VLAdapter(ModelAdapter):
     def _sample(self, question: str, features: torch.Tensor, grid_thw: torch.Tensor) -> Sample:
         """Token ids (the image pad expanded to one token per merged feature), roles, M-RoPE ids."""
         tokenizer = self.processor.tokenizer
-        head, tail = self.prompt_template.split(IMAGE_PAD)
+        head, tail = self.prompt_template.split(self.image_placeholder)
         n = features.shape[0]
         q_start = len(head) + len(IMAGE_PAD) * n + tail.index("{question}")
         text = head + IMAGE_PAD * n + tail.replace("{question}", question)

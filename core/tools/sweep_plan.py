@@ -167,8 +167,7 @@ def _text_lengths(info: _ModelInfo, dataset: str, limit: int | None) -> Counter[
     from vtsched.core.tools.evaluate import load_items
 
     items = load_items(dataset, limit)
-    template = getattr(info.adapter, "prompt_template", "USER: <image>\n{question} ASSISTANT:")
-    head, tail = template.split("<image>")
+    head, tail = info.adapter.prompt_template.split(info.adapter.image_placeholder)
     counts: Counter[tuple[int, int]] = Counter()
     try:
         from transformers import AutoTokenizer
