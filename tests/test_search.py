@@ -104,3 +104,23 @@ def test_search_policy_calibrates_its_layer():
     policy = s.make_policy("search", {"base": "vtw", "threshold": 1e-9})
     plan = s.plan(batch, policy, None, None)
     assert plan.policy.name == "vtw" and plan.policy.drop_layer == 3
+
+
+def test_calibration_runs_the_partitioner_with_its_own_parameters():
+    """A partitioner given with parameters (a seeded random one) is searched as given, not rebuilt by name."""
+    from vtsched.core import Budget
+    from vtsched.core.policy import Calibration
+    from vtsched.core.tools.search import calibrate
+
+    s = scheduler(*tiny_llava(TinyShape(layers=2, image_size=42)))
+    batch = s.prepare([random_image(6), random_image(7)], ["what?", "what is in the corner?"])
+    full = s.plan(batch, s.make_policy("full"), None, None)
+    full_logits = s.engine.prefill(batch, full.schedule, full.partition, use_cache=False).logits
+    for seed in (11, 12):
+        part = s.make_partitioner("random", {"seed": seed})
+        found = calibrate(s, Calibration("parvts", threshold=1e9), batch, part, Budget.parse("3"))
+        plan = s.plan(batch, s.make_policy("parvts", {"drop_layer": 1}), part, Budget.parse("3"))
+        expected = next_token_kl(full_logits, s.engine.prefill(batch, plan.schedule, plan.partition,
+                                                               use_cache=False).logits)
+        at_one = next(r for r in found.result.curve if r["layer"] == 1)
+        assert at_one["kl"] == pytest.approx(float(expected.mean()))

@@ -67,7 +67,7 @@ def search_drop_layer(
     threshold: float = 0.003,
     layer_param: str = "drop_layer",
     layers: Sequence[int] | None = None,
-    partitioner: str | None = None,
+    partitioner: str | Partitioner | None = None,
     progress: bool = True,
 ) -> SearchResult:
     from tqdm.auto import tqdm
@@ -85,9 +85,9 @@ def search_drop_layer(
     settings = [(b, a) for b in budgets for a in (alphas if alphas else [None])]
     bar = tqdm(total=len(settings) * len(layers), desc=f"search {layer_param}", disable=not progress, leave=False)
     candidates = []
+    part = scheduler.make_partitioner(partitioner) if partitioner else None  # a name, or one built with its parameters
     for budget_text, alpha in settings:
         budget = Budget.parse(budget_text)
-        part = scheduler.make_partitioner(partitioner) if partitioner else None
         for layer in layers:
             values = dict(params or {}, **{layer_param: layer})
             if alpha is not None:
@@ -135,7 +135,7 @@ def calibrate(
     result = search_drop_layer(
         scheduler, batch, request.base, params=dict(request.params),
         budgets=[budget] if budget is not None else ["0.111"], threshold=request.threshold,
-        layer_param=request.layer_param, partitioner=partitioner.name if partitioner is not None else None,
+        layer_param=request.layer_param, partitioner=partitioner,
         progress=False,
     )
     if result.chosen is None:
