@@ -101,6 +101,10 @@ def test_bench_refuses_unknown_policies_before_running(tmp_path, capsys):
                  "--no-plugins"]) == 2
     assert "unknown policy 'warp-drive'" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+    assert main(["bench", "--shape", "demo", "--policies", "parvts:drop_layer", "--out", str(tmp_path / "b"),
+                 "--no-plugins"]) == 2  # a parameter without a value: one line, not a traceback
+    assert "expected NAME:PARAM=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_main_commands_need_no_dev_extras(tmp_path):

@@ -28,11 +28,13 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from vtsched.core.budget import Budget
 from vtsched.core.cost import prefill_flops, scoring_flops, vision_flops
 from vtsched.core.engine import DecodeState, Engine, Prefill
+from vtsched.core.errors import InputError
 from vtsched.core.planner import Plan
 from vtsched.core.scheduler import Scheduler
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
-__all__ = ["expand_cases", "Case", "CaseResult", "ReferenceResult", "BenchReport", "run_bench", "parse_case"]
+__all__ = ["expand_cases", "Case", "CaseResult", "ReferenceResult", "BenchReport", "run_bench", "parse_case",
+           "parse_component"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,25 @@ class Case:
         return f"{name}@{self.budget}" if self.budget is not None else name
 
 
+def parse_component(spec: str, kind: str = "policy") -> tuple[str, dict[str, str]]:
+    """``"NAME[:PARAM=VALUE,...]"`` -> ``(name, params)``; only the first ``:`` splits, so a value
+    may hold colons (``mask:masks=synthetic:1:40``), not commas. A pair without ``=`` is one line."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, str] = {}
+    for pair in (p for p in rest.split(",") if p.strip()):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"{kind} {spec!r}: expected NAME:PARAM=VALUE,..., got {pair!r}")
+        params[key.strip()] = value.strip()
+    return name.strip(), params
+
+
 def parse_case(text: str, budget: str | None = None) -> Case:
     """``"parvts:drop_layer=2,fusion=fixed"`` -> Case (budget given separately); ``schedule:PATH`` as is."""
     if text.startswith("schedule:"):
         return Case(text.strip(), budget)
-    name, _, rest = text.partition(":")
-    params = tuple(tuple(p.split("=", 1)) for p in rest.split(",") if p) if rest else ()
-    return Case(name.strip(), budget, tuple((k.strip(), v.strip()) for k, v in params))  # type: ignore[misc]
+    name, params = parse_component(text, "policy")
+    return Case(name, budget, tuple(params.items()))
 
 
 def expand_cases(planner: Any, specs: Sequence[str], budgets: Sequence[str], *, keep_full: bool) -> list[Case]:

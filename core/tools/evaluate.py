@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vtsched.core.tools.bench import Case
+from vtsched.core.tools.bench import Case, parse_component
 from vtsched.core.budget import Budget
 from vtsched.core.cost import prefill_flops
 from vtsched.core.errors import InputError
@@ -190,16 +190,8 @@ def _hf_items(spec: str) -> list[EvalItem]:
 
 
 def parse_partitioner(spec: str) -> tuple[str, dict[str, str]]:
-    """``"NAME[:PARAM=VALUE,...]"`` -> ``(name, params)``; only the first ``:`` splits, so a value
-    may hold colons (``mask:masks=synthetic:1:40``), not commas."""
-    name, _, rest = spec.partition(":")
-    params: dict[str, str] = {}
-    for pair in (p for p in rest.split(",") if p.strip()):
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise InputError(f"partitioner {spec!r}: expected NAME:PARAM=VALUE,..., got {pair!r}")
-        params[key.strip()] = value.strip()
-    return name.strip(), params
+    """``"NAME[:PARAM=VALUE,...]"`` -> ``(name, params)`` (:func:`~vtsched.core.tools.bench.parse_component`)."""
+    return parse_component(spec, "partitioner")
 
 
 def _with_dataset(registry: Any, name: str, params: dict[str, str], data: str | None) -> dict[str, str]:
