@@ -74,6 +74,12 @@ def test_a_prefill_reports_its_own_positions_and_counts_the_copies():
         text = torch.nonzero(sample.roles != Role.VISUAL).flatten()
         subject = sample.visual_positions[pl.partition.members(b, pl.partition.groups[0])]
         assert own.tolist() == sorted(torch.cat((text, subject)).tolist())  # each position once: its own copy
+        slots = out.slots(b, text)  # where the prompt's own copies sit, never a carried copy
+        assert out.index[b][slots].tolist() == text.tolist()
+        dropped = [p for p in sample.visual_positions.tolist() if p not in set(subject.tolist())]
+        if dropped:
+            with pytest.raises(ScheduleError, match="not in the sequence that ran"):
+                out.slots(b, torch.tensor(dropped[:1]))
         assert int(out.stats.carries[0][2][b]) == post_image
         survivor_after = [w for w in out.stats.work if w.start >= 1 and w.stream == pl.schedule.survivor]
         assert all(int(w.carried[b]) == post_image for w in survivor_after)

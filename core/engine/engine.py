@@ -60,6 +60,19 @@ class Prefill:
     index: torch.Tensor | None = None
     all_logits: torch.Tensor | None = None
 
+    def slots(self, sample: int, positions: torch.Tensor) -> torch.Tensor:
+        """Where the tokens at ``positions`` (in the prompt as given, tail included) sit in ``hidden`` /
+        ``all_logits`` for ``sample``. Raises when one did not run (a schedule that dropped it)."""
+        if self.index is None:
+            raise ScheduleError("slots() needs a prefill run with return_hidden=True")
+        index = self.index[sample]
+        positions = positions.to(index.device)
+        match = index[None, :] == positions[:, None]
+        if not bool(match.any(1).all()):
+            missing = positions[~match.any(1)].tolist()
+            raise ScheduleError(f"sample {sample}: positions {missing} are not in the sequence that ran")
+        return match.int().argmax(1)
+
 
 class Engine:
     """Runs schedules on one model through its adapter's :class:`~vtsched.core.adapters.base.DecoderParts`.

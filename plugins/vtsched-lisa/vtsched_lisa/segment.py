@@ -103,8 +103,8 @@ def seg_states(prefill: Prefill, batch: PromptBatch, seg_token_id: int, norm: to
 
     The position is the token's original one (its index in the prompt, or after it in ``tails``);
     the state is the surviving stream's last-layer state at that position, found by looking the
-    position up in ``prefill.index`` (the positions of the sequence that actually ran), with the
-    decoder's final norm applied.
+    position up in the sequence that actually ran (``Prefill.slots``), with the decoder's final norm
+    applied.
     """
     if prefill.hidden is None or prefill.index is None:
         raise VtschedError("seg_states needs a prefill run with return_hidden=True")
@@ -118,11 +118,12 @@ def seg_states(prefill: Prefill, batch: PromptBatch, seg_token_id: int, norm: to
             out.append(None)
             continue
         position = int(found[0])
-        where = torch.nonzero(prefill.index[b].cpu() == position).flatten()
-        if where.numel() != 1:
+        try:
+            slot = int(prefill.slots(b, torch.tensor([position]))[0])
+        except VtschedError:
             raise VtschedError(f"sample {b}: the {SEG_TOKEN} token (position {position}) is not in the sequence "
-                               "that ran; a schedule must keep text tokens")
-        state = norm(prefill.hidden[b, int(where[0])][None])[0]
+                               "that ran; a schedule must keep text tokens") from None
+        state = norm(prefill.hidden[b, slot][None])[0]
         out.append((position, state))
     return out
 

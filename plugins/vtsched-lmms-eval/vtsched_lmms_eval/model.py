@@ -245,8 +245,7 @@ class VtschedLMM(lmms):
             assert prefill.all_logits is not None and prefill.index is not None
             for k, tail in enumerate(tails):
                 length = batch.samples[k].length
-                wanted = torch.arange(length - 1, length - 1 + len(tail), device=prefill.index.device)
-                slots = (prefill.index[k][None, :] == wanted[:, None]).float().argmax(1)  # slot of each position
+                slots = prefill.slots(k, torch.arange(length - 1, length - 1 + len(tail)))
                 logprobs = torch.log_softmax(prefill.all_logits[k, slots].float(), dim=-1)
                 tail_ids = tail.to(logprobs.device)
                 total = -float(logprobs.gather(1, tail_ids[:, None]).sum())
