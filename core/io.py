@@ -30,14 +30,14 @@ def load_image(path: str | os.PathLike[str]) -> Any:
         raise InputError(f"cannot read image {p}: {exc}") from None
 
 
-def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file, so a failure never leaves half a file."""
+def write_atomic(path: str | os.PathLike[str], text: str | bytes) -> Path:
+    """Write ``text`` (or bytes) to ``path`` via a temporary file, so a failure never leaves half a file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.chmod(tmp, umask_mode())  # mkstemp makes 0600; results are shared like any file the user writes
         os.replace(tmp, p)
     except BaseException:

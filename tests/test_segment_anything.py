@@ -205,6 +205,9 @@ def test_masks_are_cached_by_image_content_in_memory_and_on_disk(tmp_path):
     b = first.partition(batch, budget)
     assert first.spent_flops() == spent and MASKS.hits == hits + 2  # nothing recomputed
     assert len(list(tmp_path.glob("*.npz"))) == 2
+    from vtsched.core.io import umask_mode
+
+    assert all(p.stat().st_mode & 0o777 == umask_mode() for p in tmp_path.glob("*.npz"))  # shared like results
     clear_caches()  # a new process: only the disk cache is left
     fresh = SamPartitioner(checkpoint=str(tiny_checkpoint()), cache_dir=str(tmp_path))
     c = fresh.partition(batch, budget)

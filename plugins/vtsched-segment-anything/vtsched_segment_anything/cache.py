@@ -9,12 +9,13 @@ files that later runs reuse. A key is a sha256 of its parts; nothing else is tru
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+from vtsched.core.io import write_atomic
 
 __all__ = ["MaskCache", "cache_key"]
 
@@ -77,12 +78,6 @@ class MaskCache:
 
     @staticmethod
     def _write(path: Path, entry: tuple[np.ndarray, tuple[int, ...], np.ndarray]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, packed=entry[0], shape=np.array(entry[1], dtype=np.int64), scores=entry[2])
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, packed=entry[0], shape=np.array(entry[1], dtype=np.int64), scores=entry[2])
+        write_atomic(path, buffer.getvalue())  # whole or not at all, with the user's umask
