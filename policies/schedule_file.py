@@ -80,11 +80,6 @@ class FixedSchedule(Policy):
             raise ScheduleError(f"the schedule file names groups {list(fixed.groups)}, the partition {list(groups)}")
         return fixed
 
-    @classmethod
-    def from_file(cls, path: str) -> FixedSchedule:
-        """A saved schedule (``explain --json``, ``search-k``), with the partitioner its meta names."""
-        return cls(path=path)
-
     def params(self) -> dict[str, object]:
         return {"path": self.path, "partitioner_name": self.partitioner_name}
 

@@ -77,7 +77,6 @@ class InlineExecutor:
     """This process: the model loads once here and the cells run one after another."""
 
     name: str = "inline"
-    on_row: Callable[[dict[str, Any]], None] | None = None
 
     def run(self, shards: Sequence[Sequence[Cell]], job: Job, poll: Callable[[], None]) -> None:
         from vtsched.core.tools.sweep_run import run_cells

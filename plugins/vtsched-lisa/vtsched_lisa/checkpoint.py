@@ -53,7 +53,7 @@ from vtsched.core.errors import InputError
 from vtsched_lisa.model import CONVERSATIONS, PROJECTORS, SEG_TOKEN, LisaConfig, LisaModel, LisaProcessor
 
 __all__ = ["KEY_MAP", "IGNORED", "BASE_KEY_MAP", "map_keys", "published_state_dict", "read_weights", "load_lisa",
-           "find_clip", "weights_fingerprint", "is_lisa_folder", "base_llava_folder", "read_base_llava"]
+           "find_clip", "weights_fingerprint", "base_llava_folder", "read_base_llava"]
 
 # published prefix -> module prefix, in the order they are tried
 KEY_MAP: tuple[tuple[str, str], ...] = (
@@ -115,18 +115,6 @@ def published_state_dict(model: LisaModel) -> dict[str, torch.Tensor]:
         else:
             raise ValueError(f"no published key for {key}")
     return out
-
-
-def is_lisa_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a folder whose config.json names a LISA model (``LISAForCausalLM``)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
-    return any("LISA" in str(a) for a in data.get("architectures") or []) or "out_dim" in data
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -358,7 +346,7 @@ def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu",
         vision_feature_layer=int(data.get("mm_vision_select_layer", -2)),
         vision_feature_select_strategy="full" if data.get("mm_vision_select_feature") == "cls_patch" else "default",
         image_token_id=int(tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0),
-        sam_variant=variant, source=dict(data), projector_type=projector, prompt_template=CONVERSATIONS[conv_type],
+        sam_variant=variant, projector_type=projector, prompt_template=CONVERSATIONS[conv_type],
     )
     model = LisaModel(config, sam_prompt)
     model.model.vision_tower = tower

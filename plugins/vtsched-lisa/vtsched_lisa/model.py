@@ -13,7 +13,7 @@ language model under any policy exactly as it drives LLaVA-1.5's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,7 +61,6 @@ class LisaConfig:
     projector_type: str = "linear"
     prompt_template: str = CONVERSATIONS["llava_v1"]
     model_type: str = "lisa"
-    source: dict[str, Any] = field(default_factory=dict)  # the checkpoint's config.json as read
 
 
 class _Inner(nn.Module):

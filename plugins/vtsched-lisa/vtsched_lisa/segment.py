@@ -26,7 +26,7 @@ import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,6 @@ class Segmentation:
     flops: float = 0.0
     visual_per_layer: float = 0.0
     visual_per_layer_all: float = 0.0
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         sam_enc = "cached" if self.sam_encoder_cached else f"{self.sam_encoder_s * 1e3:.1f} ms"
