@@ -126,6 +126,17 @@ def _one(seed: int, index: int):
     return SyntheticSample(f"train-{index}", image, question, scene[key], tag, qtype, scene, mask)
 
 
+def warmup_cosine(optimiser: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then a cosine decay to zero at ``steps`` (both demo trainers)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+
 def withdrawn_hidden(lm: Any, embeds: torch.Tensor, attention: torch.Tensor, image_mask: torch.Tensor,
                      withdraw_at: int | None) -> torch.Tensor:
     """Last-layer states (before the final norm) of the language model ``lm`` run layer by layer;
@@ -181,12 +192,7 @@ def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: b
     params = list(model.parameters()) + list(heads.parameters())
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup) / max(1, config.steps - config.warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
+    scheduler = warmup_cosine(optimiser, config.warmup, config.steps)
     inner = model.model
     rng = np.random.default_rng(config.seed)
     started = time.time()

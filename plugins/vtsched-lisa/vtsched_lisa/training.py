@@ -161,7 +161,7 @@ def train_demo_lisa(out: str | Path, config: TrainConfig = TrainConfig(), progre
     from tqdm.auto import tqdm
 
     from vtsched.core.demo.synthetic import CORNERS, POSITIONS, SHAPES, SUBJECT_COLOURS
-    from vtsched.core.demo.training import withdrawn_hidden
+    from vtsched.core.demo.training import warmup_cosine, withdrawn_hidden
     from vtsched.core.registry import build_registry, make_plugin_manager
     from vtsched.core.scheduler import Scheduler
     from vtsched.core.tokens import Role
@@ -200,12 +200,7 @@ def train_demo_lisa(out: str | Path, config: TrainConfig = TrainConfig(), progre
               + list(inner.text_hidden_fcs.parameters()) + list(sam.parameters()) + list(aux.parameters()))
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, betas=(0.9, 0.98))
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup) / max(1, config.steps - config.warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
+    scheduler = warmup_cosine(optimiser, config.warmup, config.steps)
     wheres = _wheres()
     colours, shapes = list(SUBJECT_COLOURS), list(SHAPES)
     rng = np.random.default_rng([config.seed, 7])
