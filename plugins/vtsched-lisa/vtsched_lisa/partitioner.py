@@ -75,8 +75,8 @@ class LisaPartitioner(Partitioner):
 
     def partition(self, batch: PromptBatch, budget: Budget) -> LisaPartition:
         path = self._model_path()
-        segmenter = load_segmenter(path, self.clip or None, self.device)
-        model_key = cache_key(_fingerprint(path), self.clip)
+        segmenter, fingerprint = _loaded(path, self.clip or None, self.device)
+        model_key = cache_key(fingerprint, self.clip)
         keeps = [budget.resolve(s.num_visual) for s in batch.samples]
         masks, prompts = [], []
         for b, sample in enumerate(batch.samples):
@@ -114,17 +114,23 @@ class LisaPartitioner(Partitioner):
         return str(demo)
 
 
-_SEGMENTERS: dict[tuple[str, str | None, str], Any] = {}
+_SEGMENTERS: dict[tuple[str, str | None, str], tuple[Any, str]] = {}
 
 
 def load_segmenter(path: str, clip: str | None = None, device: str = "cpu") -> Any:
     """A :class:`~vtsched_lisa.segment.LisaSegmenter` for a LISA folder, loaded once per process."""
+    return _loaded(path, clip, device)[0]
+
+
+def _loaded(path: str, clip: str | None, device: str) -> tuple[Any, str]:
+    """The segmenter and the fingerprint of the weights it loaded (read once, with the weights)."""
     key = (str(Path(path).resolve()), clip, device)
     if key not in _SEGMENTERS:
+        from vtsched_lisa.checkpoint import weights_fingerprint
         from vtsched_lisa.segment import LisaSegmenter, lisa_scheduler
 
         _SEGMENTERS.clear()  # one LISA at a time: a 7B one is 14 GB
-        _SEGMENTERS[key] = LisaSegmenter(lisa_scheduler(path, clip=clip, device=device))
+        _SEGMENTERS[key] = (LisaSegmenter(lisa_scheduler(path, clip=clip, device=device)), weights_fingerprint(path))
     return _SEGMENTERS[key]
 
 
@@ -133,8 +139,3 @@ def clear_caches() -> None:
     _SEGMENTERS.clear()
     MASKS.clear()
 
-
-def _fingerprint(path: str) -> str:
-    from vtsched_lisa.checkpoint import weights_fingerprint
-
-    return weights_fingerprint(path)
