@@ -45,7 +45,7 @@ from vtsched.core.partition import Partition
 
 __all__ = [
     "TokenBoxes", "grid_boxes", "processed_window", "mask_coverage", "select_by_coverage", "coverage_ranking",
-    "token_scores", "mask_groups", "load_mask", "as_mask", "image_digest", "check_mask_inputs",
+    "token_scores", "mask_groups", "load_mask", "as_mask", "image_digest", "rgb_array", "check_mask_inputs",
     "partition_from_masks", "MASK_SUFFIXES", "OBJECTS", "BACKGROUND",
 ]
 
@@ -281,6 +281,20 @@ def load_mask(path: str | Path, image_size: tuple[int, int] | None = None) -> to
         raise InputError(f"mask {p} is {mask.shape[1]}x{mask.shape[0]} pixels, the image "
                          f"{image_size[0]}x{image_size[1]}: a mask is at the original image size")
     return mask
+
+
+def rgb_array(image: Any, who: str = "") -> Any:
+    """``(H, W, 3)`` uint8 RGB numpy array of a PIL image or such an array (what SAM's predictor takes);
+    anything else is one line naming ``who``."""
+    import numpy as np
+
+    if hasattr(image, "convert"):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        prefix = f"{who}: " if who else ""
+        raise InputError(f"{prefix}an image is a PIL image or an (H, W, 3) uint8 array, not {array.dtype} {array.shape}")
+    return array
 
 
 def image_digest(image: Any) -> str:

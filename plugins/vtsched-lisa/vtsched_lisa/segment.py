@@ -37,7 +37,7 @@ from vtsched.core.cost import prefill_flops
 from vtsched.core.engine import Prefill
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.generation import GenerationConfig, generate
-from vtsched.core.pixels import image_digest
+from vtsched.core.pixels import image_digest, rgb_array
 from vtsched.core.planner import Plan
 from vtsched.core.policy import Partitioner, Policy
 from vtsched.core.tokens import PromptBatch
@@ -162,7 +162,7 @@ class LisaSegmenter:
         cached (computed once per image content)."""
         from vtsched_segment_anything.checkpoint import import_segment_anything
 
-        pixels = _rgb(image)
+        pixels = rgb_array(image, "lisa")
         digest = image_digest(pixels)
         if digest in self._embeddings:
             self._embeddings.move_to_end(digest)
@@ -253,11 +253,3 @@ class LisaSegmenter:
                 flops=float(flops[b]), visual_per_layer=float(kept[b]), visual_per_layer_all=float(every[b])))
         return results
 
-
-def _rgb(image: Any) -> np.ndarray:
-    if hasattr(image, "convert"):
-        return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise InputError(f"an image is a PIL image or an (H, W, 3) uint8 array, not {array.dtype} {array.shape}")
-    return array

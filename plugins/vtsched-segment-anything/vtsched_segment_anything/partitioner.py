@@ -46,7 +46,8 @@ from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.pixels import (
-    BACKGROUND, OBJECTS, check_mask_inputs, image_digest, mask_coverage, partition_from_masks, token_scores,
+    BACKGROUND, OBJECTS, check_mask_inputs, image_digest, mask_coverage, partition_from_masks, rgb_array,
+    token_scores,
 )
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch
@@ -115,7 +116,7 @@ class SamPartitioner(Partitioner):
             if source == "none":
                 warnings.warn("sam: the adapter gives no token score ([CLS] or its own): prompting at the image "
                               "centre, ties by token index", stacklevel=2)
-            pixels = _rgb(sample.image)
+            pixels = rgb_array(sample.image, "sam")
             digest = image_digest(pixels)
             if self.prompt == "auto":
                 masks, ious = self._cached(model_key, path, (digest, "auto", self.points_per_side,
@@ -287,15 +288,6 @@ def _choose(masks: np.ndarray, ious: np.ndarray, rule: str, scores: torch.Tensor
         return int(np.argmax(np.where(central, areas, -1)))
     return int(np.argmin((cx - width / 2) ** 2 + (cy - height / 2) ** 2))
 
-
-def _rgb(image: Any) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB, what SAM's predictor takes."""
-    if hasattr(image, "convert"):
-        return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise InputError(f"sam: an image is a PIL image or an (H, W, 3) uint8 array, not {array.dtype} {array.shape}")
-    return array
 
 
 def _float(mask: np.ndarray) -> torch.Tensor:
