@@ -23,7 +23,7 @@ from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.tools.launch import InlineExecutor, Job, make_executor
 from vtsched.core.tools.sweep_config import SweepConfig, load_config
 from vtsched.core.tools.sweep_plan import Cell, resolve_cells, shard_cells
-from vtsched.core.tools.sweep_report import seed_means, seed_table, summary_rows, summary_table, write_report
+from vtsched.core.tools.sweep_report import summary_rows, summary_table, summary_text, write_report
 from vtsched.core.tools.sweep_results import ResultsFile, SweepLock, read_rows
 from vtsched.core.tools.sweep_run import Ranks, run_cells
 
@@ -191,10 +191,7 @@ def run_sweep(
             mine = [latest[c.hash] for c in cells if c.hash in latest]
             outcome.rows = summary_rows(mine)
             if report:
-                print(summary_table(outcome.rows), file=out)
-                means = seed_means(outcome.rows)
-                if means:
-                    print("\n" + seed_table(means), file=out)
+                print(summary_text(outcome.rows), file=out)
                 outcome.files = write_report(outcome.rows, config.out, config.name)
                 print(f"wrote {', '.join(str(p) for p in outcome.files)}", file=out)
     finally:

@@ -20,7 +20,7 @@ from typing import Any
 from vtsched.core.io import write_atomic
 from vtsched.core.tools.report import save_png, write_csv
 
-__all__ = ["summary_rows", "summary_table", "seed_means", "seed_table", "pareto_front", "write_report", "COLUMNS"]
+__all__ = ["summary_rows", "summary_table", "seed_means", "seed_table", "summary_text", "pareto_front", "write_report", "COLUMNS"]
 
 COLUMNS = ("model", "dataset", "label", "policy", "budget", "k", "partitioner", "seed", "status", "n", "accuracy",
            "agreement_with_full", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",
@@ -257,6 +257,12 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[:60]
 
 
+def summary_text(rows: Sequence[Mapping[str, Any]], means: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """What a sweep prints and keeps in ``summary.txt``: every cell, then the means over seeds (if any)."""
+    means = seed_means(rows) if means is None else means
+    return summary_table(rows) + ("\n\n" + seed_table(means) if means else "")
+
+
 def write_report(rows: Sequence[Mapping[str, Any]], out: Path, name: str) -> list[Path]:
     """``summary.csv`` (every cell) and one plot per model and dataset in ``out``; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +274,6 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: Path, name: str) -> lis
         if any(r["status"] == "ok" for r in mine):
             stem = "plots" if len(groups) == 1 else f"plots-{_slug(Path(model).name)}-{_slug(dataset)}"
             written.append(_plot(mine, f"{name}: {model}, {dataset}", out / f"{stem}.png"))
-    text = summary_table(rows) + "\n"
     means = seed_means(rows)
     if means:
         splits = sorted({k for r in means for k in r["by_split"]})
@@ -281,7 +286,6 @@ def write_report(rows: Sequence[Mapping[str, Any]], out: Path, name: str) -> lis
             mine = [r for r in means if (r["model"], r["dataset"]) == (model, dataset)]
             stem = f"plots-seed-mean-{_slug(Path(model).name)}-{_slug(dataset)}"
             written.append(_plot(mine, f"{name}: {model}, {dataset}, mean over seeds", out / f"{stem}.png"))
-        text += "\n" + seed_table(means) + "\n"
-    write_atomic(out / "summary.txt", text)
+    write_atomic(out / "summary.txt", summary_text(rows, means) + "\n")
     written.append(out / "summary.txt")
     return written
