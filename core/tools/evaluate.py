@@ -59,7 +59,6 @@ class EvalItem:
     answer: str
     tag: str = "all"
     type: str = "all"
-    mask: Any = None  # the subject mask: a file path (the JSONL ``mask`` field) or an array, if the data has one
 
     def load(self) -> Any:
         if isinstance(self.image, (str, Path)):
@@ -144,7 +143,7 @@ def load_items(spec: str, limit: int | None = None) -> list[EvalItem]:
             samples = generate(int(seed), int(images))
         except ValueError:
             raise InputError(f"synthetic data is 'synthetic:SEED:IMAGES', not {spec!r}") from None
-        items = [EvalItem(s.id, s.image, s.question, s.answer, s.tag, s.type, s.subject_mask) for s in samples]
+        items = [EvalItem(s.id, s.image, s.question, s.answer, s.tag, s.type) for s in samples]
     elif spec.startswith("hf:"):
         items = _hf_items(spec[3:])
     else:
@@ -166,8 +165,7 @@ def _jsonl_items(path: Path) -> list[EvalItem]:
         try:
             r = json.loads(line)
             items.append(EvalItem(str(r.get("id", number)), path.parent / r["image"], r["question"], str(r["answer"]),
-                                  str(r.get("tag", "all")), str(r.get("type", "all")),
-                                  path.parent / r["mask"] if r.get("mask") else None))
+                                  str(r.get("tag", "all")), str(r.get("type", "all"))))
         except (json.JSONDecodeError, KeyError, TypeError):
             raise InputError(f"{path}:{number}: expected JSON with 'image', 'question' and 'answer'") from None
     return items
@@ -186,7 +184,7 @@ def _hf_items(spec: str) -> list[EvalItem]:
     if isinstance(data, datasets.DatasetDict):
         data = data[split or next(iter(data))]
     return [EvalItem(str(r.get("id", i)), r["image"], r["question"], str(r["answer"]), str(r.get("tag", "all")),
-                     str(r.get("type", "all")), r.get("mask")) for i, r in enumerate(data)]
+                     str(r.get("type", "all"))) for i, r in enumerate(data)]
 
 
 def parse_partitioner(spec: str) -> tuple[str, dict[str, str]]:
