@@ -31,11 +31,8 @@ def _module(command: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(f"vtsched.core.cli.{COMMANDS[command]}")
 
 
-def _plugin_commands(argv: Sequence[str]) -> dict[str, Any]:
-    """Commands registered by plugins (none with ``--no-plugins``); a broken plugin is said in one line."""
-    from vtsched.core.registry import build_registry, make_plugin_manager
-
-    registry = build_registry(make_plugin_manager(load_entrypoints=False if "--no-plugins" in argv else None))
+def _plugin_commands(registry: Any) -> dict[str, Any]:
+    """Commands registered by plugins (none with ``--no-plugins``); a clash with a built-in is one line."""
     commands = {c.name: c.obj for c in registry.entries("command")}
     for name in commands:
         if name in COMMANDS:
@@ -60,12 +57,16 @@ def build_parser(plugin_commands: dict[str, Any] | None = None) -> argparse.Argu
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = [*(sys.argv[1:] if argv is None else argv)]  # (``list`` here is the cli.list module)
-    try:
-        plugin_commands = _plugin_commands(argv)
+    from vtsched.core.registry import build_registry, make_plugin_manager
+
+    try:  # built once per command: the parser needs plugins' commands, the command its components
+        registry = build_registry(make_plugin_manager(load_entrypoints=False if "--no-plugins" in argv else None))
+        plugin_commands = _plugin_commands(registry)
     except VtschedError as exc:
         print(f"vtsched: error: {exc}", file=sys.stderr)
         return 2
     args = build_parser(plugin_commands).parse_args(argv)
+    args.registry = registry
     try:
         if args.command in plugin_commands:
             return int(plugin_commands[args.command].run(args))

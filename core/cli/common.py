@@ -44,6 +44,10 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
 
 
 def registry_for(args: argparse.Namespace) -> Any:
+    """The registry ``main`` built for this command line (plugins as ``--no-plugins`` says)."""
+    registry = getattr(args, "registry", None)
+    if registry is not None:
+        return registry
     from vtsched.core.registry import build_registry, make_plugin_manager
 
     return build_registry(make_plugin_manager(load_entrypoints=False if args.no_plugins else None))
