@@ -12,13 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import torch
+
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
-from vtsched.core.partition import Partition, top_k_partition
+from vtsched.core.partition import Partition
 from vtsched.core.policy import Partitioner
-from vtsched.core.tokens import PromptBatch
+from vtsched.core.tokens import PromptBatch, Sample
 
-from .cls import tile_keep_scores
+from .cls import score_partition
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,12 @@ class AttentionReceived(Partitioner):
     budget_mode: Literal["global", "per_tile"] = "global"
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
-        scores, ranks, keep = [], [], []
-        for b, sample in enumerate(batch.samples):
-            score = sample.extras.get("attention_scores")
-            if score is None:
-                raise InputError(f"sample {b}: this model's adapter gives no vision-tower attention scores; "
-                                 "use --partitioner cls")
-            k = budget.resolve(sample.num_visual)
-            scores.append(score.float())
-            ranks.append(tile_keep_scores(sample, score.float(), k) if self.budget_mode == "per_tile" else score)
-            keep.append(k)
-        partition = top_k_partition(ranks, keep)
-        return Partition(partition.groups, partition.assignment, tuple(s.cpu() for s in scores))
+        return score_partition(batch, budget, self.budget_mode, _attention_scores)
+
+
+def _attention_scores(b: int, sample: Sample) -> torch.Tensor:
+    score = sample.extras.get("attention_scores")
+    if score is None:
+        raise InputError(f"sample {b}: this model's adapter gives no vision-tower attention scores; "
+                         "use --partitioner cls")
+    return score  # type: ignore[no-any-return]

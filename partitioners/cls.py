@@ -14,6 +14,7 @@ protocol. Samples without tiles behave the same in both modes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -58,6 +59,29 @@ def tile_keep_scores(sample: Sample, scores: torch.Tensor, keep: int) -> torch.T
     return torch.where(chosen, scores.float() + 1e6, scores.float())
 
 
+def score_partition(batch: PromptBatch, budget: Budget, budget_mode: str,
+                    score_of: Callable[[int, Sample], torch.Tensor]) -> Partition:
+    """Top-R tokens per sample by ``score_of(b, sample)`` (``budget_mode="per_tile"``: R split over
+    LLaVA-NeXT's tiles by :func:`tile_keep_scores`); the scores go with the partition."""
+    scores, ranks, keep = [], [], []
+    for b, sample in enumerate(batch.samples):
+        score = score_of(b, sample).float()
+        k = budget.resolve(sample.num_visual)
+        scores.append(score)
+        ranks.append(tile_keep_scores(sample, score, k) if budget_mode == "per_tile" else score)
+        keep.append(k)
+    partition = top_k_partition(ranks, keep)
+    return Partition(partition.groups, partition.assignment, tuple(s.detach().cpu() for s in scores))
+
+
+def _cls_scores(b: int, sample: Sample) -> torch.Tensor:
+    if sample.cls_scores is None:
+        hint = ("use --partitioner attention (the attention each token receives in the vision tower)"
+                if "attention_scores" in sample.extras else "use another partitioner")
+        raise InputError(f"sample {b}: this model's vision tower has no [CLS] attention; {hint}")
+    return sample.cls_scores
+
+
 @dataclass(frozen=True)
 class ClsAttention(Partitioner):
     """Top-R visual tokens by head-averaged [CLS] attention at the vision feature layer."""
@@ -66,16 +90,4 @@ class ClsAttention(Partitioner):
     budget_mode: Literal["global", "per_tile"] = "global"
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
-        scores, ranks, keep = [], [], []
-        for b, sample in enumerate(batch.samples):
-            if sample.cls_scores is None:
-                hint = ("use --partitioner attention (the attention each token receives in the vision tower)"
-                        if "attention_scores" in sample.extras else "use another partitioner")
-                raise InputError(f"sample {b}: this model's vision tower has no [CLS] attention; {hint}")
-            k = budget.resolve(sample.num_visual)
-            scores.append(sample.cls_scores)
-            ranks.append(tile_keep_scores(sample, sample.cls_scores, k) if self.budget_mode == "per_tile"
-                         else sample.cls_scores)
-            keep.append(k)
-        partition = top_k_partition(ranks, keep)
-        return Partition(partition.groups, partition.assignment, tuple(s.detach().float().cpu() for s in scores))
+        return score_partition(batch, budget, self.budget_mode, _cls_scores)

@@ -19,7 +19,7 @@ from vtsched.core.tokens import PromptBatch
 
 from vtsched.core.geometry import ModelGeometry
 
-__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter", "check_one_image", "llama_style_decoder", "rotate_half"]
+__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter", "check_one_image", "decoder_sizes", "llama_style_decoder", "rotate_half"]
 
 
 @dataclass
@@ -61,6 +61,21 @@ def check_one_image(family: str, index: int, image: Any) -> None:
     shape = getattr(image, "shape", None)
     if shape is not None and len(shape) >= 4:
         raise InputError(f"prompt {index} is a video ({tuple(shape)}); video inputs are not supported, give one image")
+
+
+def decoder_sizes(text: Any) -> dict[str, int]:
+    """The decoder's sizes from a transformers text config, as :class:`ModelGeometry` fields (GQA and
+    an explicit ``head_dim`` where the config has them)."""
+    heads = text.num_attention_heads
+    return {
+        "num_layers": text.num_hidden_layers,
+        "hidden_size": text.hidden_size,
+        "intermediate_size": text.intermediate_size,
+        "num_heads": heads,
+        "num_kv_heads": getattr(text, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(text, "head_dim", None) or text.hidden_size // heads,
+        "vocab_size": text.vocab_size,
+    }
 
 
 class ModelAdapter(ABC):

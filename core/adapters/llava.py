@@ -11,7 +11,7 @@ from torch import nn
 from vtsched.core.errors import InputError
 from vtsched.core.pixels import TokenBoxes, grid_boxes, processed_window
 from vtsched.core.tokens import PromptBatch, Role, Sample
-from vtsched.core.adapters.base import DecoderParts, ModelAdapter, llama_style_decoder
+from vtsched.core.adapters.base import DecoderParts, ModelAdapter, decoder_sizes, llama_style_decoder
 from vtsched.core.geometry import ModelGeometry
 
 __all__ = ["LlavaAdapter"]
@@ -40,15 +40,8 @@ class LlavaAdapter(ModelAdapter):
         text = config.text_config
         vision = config.vision_config
         patches = (vision.image_size // vision.patch_size) ** 2
-        heads = text.num_attention_heads
         return ModelGeometry(
-            num_layers=text.num_hidden_layers,
-            hidden_size=text.hidden_size,
-            intermediate_size=text.intermediate_size,
-            num_heads=heads,
-            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-            vocab_size=text.vocab_size,
+            **decoder_sizes(text),
             num_visual=patches + (1 if config.vision_feature_select_strategy == "full" else 0),
             vision_layers=vision.num_hidden_layers,
             vision_hidden_size=vision.hidden_size,

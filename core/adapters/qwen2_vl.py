@@ -28,7 +28,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vtsched.core.adapters.base import DecoderParts, ModelAdapter, check_one_image, llama_style_decoder, rotate_half
+from vtsched.core.adapters.base import (
+    DecoderParts, ModelAdapter, check_one_image, decoder_sizes, llama_style_decoder, rotate_half,
+)
 from vtsched.core.errors import InputError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.pixels import TokenBoxes, grid_boxes
@@ -96,18 +98,11 @@ class Qwen2VLAdapter(ModelAdapter):
     def geometry_from_config(cls, config: Any) -> ModelGeometry:
         """Sizes; ``num_visual`` is the merged-token count of a 672x672 image (576)."""
         text, vision = config.text_config, config.vision_config
-        heads = text.num_attention_heads
         unit = vision.patch_size * vision.spatial_merge_size
         merged = (NOMINAL_IMAGE_SIDE // unit) ** 2
         width, mlp = cls._vision_widths(vision)
         return ModelGeometry(
-            num_layers=text.num_hidden_layers,
-            hidden_size=text.hidden_size,
-            intermediate_size=text.intermediate_size,
-            num_heads=heads,
-            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-            head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-            vocab_size=text.vocab_size,
+            **decoder_sizes(text),
             num_visual=merged,
             vision_layers=vision.depth,
             vision_hidden_size=width,
