@@ -196,12 +196,12 @@ def token_scores(sample: Any) -> tuple[torch.Tensor | None, str]:
     """The model's per-token score of a :class:`~vtsched.core.tokens.Sample`, and where it came from.
 
     ``sample.cls_scores`` (``"cls"``) where the vision tower has a [CLS] token; else the adapter's
-    own score for models without [CLS] (Qwen2-VL): a ``scores`` attribute (``"scores"``), else
-    ``extras["attention_scores"]`` (the attention each token receives in the vision tower), else
-    ``extras["scores"]``; else ``(None, "none")``: callers then rank by token index and say so.
+    own score for models without [CLS]: ``extras["attention_scores"]`` (the attention each token
+    receives in the vision tower, Qwen2-VL's adapter), else ``extras["scores"]`` (any other adapter's
+    score); else ``(None, "none")``: callers then rank by token index and say so.
     """
     extras = getattr(sample, "extras", None) or {}
-    for source, value in (("cls", getattr(sample, "cls_scores", None)), ("scores", getattr(sample, "scores", None)),
+    for source, value in (("cls", getattr(sample, "cls_scores", None)),
                           ("extras.attention_scores", extras.get("attention_scores")),
                           ("extras.scores", extras.get("scores"))):
         if isinstance(value, torch.Tensor) and value.numel() == sample.num_visual:

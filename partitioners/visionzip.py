@@ -18,6 +18,7 @@ import torch
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
+from vtsched.core.pixels import token_scores
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch
 
@@ -58,13 +59,13 @@ class VisionZipPartitioner(Partitioner):
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
         assignment, scores, overrides = [], [], []
         for b, sample in enumerate(batch.samples):
-            token_scores = sample.cls_scores if sample.cls_scores is not None else sample.extras.get("attention_scores")
-            if token_scores is None or "patch_keys" not in sample.extras:
+            scores_of_tokens, _ = token_scores(sample)
+            if scores_of_tokens is None or "patch_keys" not in sample.extras:
                 raise InputError(f"sample {b}: visionzip needs the adapter's [CLS] (or vision-tower) attention and "
                                  "patch keys")
             keep = budget.resolve(sample.num_visual)
             contextual = int(round(keep * self.contextual_share)) if keep < sample.num_visual else 0
-            dominant = torch.sort(-token_scores.float(), stable=True).indices[: keep - contextual]
+            dominant = torch.sort(-scores_of_tokens, stable=True).indices[: keep - contextual]
             rest = torch.tensor(sorted(set(range(sample.num_visual)) - set(dominant.tolist())), dtype=torch.long)
             targets, merged, _ = merge_contextual(sample.visual_features.detach().cpu(),
                                                   sample.extras["patch_keys"], rest, contextual)
@@ -72,6 +73,6 @@ class VisionZipPartitioner(Partitioner):
             ids[dominant] = 0
             ids[targets] = 0
             assignment.append(ids)
-            scores.append(token_scores.float())
+            scores.append(scores_of_tokens)
             overrides.append((targets, merged) if targets.numel() else None)
         return Partition((SUBJECT, NON_SUBJECT), tuple(assignment), tuple(scores), tuple(overrides))
