@@ -140,3 +140,16 @@ def test_missing_processor_is_an_input_error():
     model, _ = tiny_llava(TinyShape())
     with pytest.raises(InputError, match="without a processor"):
         Scheduler(model, None, registry=registry()).prepare([random_image(0)], ["q"])
+
+
+def test_llava_refuses_a_video_several_images_or_none_in_one_line():
+    """The same prompt checks every family's adapter makes (ModelAdapter.check_prompts)."""
+    import numpy as np
+
+    s = scheduler(*tiny_llava(TinyShape()))
+    image = random_image(0)
+    for images, words in (([np.zeros((4, 28, 28, 3), dtype=np.uint8)], "video"),
+                          ([[image, image]], "one image per prompt"), ([None], "no image")):
+        with pytest.raises(InputError, match=words) as info:
+            s.prepare(images, ["what?"])
+        assert "\n" not in str(info.value)

@@ -99,6 +99,20 @@ class ModelAdapter(ABC):
         self.model: Any = model
         self.processor = processor
 
+
+    def check_prompts(self, images: Sequence[Any], questions: Sequence[str]) -> None:
+        """Refuse, in one line each, what no family can prepare: no processor, images and questions that
+        do not pair up, a missing image, a video or several images in one prompt, an empty question."""
+        from vtsched.core.errors import InputError
+
+        if self.processor is None:
+            raise InputError("this model was loaded without a processor; save one next to the weights")
+        if len(images) != len(questions):
+            raise InputError(f"{len(images)} images but {len(questions)} questions")
+        for b, (image, question) in enumerate(zip(images, questions)):
+            check_one_image(self.name, b, image)
+            if not isinstance(question, str) or not question.strip():
+                raise InputError(f"question {b} is empty: ask something about the image")
     @classmethod
     @abstractmethod
     def accepts(cls, model: nn.Module) -> bool:

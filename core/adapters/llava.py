@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vtsched.core.errors import InputError
 from vtsched.core.pixels import TokenBoxes, grid_boxes, processed_window
 from vtsched.core.tokens import PromptBatch, Role, Sample
 from vtsched.core.adapters.base import DecoderParts, ModelAdapter, decoder_sizes, llama_style_decoder
@@ -96,17 +95,7 @@ class LlavaAdapter(ModelAdapter):
         return features, cls, keys
 
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
-        if self.processor is None:
-            raise InputError("this model was loaded without a processor; save one next to the weights")
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images but {len(questions)} questions")
-        for b, question in enumerate(questions):
-            if not isinstance(question, str) or not question.strip():
-                raise InputError(f"question {b} is empty: ask something about the image")
-        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        features, cls, keys = self.encode_images(pixel_values)
-        side = int(round(features.shape[1] ** 0.5))
-        grid = (side, side) if side * side == features.shape[1] else None
+        features, cls, keys, grid = self.encode_prompts(images, questions)
         samples = [
             self._sample(q, features[b], None if cls is None else cls[b], grid, image)
             for b, (q, image) in enumerate(zip(questions, images))
@@ -115,6 +104,16 @@ class LlavaAdapter(ModelAdapter):
             for b, sample in enumerate(samples):
                 sample.extras["patch_keys"] = keys[b].float().cpu()
         return PromptBatch(samples)
+
+    def encode_prompts(self, images: Sequence[Any], questions: Sequence[str]) -> tuple[
+            torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[int, int] | None]:
+        """Checked prompts' images through the vision tower: features, [CLS] scores, patch keys, grid."""
+        self.check_prompts(images, questions)
+        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        features, cls, keys = self.encode_images(pixel_values)
+        side = int(round(features.shape[1] ** 0.5))
+        grid = (side, side) if side * side == features.shape[1] else None
+        return features, cls, keys, grid
 
     def _sample(self, question, features, cls, grid, image) -> Sample:
         tokenizer = self.processor.tokenizer

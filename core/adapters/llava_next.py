@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vtsched.core.adapters.base import check_one_image
 from vtsched.core.adapters.llava import LlavaAdapter
 from vtsched.core.errors import InputError
 from vtsched.core.geometry import ModelGeometry
@@ -169,14 +168,7 @@ class LlavaNextAdapter(LlavaAdapter):
         return out
 
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
-        if self.processor is None:
-            raise InputError("this model was loaded without a processor; save one next to the weights")
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images but {len(questions)} questions")
-        for b, (image, question) in enumerate(zip(images, questions)):
-            check_one_image(self.name, b, image)
-            if not isinstance(question, str) or not question.strip():
-                raise InputError(f"question {b} is empty: ask something about the image")
+        self.check_prompts(images, questions)
         originals = list(images)
         shown = [self._fixed(image) for image in originals]
         processed = self.processor.image_processor(shown, return_tensors="pt")

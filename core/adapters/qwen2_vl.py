@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vtsched.core.adapters.base import (
-    DecoderParts, ModelAdapter, check_one_image, decoder_sizes, llama_style_decoder, rotate_half,
+    DecoderParts, ModelAdapter, decoder_sizes, llama_style_decoder, rotate_half,
 )
 from vtsched.core.errors import InputError
 from vtsched.core.geometry import ModelGeometry
@@ -185,18 +185,12 @@ class Qwen2VLAdapter(ModelAdapter):
 
     # -- prompts -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
-        if self.processor is None:
-            raise InputError("this model was loaded without a processor; save one next to the weights")
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images but {len(questions)} questions")
+        self.check_prompts(images, questions)
         template = self.prompt_template
         if template.count(VISION_START + IMAGE_PAD + VISION_END) != 1:
             raise InputError(f"{self.name}: the prompt template has no {VISION_START}{IMAGE_PAD}{VISION_END} "
                              "span for the image; a Qwen prompt needs exactly one")
-        for b, (image, question) in enumerate(zip(images, questions)):
-            check_one_image(self.name, b, image)
-            if not isinstance(question, str) or not question.strip():
-                raise InputError(f"question {b} is empty: ask something about the image")
+        for b, question in enumerate(questions):
             if any(token in question for token in (IMAGE_PAD, VISION_START, VISION_END, "<|video_pad|>")):
                 raise InputError(f"question {b} contains a vision token; give the image separately, one per prompt")
         processed = self.processor.image_processor(list(images), return_tensors="pt")

@@ -21,9 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vtsched.core.adapters.base import check_one_image
 from vtsched.core.adapters.llava import LlavaAdapter
-from vtsched.core.errors import InputError
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
 from vtsched_lisa.model import IM_END, IM_START, SYSTEM, LisaModel
@@ -45,18 +43,7 @@ class LisaAdapter(LlavaAdapter):
     def prepare(self, images: Sequence[Any], questions: Sequence[str], *, reply: str = "") -> PromptBatch:
         """Prompts for ``questions`` about ``images``; with ``reply`` the assistant's answer is part of
         the prompt (teacher forcing) and ends with the end-of-sequence token."""
-        if self.processor is None:
-            raise InputError("this LISA model was loaded without a processor")
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images but {len(questions)} questions")
-        for b, (image, question) in enumerate(zip(images, questions)):
-            check_one_image("LISA", b, image)
-            if not isinstance(question, str) or not question.strip():
-                raise InputError(f"question {b} is empty: ask something about the image")
-        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        features, cls, keys = self.encode_images(pixel_values)
-        side = int(round(features.shape[1] ** 0.5))
-        grid = (side, side) if side * side == features.shape[1] else None
+        features, cls, keys, grid = self.encode_prompts(images, questions)
         samples = []
         for b, (question, image) in enumerate(zip(questions, images)):
             sample = self._lisa_sample(question, reply, features[b], None if cls is None else cls[b], grid, image)
