@@ -156,10 +156,18 @@ class Scheduler:
         policy_obj = self.make_policy(policy, policy_params)
         part = self.make_partitioner(partitioner) if partitioner is not None else None
         plan = self.plan(batch, policy_obj, part, Budget.parse(budget) if budget is not None else None)
+        return self.answer(batch, plan, generation)
+
+    def answer(self, batch: PromptBatch, plan: Plan, generation: GenerationConfig | None = None, *,
+               engine: Any = None) -> RunResult:
+        """Generate for a prepared and planned batch: texts (stop tokens dropped), FLOPs and token counts.
+
+        ``engine`` stands in for ``self.engine`` (e.g. one that times its prefills).
+        """
         config = generation or GenerationConfig()
         if not config.stop_token_ids:  # the model's own end-of-sequence tokens
             config = dataclasses.replace(config, stop_token_ids=self.adapter.stop_token_ids())
-        generated = generate(self.engine, batch, plan.schedule, plan.partition, config)
+        generated = generate(engine or self.engine, batch, plan.schedule, plan.partition, config)
         stats = generated.prefill.stats
         layers = self.adapter.geometry.num_layers
         stop = set(config.stop_token_ids)

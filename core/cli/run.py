@@ -65,7 +65,6 @@ def main(args: argparse.Namespace) -> int:
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        stop_token_ids=scheduler.adapter.stop_token_ids(),
     )
     result = scheduler.run([image], [args.question], policy, partitioner=partitioner, budget=budget,
                            generation=generation)

@@ -32,9 +32,8 @@ from typing import Any
 
 from vtsched.core.tools.bench import Case, parse_component
 from vtsched.core.budget import Budget
-from vtsched.core.cost import prefill_flops
 from vtsched.core.errors import InputError
-from vtsched.core.generation import GenerationConfig, generate
+from vtsched.core.generation import GenerationConfig
 from vtsched.core.scheduler import Scheduler
 from vtsched.core.tools.search import next_token_kl
 
@@ -304,11 +303,9 @@ def evaluate(
     for c in cases:
         policy = scheduler.make_policy(c.policy, dict(c.params))
         built.append((c, policy, _partitioner_for(scheduler, c, policy, data)))
-    config = GenerationConfig(max_new_tokens=max_new_tokens, stop_token_ids=scheduler.adapter.stop_token_ids())
-    geometry = scheduler.adapter.geometry
+    config = GenerationConfig(max_new_tokens=max_new_tokens)
     report = EvalReport(labels)
     bar = tqdm(total=len(items) * len(cases), desc="eval", disable=not progress)
-    stop = set(config.stop_token_ids)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = scheduler.prepare([it.load() for it in chunk], [it.question for it in chunk])
@@ -318,14 +315,12 @@ def evaluate(
             budget = Budget.parse(case.budget) if case.budget is not None else None
             plan = scheduler.plan(batch, policy, partitioner, budget)  # type: ignore[arg-type]
             seconds, part_flops = partitioner.take() if partitioner is not None else (0.0, 0.0)
-            out = generate(scheduler.engine, batch, plan.schedule, plan.partition, config)
-            answers = [scheduler.adapter.decode_text([t for t in toks if t not in stop]) for toks in out.tokens]
-            logits = out.prefill.logits
+            out = scheduler.answer(batch, plan, config)
+            answers, visual, flops = out.texts, out.visual_per_layer_survivor, out.flops
+            logits = out.generated.prefill.logits
             if reference_logits is None or reference_answers is None:  # the first case is full
                 reference_logits, reference_answers = logits, answers
             kl = next_token_kl(reference_logits, logits)
-            visual = out.prefill.stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor)
-            flops = prefill_flops(out.prefill.stats, geometry)
             for i, item in enumerate(chunk):
                 report.predictions.append(Prediction(
                     label, item.id, item.tag, item.type, item.answer, answers[i],

@@ -91,8 +91,7 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
     import torch
 
     from vtsched.core.budget import Budget
-    from vtsched.core.cost import prefill_flops
-    from vtsched.core.generation import GenerationConfig, generate
+    from vtsched.core.generation import GenerationConfig
     from vtsched.core.tools.evaluate import normalise
 
     torch.manual_seed(int(spec["seed"]))
@@ -100,9 +99,7 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
     partitioner = (scheduler.make_partitioner(spec["partitioner"], _thaw(spec["partitioner_params"]))
                    if spec["partitioner"] else None)
     budget = Budget.parse(spec["budget"]) if spec["budget"] is not None else None
-    config = GenerationConfig(max_new_tokens=int(spec["max_new_tokens"]), stop_token_ids=scheduler.adapter.stop_token_ids())
-    stop = set(config.stop_token_ids)
-    geometry = scheduler.adapter.geometry
+    config = GenerationConfig(max_new_tokens=int(spec["max_new_tokens"]))
     cuda = scheduler.adapter.device.type == "cuda"
     timed = _TimedEngine(scheduler.engine, cuda)
     out = Answers()
@@ -116,11 +113,8 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
             torch.cuda.synchronize()
         out.vision_s += time.perf_counter() - t0
         plan = scheduler.plan(batch, policy, partitioner, budget)
-        generated = generate(timed, batch, plan.schedule, plan.partition, config)  # type: ignore[arg-type]
-        texts = [scheduler.adapter.decode_text([t for t in toks if t not in stop]) for toks in generated.tokens]
-        stats = generated.prefill.stats
-        visual = stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor)
-        flops = prefill_flops(stats, geometry)
+        answered = scheduler.answer(batch, plan, config, engine=timed)
+        texts, visual, flops = answered.texts, answered.visual_per_layer_survivor, answered.flops
         for k, (i, item) in enumerate(zip(index, chunk)):
             out.index.append(i)
             out.ids.append(item.id)

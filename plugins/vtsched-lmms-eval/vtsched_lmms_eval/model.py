@@ -142,16 +142,20 @@ class VtschedLMM(lmms):
     def _plan(self, batch: Any) -> Any:
         return self.scheduler.plan(batch, self.policy, self.partitioner, self.budget)
 
-    def _record(self, kind: str, task: str, doc_id: int, plan: Any, prefill: Any, b: int) -> None:
+    def _batch_costs(self, plan: Any, stats: Any) -> tuple[Any, Any, Any]:
+        """Per sample of a batch: visual tokens per layer (survivor, all streams) and prefill FLOPs."""
         from vtsched.core.cost import prefill_flops
 
         geometry = self.scheduler.adapter.geometry
-        stats = prefill.stats
+        return (stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor),
+                stats.visual_per_layer(geometry.num_layers), prefill_flops(stats, geometry))
+
+    def _record(self, kind: str, task: str, doc_id: int, costs: tuple[Any, Any, Any], b: int) -> None:
+        kept, every, flops = costs
         self.records.append({
             "kind": kind, "task": task, "doc_id": doc_id, "policy": self.describe(),
-            "visual_tokens_per_layer": float(stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor)[b]),
-            "visual_tokens_per_layer_all_streams": float(stats.visual_per_layer(geometry.num_layers)[b]),
-            "prefill_gflops": float(prefill_flops(stats, geometry)[b]) / 1e9,
+            "visual_tokens_per_layer": float(kept[b]), "visual_tokens_per_layer_all_streams": float(every[b]),
+            "prefill_gflops": float(flops[b]) / 1e9,
         })
 
     def _flush(self, kind: str, n: int) -> None:
@@ -180,7 +184,7 @@ class VtschedLMM(lmms):
         return [idx[s : s + size] for idx in groups.values() for s in range(0, len(idx), size)]
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        from vtsched.core.generation import GenerationConfig, generate
+        from vtsched.core.generation import GenerationConfig
 
         out: list[str] = [""] * len(requests)
         batches = self._batches(requests, lambda a: (a[4], a[5], json.dumps(a[1], sort_keys=True, default=str)))
@@ -196,20 +200,18 @@ class VtschedLMM(lmms):
                 max_new_tokens=int(kwargs.get("max_new_tokens") or self.max_new_tokens), do_sample=sample,
                 temperature=float(kwargs.get("temperature") or 1.0) if sample else 1.0,
                 top_p=float(kwargs.get("top_p") or 1.0) if sample else 1.0,
-                stop_token_ids=self.scheduler.adapter.stop_token_ids(),
             )
             images = [self._visual(doc_to_visual[k], doc_ids[k], tasks[k], splits[k]) for k in range(len(index))]
             batch = self.scheduler.prepare(images, [self._question(c) for c in contexts])
             plan = self._plan(batch)
-            generated = generate(self.scheduler.engine, batch, plan.schedule, plan.partition, config)
-            stop = set(config.stop_token_ids)
-            for k, tokens in enumerate(generated.tokens):
-                text = self.scheduler.adapter.decode_text([t for t in tokens if t not in stop])
+            answered = self.scheduler.answer(batch, plan, config)
+            costs = (answered.visual_per_layer_survivor, answered.visual_per_layer, answered.flops)
+            for k, text in enumerate(answered.texts):
                 for marker in until:
                     if marker and marker in text:
                         text = text.split(marker, 1)[0]
                 out[index[k]] = text
-                self._record("generate_until", tasks[k], doc_ids[k], plan, generated.prefill, k)
+                self._record("generate_until", tasks[k], doc_ids[k], costs, k)
                 self.cache_hook.add_partial("generate_until", (contexts[k], gen_kwargs[k]), text)
             bar.update(len(index))
         bar.close()
@@ -243,6 +245,7 @@ class VtschedLMM(lmms):
                                                     tail=[t.to(self.device) for t in tails], use_cache=False,
                                                     return_hidden=True)
             assert prefill.all_logits is not None and prefill.index is not None
+            costs = self._batch_costs(plan, prefill.stats)
             for k, tail in enumerate(tails):
                 length = batch.samples[k].length
                 slots = prefill.slots(k, torch.arange(length - 1, length - 1 + len(tail)))
@@ -251,7 +254,7 @@ class VtschedLMM(lmms):
                 total = -float(logprobs.gather(1, tail_ids[:, None]).sum())
                 greedy = bool((logprobs.argmax(-1) == tail_ids).all())
                 out[index[k]] = (total, greedy)
-                self._record("loglikelihood", tasks[k], doc_ids[k], plan, prefill, k)
+                self._record("loglikelihood", tasks[k], doc_ids[k], costs, k)
                 self.cache_hook.add_partial("loglikelihood", (contexts[k], continuations[k]), out[index[k]])
             bar.update(len(index))
         bar.close()
