@@ -160,17 +160,8 @@ def build_random_llava(
     if not isinstance(shape, Shape):  # a LLaVA-NeXT or Qwen2-VL shape builds its own family
         return shape.build(seed=seed, dtype=dtype, attn_implementation=attn_implementation, device=device)
     processor = build_processor(shape)
-    config = llava_config(shape, processor.tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        with torch.device(device):  # built in place and in its dtype: a 7B shape never exists in fp32
-            model = LlavaForConditionalGeneration._from_config(
-                config, dtype=dtype, attn_implementation=attn_implementation
-            )
-    model.eval()
-    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    return model, processor
+    return _build(LlavaForConditionalGeneration, llava_config(shape, processor.tokenizer), processor, seed=seed,
+                  dtype=dtype, attn_implementation=attn_implementation, device=device)
 
 
 def get_shape(name: str) -> Any:
@@ -185,23 +176,13 @@ def get_shape(name: str) -> Any:
 def llava_config(shape: Any, tokenizer=None):
     """The config of a shape (no weights are built): a ``LlavaConfig``, or the family's own for a
     LLaVA-NeXT or Qwen2-VL shape."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaConfig
 
     shape = get_shape(shape) if isinstance(shape, str) else shape
     if not isinstance(shape, Shape):  # a LLaVA-NeXT or Qwen2-VL shape: its own family's config
         return shape.config(tokenizer)
     tokenizer = tokenizer or build_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate,
-        num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
-        image_size=shape.image_size, patch_size=shape.patch_size, projection_dim=shape.vision_hidden,
-    )
-    text = LlamaConfig(
-        hidden_size=shape.hidden, intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=len(tokenizer),
-        max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    vision, text = _clip_and_llama(shape, shape.image_size, tokenizer, max_positions=4096)
     config = LlavaConfig(  # type: ignore[call-arg]
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=shape.num_visual, vision_feature_layer=-2, vision_feature_select_strategy="default",
@@ -266,20 +247,10 @@ class NextShape:
         )
 
     def config(self, tokenizer=None):
-        from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
+        from transformers import LlavaNextConfig
 
         tokenizer = tokenizer or build_tokenizer()
-        vision = CLIPVisionConfig(
-            hidden_size=self.vision_hidden, intermediate_size=self.vision_intermediate,
-            num_hidden_layers=self.vision_layers, num_attention_heads=self.vision_heads,
-            image_size=self.tile, patch_size=self.patch_size, projection_dim=self.vision_hidden,
-        )
-        text = LlamaConfig(
-            hidden_size=self.hidden, intermediate_size=self.intermediate, num_hidden_layers=self.layers,
-            num_attention_heads=self.heads, num_key_value_heads=self.kv_heads, vocab_size=len(tokenizer),
-            max_position_embeddings=8192, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        vision, text = _clip_and_llama(self, self.tile, tokenizer, max_positions=8192)
         return LlavaNextConfig(  # type: ignore[call-arg]
             vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
             image_grid_pinpoints=self.pinpoints, image_seq_length=(self.tile // self.patch_size) ** 2,
@@ -389,8 +360,27 @@ class QwenShape:
                       attn_implementation=attn_implementation, device=device)
 
 
+def _clip_and_llama(shape: Any, image_size: int, tokenizer: Any, *, max_positions: int) -> tuple[Any, Any]:
+    """The CLIP vision and Llama text configs of a LLaVA-family shape (its ``vision_*`` and text sizes)."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate,
+        num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
+        image_size=image_size, patch_size=shape.patch_size, projection_dim=shape.vision_hidden,
+    )
+    text = LlamaConfig(
+        hidden_size=shape.hidden, intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=len(tokenizer),
+        max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return vision, text
+
+
 def _build(model_class, config, processor, *, seed, dtype, attn_implementation, device):
-    """``(model, processor)``: ``model_class`` with random weights, built in place and in its dtype."""
+    """``(model, processor)``: ``model_class`` with random weights, built in place and in its dtype
+    (a 7B shape never exists in fp32)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
