@@ -113,27 +113,29 @@ class CaseResult:
     visual_kept: float = 0.0
     visual_all: float = 0.0
 
-    @staticmethod
-    def _median(values: Sequence[float]) -> float:
-        return statistics.median(values) if values else float("nan")
-
-    @staticmethod
-    def _iqr(values: Sequence[float]) -> float:
-        if len(values) < 2:
-            return 0.0
-        q = statistics.quantiles(values, n=4)
-        return q[2] - q[0]
-
     @property
     def prefill_ms(self) -> float:
-        return 1e3 * self._median(self.prefill_s)
+        return _median_ms(self.prefill_s)
 
     @property
     def prefill_iqr_ms(self) -> float:
-        return 1e3 * self._iqr(self.prefill_s)
+        return _iqr_ms(self.prefill_s)
 
     def decode_ms_per_token(self, tokens: int) -> float | None:
-        return 1e3 * self._median(self.decode_s) / tokens if self.decode_s and tokens else None
+        return _median_ms(self.decode_s) / tokens if self.decode_s and tokens else None
+
+
+def _median_ms(seconds: Sequence[float]) -> float:
+    """Median of timings in seconds, in ms (NaN when nothing was timed)."""
+    return 1e3 * statistics.median(seconds) if seconds else float("nan")
+
+
+def _iqr_ms(seconds: Sequence[float]) -> float:
+    """Interquartile range of timings in seconds, in ms (0 with fewer than two)."""
+    if len(seconds) < 2:
+        return 0.0
+    q = statistics.quantiles(seconds, n=4)
+    return 1e3 * (q[2] - q[0])
 
 
 @dataclass
@@ -160,11 +162,11 @@ class ReferenceResult:
 
     @property
     def ms(self) -> float:
-        return 1e3 * CaseResult._median(self.seconds)
+        return _median_ms(self.seconds)
 
     @property
     def iqr_ms(self) -> float:
-        return 1e3 * CaseResult._iqr(self.seconds)
+        return _iqr_ms(self.seconds)
 
 
 @dataclass
@@ -181,6 +183,11 @@ class BenchReport:
     results: list[CaseResult]
     references: list[ReferenceResult] = field(default_factory=list)
 
+    @property
+    def vision_ms(self) -> float | None:
+        """Median vision tower + projector time per batch (``None`` when not timed)."""
+        return _median_ms(self.vision_s) if self.vision_s else None
+
     def baseline(self) -> CaseResult | None:
         return next((r for r in self.results if r.case.policy == "full"), None)
 
@@ -189,7 +196,7 @@ class BenchReport:
 
     def rows(self) -> list[dict[str, Any]]:
         base = self.baseline()
-        vision_ms = 1e3 * statistics.median(self.vision_s) if self.vision_s else 0.0
+        vision_ms = self.vision_ms or 0.0
         rows = []
         for r in self.results:
             decode_tps = (self.decode_tokens * self.batch_size / statistics.median(r.decode_s)) if r.decode_s else None
@@ -262,7 +269,7 @@ class BenchReport:
                 f"{row['case']:<34s} {row['prefill_ms']:>11.2f} {row['prefill_iqr_ms']:>7.2f} {ratio:>7s} "
                 f"{row['prefill_gflops']:>9.2f} {fratio:>7s} {row['visual_tokens_per_layer']:>9.1f} {tps:>9s}"
             )
-        vision_ms = 1e3 * statistics.median(self.vision_s) if self.vision_s else 0.0
+        vision_ms = self.vision_ms or 0.0
         lines.append(f"vision tower + projector (common to all cases): {vision_ms:.2f} ms, "
                      f"{self.vision_flops / 1e9:.2f} GFLOPs per image")
         lines += self._reference_lines()
@@ -296,7 +303,7 @@ class BenchReport:
         return {
             "device": self.device, "shape": self.shape, "dtype": self.dtype, "attn": self.attn,
             "batch_size": self.batch_size, "repeats": self.repeats, "decode_tokens": self.decode_tokens,
-            "vision_ms": 1e3 * statistics.median(self.vision_s) if self.vision_s else None,
+            "vision_ms": self.vision_ms,
             "vision_gflops_per_image": self.vision_flops / 1e9, "rows": self.rows(),
             "reference": {"rows": self.reference_rows(), "parvts_time_over_flops": self.flops_predictions()},
         }
