@@ -100,16 +100,21 @@ def fusion_rule_problems(cls: Any) -> list[str]:
     return problems + _method_problems(cls, "weights", ("inputs",))
 
 
+def _subclass_problems(cls: Any, base: type, where: str) -> list[str]:
+    """A concrete subclass of ``base`` (``where``: its import path, for the message)."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        return [f"is not a class subclassing {where}"]
+    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+    return [f"does not implement {', '.join(abstract)}"] if abstract else []
+
+
 def adapter_problems(cls: Any) -> list[str]:
     """An adapter: a concrete subclass of :class:`~vtsched.core.adapters.base.ModelAdapter`."""
     from vtsched.core.adapters.base import ModelAdapter
 
-    problems = _name_problems(cls)
+    problems = _name_problems(cls) + _subclass_problems(cls, ModelAdapter, "vtsched.core.adapters.base.ModelAdapter")
     if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
-        return problems + ["is not a class subclassing vtsched.core.adapters.base.ModelAdapter"]
-    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
-    if abstract:
-        problems.append(f"does not implement {', '.join(abstract)}")
+        return problems
     if not isinstance(getattr(cls, "model_type", None), str):
         problems.append("has no 'model_type' (the transformers config model_type it reads)")
     return problems
@@ -119,13 +124,7 @@ def command_problems(cls: Any) -> list[str]:
     """A command: a concrete subclass of :class:`~vtsched.core.commands.Command`."""
     from vtsched.core.commands import Command
 
-    problems = _name_problems(cls)
-    if not (isinstance(cls, type) and issubclass(cls, Command)):
-        return problems + ["is not a class subclassing vtsched.core.commands.Command"]
-    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
-    if abstract:
-        problems.append(f"does not implement {', '.join(abstract)}")
-    return problems
+    return _name_problems(cls) + _subclass_problems(cls, Command, "vtsched.core.commands.Command")
 
 
 def evaluator_problems(cls: Any) -> list[str]:
@@ -133,12 +132,9 @@ def evaluator_problems(cls: Any) -> list[str]:
     (``--data NAME:SPEC``) holds no ``:`` and is not a prefix ``vtsched eval`` reads itself."""
     from vtsched.core.evaluators import RESERVED_DATA_PREFIXES, Evaluator
 
-    problems = _name_problems(cls)
+    problems = _name_problems(cls) + _subclass_problems(cls, Evaluator, "vtsched.core.evaluators.Evaluator")
     if not (isinstance(cls, type) and issubclass(cls, Evaluator)):
-        return problems + ["is not a class subclassing vtsched.core.evaluators.Evaluator"]
-    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
-    if abstract:
-        problems.append(f"does not implement {', '.join(abstract)}")
+        return problems
     for name in (getattr(cls, "name", ""), *getattr(cls, "aliases", ())):
         if isinstance(name, str) and (":" in name or name in RESERVED_DATA_PREFIXES):
             problems.append(f"name {name!r} cannot prefix --data (no ':', not {' or '.join(RESERVED_DATA_PREFIXES)})")
