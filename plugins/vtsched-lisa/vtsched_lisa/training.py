@@ -155,28 +155,25 @@ def _dice(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 def train_demo_lisa(out: str | Path, config: TrainConfig = TrainConfig(), progress: bool = True,
                     log: Any = None) -> dict[str, Any]:
     """Train the demo LISA from ``config.seed``; save it (and ``training.json``) to ``out``."""
-    import sys
     import tempfile
 
     from tqdm.auto import tqdm
 
     from vtsched.core.demo.synthetic import CORNERS, POSITIONS, SHAPES, SUBJECT_COLOURS
     from vtsched.core.demo.training import warmup_cosine, withdrawn_hidden
-    from vtsched.core.registry import build_registry, make_plugin_manager
-    from vtsched.core.scheduler import Scheduler
+    from vtsched.core.engine.rows import pad_stack
     from vtsched.core.tokens import Role
 
-    from vtsched_lisa.checkpoint import load_lisa
     from vtsched_lisa.data import SYNTHETIC_QUESTIONS
     from vtsched_lisa.demo_lisa import init_demo_lisa, save_demo_lisa
+    from vtsched_lisa.segment import lisa_scheduler
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     with tempfile.TemporaryDirectory() as tmp:
         init_demo_lisa(tmp, seed=config.seed)
-        model, processor = load_lisa(tmp, device=config.device)
-    registry = build_registry(make_plugin_manager(load_entrypoints=False, extra=[sys.modules["vtsched_lisa"]]))
-    adapter = Scheduler(model, processor, registry=registry).adapter
+        adapter = lisa_scheduler(tmp, device=config.device).adapter
+    model, processor = adapter.model, adapter.processor
     inner = model.model
     lm = inner.language_model
     sam = model.sam
@@ -215,15 +212,9 @@ def train_demo_lisa(out: str | Path, config: TrainConfig = TrainConfig(), progre
         questions = [SYNTHETIC_QUESTIONS[s[4]] for s in scenes]
         with torch.no_grad():
             batch = adapter.prepare(images, questions, reply=REPLY)
-        lengths = [len(s.input_ids) for s in batch.samples]
-        width = max(lengths)
-        ids = torch.full((len(scenes), width), int(processor.tokenizer.pad_token_id))
-        attention = torch.zeros((len(scenes), width), dtype=torch.long)
-        visual = torch.zeros((len(scenes), width), dtype=torch.bool)
-        for b, sample in enumerate(batch.samples):
-            ids[b, :lengths[b]] = sample.input_ids
-            attention[b, :lengths[b]] = 1
-            visual[b, :lengths[b]] = sample.roles == Role.VISUAL
+        ids = pad_stack([s.input_ids for s in batch.samples], int(processor.tokenizer.pad_token_id))
+        attention = pad_stack([torch.ones_like(s.input_ids) for s in batch.samples], 0)
+        visual = pad_stack([s.roles == Role.VISUAL for s in batch.samples], False)
         ids, attention, visual = ids.to(config.device), attention.to(config.device), visual.to(config.device)
         embeds = F.embedding(ids, embed)
         features = torch.stack([s.visual_features for s in batch.samples]).to(config.device)
