@@ -76,3 +76,15 @@ def check_model_path(path: str) -> None:
         raise InputError(f"cannot load {path!r}: no such model folder (check the path)")
     if os.path.exists(expanded) and not os.path.isdir(expanded):
         raise InputError(f"model path is a file, not a checkpoint folder: {path}")
+
+
+def read_config(path: str) -> Any:
+    """A checkpoint's transformers config, or one line saying why it cannot be read (no weights load)."""
+    from transformers import AutoConfig
+
+    check_model_path(path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        where = "folder" if os.path.isdir(path) else "model id or folder"
+        raise InputError(f"cannot load {where} {path!r}: {str(exc).splitlines()[0]}") from None

@@ -9,7 +9,6 @@ explicit step first (:func:`vtsched.core.tools.search.calibrate`), which returns
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,16 +72,11 @@ class Scheduler:
         """Load a checkpoint folder (or hub id, where a hub is reachable) with its processor.
 
         ``adapter_options`` are the family adapter's options (LLaVA-NeXT: ``image_size=672``)."""
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from vtsched.core.io import check_model_path
+        from vtsched.core.io import read_config
 
-        check_model_path(path)
-        try:
-            config = AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            where = "folder" if os.path.isdir(path) else "model id or folder"
-            raise InputError(f"cannot load {where} {path!r}: {str(exc).splitlines()[0]}") from None
+        config = read_config(path)
         registry = registry or build_registry()
         registry.adapter_for_config(config)  # refuses model types no adapter reads, before loading weights
         try:

@@ -8,8 +8,7 @@ import sys
 from typing import Any
 
 from vtsched.core.budget import Budget
-from vtsched.core.errors import InputError
-from vtsched.core.io import check_model_path
+from vtsched.core.io import read_config
 from vtsched.core.schedule import Schedule
 
 __all__ = [
@@ -51,17 +50,6 @@ def registry_for(args: argparse.Namespace) -> Any:
     from vtsched.core.registry import build_registry, make_plugin_manager
 
     return build_registry(make_plugin_manager(load_entrypoints=False if args.no_plugins else None))
-
-
-def read_config(path: str) -> Any:
-    """A checkpoint's config, or one line saying why it cannot be read (a missing folder said plainly)."""
-    from transformers import AutoConfig
-
-    check_model_path(path)
-    try:
-        return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load {path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def config_and_source(args: argparse.Namespace, shape: str) -> tuple[Any, str]:

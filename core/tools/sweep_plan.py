@@ -88,7 +88,7 @@ def model_fingerprint(model: str) -> str:
     path = Path(os.path.expanduser(model_path(model)))
     digest = hashlib.sha256()
     if not path.is_dir():  # a hub id: its config is what can be read here
-        from vtsched.core.cli.common import read_config
+        from vtsched.core.io import read_config
 
         digest.update(f"hub:{model}\n".encode())
         digest.update(read_config(model).to_json_string().encode())
@@ -151,7 +151,7 @@ class _ModelInfo:
 
 
 def _model_info(model: str, registry: Any) -> _ModelInfo:
-    from vtsched.core.cli.common import read_config
+    from vtsched.core.io import read_config
     from vtsched.core.planner import Planner
 
     config = read_config(model_path(model))
