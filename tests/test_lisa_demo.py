@@ -119,6 +119,22 @@ def test_vtsched_segment_without_model_uses_the_demo_lisa(tmp_path, capsys):
     assert intersection_union(mask, scene.mark_mask)[0] > 0
 
 
+@needs_demo
+def test_vtsched_segment_runs_a_saved_schedule_at_its_own_budget(tmp_path, capsys):
+    """As `vtsched run` does: a schedule file's recorded budget, not the default, when --budget is absent."""
+    scene = next(generate(12, 1, types=("subject_colour",)))
+    scene.image.save(tmp_path / "img.png")
+    saved = tmp_path / "parvts.json"
+    from vtsched.core.demo import demo_model_path
+
+    assert main(["explain", "--model", str(demo_model_path()), "--policy", "parvts", "--budget", "5",
+                 "--json", str(saved)]) == 0  # the demo LLaVA the demo LISA is built on: same depth and grid
+    capsys.readouterr()
+    assert main(["segment", "--image", str(tmp_path / "img.png"), "--question", SYNTHETIC_QUESTIONS["corner"],
+                 "--policy", f"schedule:{saved}", "--out", str(tmp_path / "out")]) == 0
+    assert "visual tokens/layer: 5.0 kept" in capsys.readouterr().out
+
+
 # -- segmentation in vtsched eval ---------------------------------------------------------------------
 @needs_demo
 def test_vtsched_eval_scores_synthetic_segmentation_on_the_demo_lisa(tmp_path, capsys):

@@ -96,7 +96,7 @@ class SegmentCommand(Command):
         image = load_image(args.image)
         scheduler = _scheduler(args)
         policy, part = _policy(scheduler, args, args.policy, dict(args.param))
-        budget = Budget.parse(str(args.budget or DEFAULT_BUDGET))
+        budget = Budget.parse(str(args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET))
         generation = GenerationConfig(max_new_tokens=args.max_new_tokens) if args.generate else None
         result = LisaSegmenter(scheduler).segment([image], [args.question], policy, partitioner=part, budget=budget,
                                                   generation=generation)[0]
