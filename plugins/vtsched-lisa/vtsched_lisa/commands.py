@@ -128,6 +128,8 @@ class SegmentEvalCommand(Command):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        from vtsched.core.cli.common import key_value
+
         _model_args(parser)
         parser.add_argument("--data", required=True,
                             help="a JSONL file (image, mask, question), a ReasonSeg folder or synthetic:SEED:IMAGES")
@@ -136,9 +138,7 @@ class SegmentEvalCommand(Command):
                             help="NAME[:PARAM=VALUE,...]; full always runs")
         parser.add_argument("--budgets", nargs="+", default=["0.111"])
         parser.add_argument("--partitioner", default=None)
-        parser.add_argument("--partitioner-param", action="append", default=[], metavar="NAME=VALUE",
-                            type=lambda t: tuple(t.split("=", 1)) if "=" in t else (_ for _ in ()).throw(
-                                argparse.ArgumentTypeError(f"expected NAME=VALUE, got {t!r}")))
+        parser.add_argument("--partitioner-param", action="append", default=[], metavar="NAME=VALUE", type=key_value)
         parser.add_argument("--json", default=None, metavar="FILE", help="also write rows and per-item results")
 
     @classmethod
