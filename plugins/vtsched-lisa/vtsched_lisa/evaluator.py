@@ -64,7 +64,7 @@ class SegmentationEvaluator(Evaluator):
         from vtsched_lisa import demo_lisa_path
         from vtsched_lisa.commands import evaluate_segmentation, format_table, segmentation_cases
         from vtsched_lisa.data import load_seg_items
-        from vtsched_lisa.segment import lisa_scheduler
+        from vtsched_lisa.partitioner import load_segmenter
 
         if not request.data:
             raise InputError("--data segmentation: needs a dataset after the colon (a JSONL file, a ReasonSeg folder "
@@ -73,7 +73,8 @@ class SegmentationEvaluator(Evaluator):
         path = request.model or demo_lisa_path()
         if path is None:
             raise InputError("no --model given and no demo LISA is shipped; pass --model FOLDER, a LISA checkpoint")
-        scheduler = lisa_scheduler(str(path), device=request.device, registry=request.registry)
+        # the lisa partitioner, if this run uses one, finds the same model loaded
+        scheduler = load_segmenter(str(path), None, request.device, request.registry).scheduler
         cases = segmentation_cases(scheduler, request.policies, request.budgets, request.partitioners)
         report = evaluate_segmentation(scheduler, items, cases, progress=request.progress)
         return EvalOutcome(rows=report["rows"], table=format_table(report["rows"]), records=report["items"],

@@ -117,12 +117,14 @@ class LisaPartitioner(Partitioner):
 _SEGMENTERS: dict[tuple[str, str | None, str], tuple[Any, str]] = {}
 
 
-def load_segmenter(path: str, clip: str | None = None, device: str = "cpu") -> Any:
-    """A :class:`~vtsched_lisa.segment.LisaSegmenter` for a LISA folder, loaded once per process."""
-    return _loaded(path, clip, device)[0]
+def load_segmenter(path: str, clip: str | None = None, device: str = "cpu", registry: Any = None) -> Any:
+    """A :class:`~vtsched_lisa.segment.LisaSegmenter` for a LISA folder, loaded once per process: the
+    segmentation evaluator and the ``lisa`` partitioner of the same run share one model (``registry``:
+    the scheduler's, used when the model is loaded here)."""
+    return _loaded(path, clip, device, registry)[0]
 
 
-def _loaded(path: str, clip: str | None, device: str) -> tuple[Any, str]:
+def _loaded(path: str, clip: str | None, device: str, registry: Any = None) -> tuple[Any, str]:
     """The segmenter and the fingerprint of the weights it loaded (read once, with the weights)."""
     key = (str(Path(path).resolve()), clip, device)
     if key not in _SEGMENTERS:
@@ -130,7 +132,8 @@ def _loaded(path: str, clip: str | None, device: str) -> tuple[Any, str]:
         from vtsched_lisa.segment import LisaSegmenter, lisa_scheduler
 
         _SEGMENTERS.clear()  # one LISA at a time: a 7B one is 14 GB
-        _SEGMENTERS[key] = (LisaSegmenter(lisa_scheduler(path, clip=clip, device=device)), weights_fingerprint(path))
+        scheduler = lisa_scheduler(path, clip=clip, device=device, registry=registry)
+        _SEGMENTERS[key] = (LisaSegmenter(scheduler), weights_fingerprint(path))
     return _SEGMENTERS[key]
 
 
