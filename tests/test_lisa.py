@@ -224,8 +224,9 @@ def test_vtsched_segment_writes_mask_and_overlay(tmp_path, capsys):
     assert "LLM prefill" in text and "SAM encoder" in text and "mask decoder" in text
     from PIL import Image
 
-    assert Image.open(out / "mask.png").size == IMAGES[0].size
-    assert Image.open(out / "overlay.png").size == IMAGES[0].size
+    for name in ("mask.png", "overlay.png"):
+        with Image.open(out / name) as image:
+            assert image.size == IMAGES[0].size
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["visual_tokens_per_layer"] == 4.0 and record["seg_position"] is not None
 

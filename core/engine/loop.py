@@ -38,7 +38,7 @@ def call_layer(
         attention_mask=inputs.mask,
         position_embeddings=(inputs.cos, inputs.sin),
         position_ids=inputs.position_ids,
-        past_key_values=tap,
+        cache=tap,
     )
     return out[0] if isinstance(out, tuple) else out
 
