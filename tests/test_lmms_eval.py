@@ -84,7 +84,7 @@ def test_lmms_eval_end_to_end_offline_equals_vtsched_eval(tmp_path):
     tasks = write_tasks(tmp_path / "tasks", "synthetic:4:2", name="synthetic")
     out = tmp_path / "out"
     env = dict(os.environ, **OFFLINE, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    command = [str(VENV_BIN / "lmms-eval"), "--model", "vtsched",
+    command = [str(VENV_BIN / "vtsched-lmms-eval"), "--model", "vtsched",
                "--model_args", "pretrained=demo,policy=parvts,budget=7,drop_layer=2,fusion=size,no_plugins=true",
                "--tasks", "vtsched_synthetic,vtsched_synthetic_mc", "--include_path", str(tasks), "--batch_size", "4",
                "--device", "cpu", "--output_path", str(out)]
@@ -117,3 +117,33 @@ def test_bad_model_args_fail_before_weights_load():
         VtschedLMM(pretrained="demo", policy="parvts", budget=7, drop_layr=2, no_plugins=True)
     with pytest.raises(VtschedError, match="budget 999 exceeds"):
         VtschedLMM(pretrained="demo", policy="prune", budget=999, no_plugins=True)
+
+
+def test_a_failed_evaluation_exits_non_zero_with_lmms_evals_reason(tmp_path):
+    """lmms-eval 0.7.3 logs "Error during evaluation" and exits 0; vtsched-lmms-eval exits 1 and names it."""
+    from vtsched_lmms_eval.tasks import write_tasks
+
+    tasks = write_tasks(tmp_path / "tasks", "synthetic:4:1", name="synthetic")
+    env = dict(os.environ, **OFFLINE, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    command = ["--model", "vtsched", "--model_args", "pretrained=demo,policy=nosuch,no_plugins=true",
+               "--tasks", "vtsched_synthetic", "--include_path", str(tasks), "--device", "cpu",
+               "--output_path", str(tmp_path / "out")]
+    plain = subprocess.run([str(VENV_BIN / "lmms-eval"), *command], capture_output=True, text=True, env=env,
+                           timeout=300, cwd=tmp_path)
+    checked = subprocess.run([str(VENV_BIN / "vtsched-lmms-eval"), *command], capture_output=True, text=True,
+                             env=env, timeout=300, cwd=tmp_path)
+    assert plain.returncode == 0  # lmms-eval's own behaviour: the reason this command exists
+    assert checked.returncode == 1, checked.stderr[-2000:]
+    last = checked.stderr.strip().splitlines()[-1]
+    assert last.startswith("vtsched-lmms-eval: lmms-eval exited 0 but wrote no results file under ")
+    assert "Error during evaluation" in last and "nosuch" in last
+
+
+def test_the_checked_command_needs_an_output_path(capsys):
+    from vtsched_lmms_eval.run import logged_error, main, output_path
+
+    assert main(["--model", "vtsched", "--tasks", "mme"]) == 2
+    assert "give --output_path" in capsys.readouterr().err
+    assert output_path(["--output_path=a/b"]) == output_path(["--output_path", "a/b"])
+    assert logged_error(["x", "2026 | ERROR | Error during evaluation: boom. Please", "y"]) == \
+        "Error during evaluation: boom. Please"
