@@ -194,9 +194,11 @@ class Planner:
     def _batch_schedule(self, policy: Policy, groups: tuple[str, ...], budget: Budget | None,
                         num_visual: Sequence[int]) -> Schedule:
         """The schedule of a batch: a policy that applies its budget inside the LLM solves it for each
-        sample's own token count (not the nominal one). Samples whose counts give different keep
+        sample's own token count (not the nominal one), and so does one that runs without a budget
+        (``pdrop`` keeps counts of each image's own tokens). Samples whose counts give different keep
         amounts share one schedule with per-sample ``KeepTop.keep``; any other difference is refused."""
-        if budget is None or policy.needs_partition or not num_visual:
+        if (budget is None and policy.budget_required) or not policy.uses_budget or policy.needs_partition \
+                or not num_visual:
             return self._schedule(policy, groups, budget)
         by_count = {n: self._schedule(policy, groups, budget, n) for n in sorted(set(num_visual))}
         schedules = [by_count[n] for n in num_visual]

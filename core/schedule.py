@@ -96,7 +96,7 @@ class Fuse:
         return f"fuse {self.tokens} tokens of {', '.join(self.streams)} -> {self.into} by {rule}"
 
 
-KNOWN_RANKERS = ("last_token_attention",)  # how the engine can score tokens for KeepTop
+KNOWN_RANKERS = ("last_token_attention", "next_layer_attention")  # how the engine can score tokens for KeepTop
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +106,17 @@ class KeepTop:
     The kept tokens stay in ``group``; the others leave the stream. ``keep`` is a count, or
     a ratio of the group's current size when it is a float in (0, 1]; or a tuple of those, one per
     sample of the batch (a policy that solves its budget per sample, e.g. ``pdrop`` with a count
-    budget on images with different token counts). ``ranker`` names how the
-    engine scores tokens (``"last_token_attention"``: attention from the last prompt token in
-    the layer before, recomputed for that one query row).
+    budget on images with different token counts). ``ranker`` names how the engine scores tokens:
+
+    - ``"last_token_attention"``: the attention the last prompt token gave them in layer ``layer - 1``
+      (FastV's signal), recomputed for that one query row from what that layer attended over;
+    - ``"next_layer_attention"``: the attention the last prompt token would give them in layer
+      ``layer`` itself, from that layer's own input norm and query/key projections applied to its
+      input, before the drop (PyramidDrop's signal); it needs ``layer < num_layers``, not a layer before.
+
+    ``renumber``: after the drop, the stream's tokens take rotary ids ``0..n-1`` in their order
+    (their causal order is unchanged) and decoded tokens continue after them at the layers that
+    follow, as PyramidDrop does. By default every token keeps its rotary id, the engine's rule.
     """
 
     kind: ClassVar[str] = "keep_top"
@@ -117,13 +125,15 @@ class KeepTop:
     group: str
     keep: int | float | tuple[int | float, ...]
     ranker: str = "last_token_attention"
+    renumber: bool = False
 
     def describe(self) -> str:
         if isinstance(self.keep, tuple):
             amount = "per sample " + "/".join(f"{k:.4g}" if isinstance(k, float) else str(k) for k in self.keep) + " of"
         else:
             amount = f"{self.keep:g} of" if isinstance(self.keep, float) else f"top {self.keep} of"
-        return f"keep {amount} {self.group} in {self.stream} by {self.ranker}"
+        renumbered = ", renumbered" if self.renumber else ""
+        return f"keep {amount} {self.group} in {self.stream} by {self.ranker}{renumbered}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +358,9 @@ def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[st
                 raise ScheduleError(f"{where}: the engine knows no ranker {event.ranker!r}; rankers: {list(KNOWN_RANKERS)}")
             elif event.ranker == "last_token_attention" and event.layer == 0:
                 raise ScheduleError(f"{where}: ranking by attention needs a layer before it (layer >= 1)")
+            elif event.ranker == "next_layer_attention" and event.layer >= schedule.num_layers:
+                raise ScheduleError(f"{where}: ranking by the next layer's attention needs a layer after it "
+                                    f"(layer < {schedule.num_layers})")
         elif isinstance(event, Fuse):
             if len(set(event.streams)) != len(event.streams) or len(event.streams) < 2:
                 raise ScheduleError(f"{where}: fuse needs at least two distinct streams")

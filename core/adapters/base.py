@@ -28,7 +28,9 @@ class DecoderParts:
 
     ``query_rows(layer, hidden, cos, sin)`` recomputes the rotated attention queries of a few
     tokens of one layer (``hidden``: ``(rows, q, hidden)`` layer input) so the engine can read
-    attention without switching the model to eager attention.
+    attention without switching the model to eager attention; ``key_rows(layer, hidden, cos, sin)``
+    likewise the rotated keys ``(rows, kv_heads, T, head_dim)`` a layer would compute from its input,
+    for rankers that read a layer's attention before it runs (PyramidDrop's).
 
     ``rotary(hidden, positions)`` takes ``(rows, T)`` position ids, or ``(rope_rows, rows, T)``
     when ``rope_rows > 1``, and returns ``(cos, sin)`` of shape ``(rows, T, head_dim)``.
@@ -44,6 +46,7 @@ class DecoderParts:
     lm_head: nn.Module
     attn_implementation: str
     query_rows: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    key_rows: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     scaling: float
     rope_rows: int = 1  # rows of rotary position ids: 1 (LLaMA-style), 3 (Qwen2-VL's M-RoPE)
     layer_position_ids: bool = True  # decoder layers get the 1-D rotary ids, as the family's own model passes them
@@ -213,6 +216,13 @@ def llama_style_decoder(language_model: Any, lm_head: nn.Module, **extra: Any) -
         q = attn.q_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
         return q * cos[:, None] + rotate_half(q) * sin[:, None]
 
+    def key_rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        block = lm.layers[layer]
+        attn = block.self_attn
+        x = block.input_layernorm(hidden)
+        k = attn.k_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
+        return k * cos[:, None] + rotate_half(k) * sin[:, None]
+
     return DecoderParts(
         embed_tokens=lm.embed_tokens,
         layers=lm.layers,
@@ -221,6 +231,7 @@ def llama_style_decoder(language_model: Any, lm_head: nn.Module, **extra: Any) -
         lm_head=lm_head,
         attn_implementation=lm.config._attn_implementation,
         query_rows=query_rows,
+        key_rows=key_rows,
         scaling=lm.layers[0].self_attn.scaling,
         **extra,
     )

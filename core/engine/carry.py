@@ -88,7 +88,7 @@ def _renumber_run(run: PrefillRun, slot_of: torch.Tensor) -> None:
     for i, entry in enumerate(run.cache):
         if id(entry.index) not in renumbered:
             renumbered[id(entry.index)] = _renumber(slot_of, entry.index)
-        run.cache[i] = LayerCache(entry.keys, entry.values, renumbered[id(entry.index)])
+        run.cache[i] = dataclasses.replace(entry, index=renumbered[id(entry.index)])
     run.readings.rank = {key: (_renumber(slot_of, index), scores) for key, (index, scores) in run.readings.rank.items()}
 
 

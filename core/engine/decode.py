@@ -19,7 +19,7 @@ import torch
 
 from vtsched.core.adapters.base import DecoderParts
 from vtsched.core.engine.attention import KVBuffer, build_attention_mask
-from vtsched.core.engine.layout import layer_inputs
+from vtsched.core.engine.layout import LayerInputs, layer_inputs
 from vtsched.core.engine.loop import call_layer
 from vtsched.core.engine.run import LayerCache
 
@@ -33,14 +33,19 @@ class KeyLayout:
     Attributes:
         index: ``(batch, C)`` original positions, ``-1`` for padding.
         padded: whether any slot is padding (new tokens never are, so this stays as prefill left it).
+        next_rotary: ``(batch,)`` rotary id of the next token at these layers, or ``None`` for the
+            state's own (they differ only after a renumbering ``KeepTop``).
     """
 
     index: torch.Tensor
     padded: bool
+    next_rotary: torch.Tensor | None = None
 
     def grown(self, new_index: torch.Tensor) -> KeyLayout:
         """The layout after ``(batch, n)`` new tokens at positions ``new_index`` joined the cache."""
-        return KeyLayout(torch.cat((self.index, new_index), dim=1), self.padded)
+        n = new_index.shape[1]
+        rotary = None if self.next_rotary is None else self.next_rotary + n
+        return KeyLayout(torch.cat((self.index, new_index), dim=1), self.padded, rotary)
 
     def mask(self, query_index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive ``(batch, 1, n, C)`` mask for queries at ``query_index`` over this layout (``None``: see all)."""
@@ -86,9 +91,14 @@ def decode_state(cache: list[LayerCache], next_position: torch.Tensor, next_rota
     layouts: list[KeyLayout] = []
     layer_layout: list[int] = []
     for entry in cache:
-        last = layouts[-1].index if layouts else None
-        if last is None or not (last is entry.index or _same(last, entry.index)):
-            layouts.append(KeyLayout(entry.index, bool((entry.index < 0).any())))
+        rotary = None if entry.next_rotary is None or _same(entry.next_rotary, next_rotary) else entry.next_rotary
+        last = layouts[-1] if layouts else None
+        if last is None or not (
+            (last.index is entry.index or _same(last.index, entry.index))
+            and (last.next_rotary is rotary or (rotary is not None and last.next_rotary is not None
+                                                and _same(last.next_rotary, rotary)))
+        ):
+            layouts.append(KeyLayout(entry.index, bool((entry.index < 0).any()), rotary))
         layer_layout.append(len(layouts) - 1)
     return DecodeState(
         caches=[KVBuffer(e.keys, e.values) for e in cache],
@@ -108,13 +118,18 @@ def extend(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> 
     n = token_ids.shape[1]
     steps = torch.arange(n, device=token_ids.device)
     index = state.next_position[:, None] + steps
-    rotary = state.next_rotary[:, None] + steps
-    if parts.rope_rows > 1:
-        rotary = rotary[None].expand(parts.rope_rows, -1, -1)
     hidden = parts.embed_tokens(token_ids)
-    shared = layer_inputs(parts, hidden, rotary, None)
+
+    def rotary_inputs(next_rotary: torch.Tensor) -> LayerInputs:
+        rotary = next_rotary[:, None] + steps
+        if parts.rope_rows > 1:
+            rotary = rotary[None].expand(parts.rope_rows, -1, -1)
+        return layer_inputs(parts, hidden, rotary, None)
+
+    shared = rotary_inputs(state.next_rotary)
+    rotary = [shared if layout.next_rotary is None else rotary_inputs(layout.next_rotary) for layout in state.layouts]
     state.layouts = [layout.grown(index) for layout in state.layouts]
-    inputs = [dataclasses.replace(shared, mask=layout.mask(index, hidden.dtype)) for layout in state.layouts]
+    inputs = [dataclasses.replace(r, mask=layout.mask(index, hidden.dtype)) for r, layout in zip(rotary, state.layouts)]
     for layer, cache in enumerate(state.caches):
         hidden = call_layer(parts, layer, hidden, inputs[state.layer_layout[layer]], cache)
     state.next_position = state.next_position + n

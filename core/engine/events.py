@@ -9,12 +9,14 @@ function below, chosen by the event's type (``apply_event`` is a
 
 from __future__ import annotations
 
+import dataclasses
 from functools import singledispatch
 
 import torch
 
 from vtsched.core.engine.binding import gather
 from vtsched.core.engine.carry import carry
+from vtsched.core.engine.probes import rank
 from vtsched.core.engine.rows import Rows, pad_stack
 from vtsched.core.engine.run import PrefillRun
 from vtsched.core.errors import ScheduleError
@@ -58,12 +60,13 @@ def _insert_group(event: InsertGroup, run: PrefillRun) -> None:
 
 @apply_event.register
 def _keep_top(event: KeepTop, run: PrefillRun) -> None:
-    """Keep the group's tokens the probe before this layer ranked highest (stable on ties).
+    """Keep the group's tokens that the event's ranker scored highest (stable on ties).
 
     ``event.keep`` is a count or a ratio of the group's size in each row, or one of those per sample.
+    With ``event.renumber`` the stream's tokens then take rotary ids ``0..n-1`` (:func:`_renumber`).
     """
     rows, bound = run.streams[event.stream], run.bound
-    ranked_index, ranked = run.readings.rank.pop(id(event))
+    ranked_index, ranked = rank(event, run)
     by_position = torch.full(bound.roles.shape, float("-inf"), device=ranked.device)
     valid = ranked_index >= 0
     by_position[torch.nonzero(valid)[:, 0], ranked_index[valid]] = ranked[valid]
@@ -79,6 +82,28 @@ def _keep_top(event: KeepTop, run: PrefillRun) -> None:
         top = torch.sort(-scores[b], stable=True).indices[:k]
         keep[b, top] = True
     run.streams[event.stream] = rows.keep(keep)
+    if event.renumber:
+        _renumber(event, run)
+
+
+def _renumber(event: KeepTop, run: PrefillRun) -> None:
+    """The stream's tokens take rotary ids ``0..n-1`` in causal order, and the next token ``n``.
+
+    Only the rotary ids change: positions (the causal order, the mask) stay. Layers already run keep
+    the keys they cached with the old ids; :class:`~.layout.Segment` records each layer's next rotary
+    id, so decoded tokens continue after the tokens of each layer's own cache. Defined for one
+    stream, no shared prefix apart, no carried copies and 1-D rotary ids (LLaMA-style families).
+    """
+    bound, rows = run.bound, run.streams[event.stream]
+    if len(run.streams) > 1 or run.context is not None or bound.origin is not None or run.parts.rope_rows > 1:
+        raise ScheduleError(f"{event.describe()}: renumbering needs one stream, no shared prefix, no carried "
+                            "copies and 1-D rotary ids")
+    valid = rows.valid
+    table = (bound.rope[0] if bound.rope is not None
+             else torch.arange(bound.roles.shape[1], device=valid.device).expand_as(bound.roles)).clone()
+    b_idx, t_idx = torch.nonzero(valid, as_tuple=True)
+    table[b_idx, rows.index[b_idx, t_idx]] = (valid.cumsum(1) - 1)[b_idx, t_idx]
+    run.bound = dataclasses.replace(bound, rope=table[None], next_rotary=valid.sum(1))
 
 
 @apply_event.register

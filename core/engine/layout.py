@@ -96,6 +96,7 @@ class Segment:
         split: per stream, the inputs of its own layer call (long prompts, see ``Engine``), or
             ``None`` when the streams run packed in one call with ``inputs``' block mask.
         stream_of_column: ``(T,)`` stream number of each packed column (``None`` for one stream).
+        next_rotary: ``(batch,)`` rotary id of a token after the prompt in these layers (see ``LayerCache``).
     """
 
     start: int
@@ -111,6 +112,7 @@ class Segment:
     cache_index: torch.Tensor
     split: tuple[LayerInputs, ...] | None = None
     stream_of_column: torch.Tensor | None = None
+    next_rotary: torch.Tensor | None = None
 
     def block(self, stream: str) -> slice:
         return self.blocks[self.names.index(stream)]
@@ -119,9 +121,9 @@ class Segment:
         """The surviving stream's keys/values of one layer from what the layer attended over."""
         assert tap.keys is not None and tap.values is not None
         if self.cache_columns is None:
-            return LayerCache(tap.keys, tap.values, self.cache_index)
+            return LayerCache(tap.keys, tap.values, self.cache_index, self.next_rotary)
         columns = self.cache_columns
-        return LayerCache(tap.keys[:, :, columns], tap.values[:, :, columns], self.cache_index)
+        return LayerCache(tap.keys[:, :, columns], tap.values[:, :, columns], self.cache_index, self.next_rotary)
 
     def unpack(self, hidden: torch.Tensor) -> dict[str, Rows]:
         """Each stream's rows from the packed ``(batch, T, hidden)`` states leaving the segment."""
@@ -170,4 +172,5 @@ def build_segment(run: PrefillRun, start: int, end: int) -> Segment:
         start=start, end=end, names=names, blocks=tuple(blocks), rows=rows, inputs=inputs,
         n_context=n_context, key_index=key_index, row_roles=row_roles,
         cache_columns=cache_columns, cache_index=cache_index, split=per_stream, stream_of_column=stream_of_column,
+        next_rotary=run.bound.next_rotary,
     )

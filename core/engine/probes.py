@@ -2,7 +2,8 @@
 
 Some events decide from attention: ``Fuse`` with a rule that weighs streams by the attention
 mass question tokens gave to each stream's visual tokens, and ``KeepTop`` ranking visual tokens by
-the attention the last prompt token gave them in the layer before. The model is never switched
+the attention the last prompt token gave them in the layer before (``last_token_attention``) or
+would give them in the event's own layer (``next_layer_attention``). The model is never switched
 to eager attention and no layer runs twice: a probe recomputes the rotated queries of its rows
 from the layer input (``DecoderParts.query_rows``) and scores them against the keys the layer
 attended over (handed out by :class:`~vtsched.core.engine.attention.KVTap`).
@@ -16,6 +17,7 @@ exact zeros, so the probabilities are the same and a small first stream costs on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import singledispatch
 from typing import Protocol
@@ -29,7 +31,7 @@ from vtsched.core.engine.run import PrefillRun
 from vtsched.core.schedule import Event, Fuse, KeepTop
 from vtsched.core.tokens import Role
 
-__all__ = ["Probe", "QueryRows", "MassProbe", "RankProbe", "plan_probes", "probes_for"]
+__all__ = ["Probe", "QueryRows", "MassProbe", "RankProbe", "RANKERS", "plan_probes", "probes_for", "rank"]
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def _fuse_probes(event: Fuse, run: PrefillRun, segment: Segment) -> list[tuple[i
 def _keep_top_probes(event: KeepTop, run: PrefillRun, segment: Segment) -> list[tuple[int, Probe]]:
     """The layer right before the event, from the stream's last prompt token (tail excluded)."""
     layer = event.layer - 1
-    if not segment.start <= layer < segment.end:
+    if event.ranker != "last_token_attention" or not segment.start <= layer < segment.end:
         return []
     block = segment.block(event.stream)
     sel = torch.zeros_like(segment.row_roles, dtype=torch.bool)
@@ -180,3 +182,53 @@ def _keep_top_probes(event: KeepTop, run: PrefillRun, segment: Segment) -> list[
     own = slice(segment.n_context + block.start, segment.n_context + block.stop)
     return [(layer, RankProbe(QueryRows.select(segment, sel, block), event=event, own=own,
                               index=segment.rows.index[:, block]))]
+
+
+Ranker = Callable[[KeepTop, PrefillRun], tuple[torch.Tensor, torch.Tensor]]
+"""Scores for a ``KeepTop`` at its layer: ``(index, scores)``, both ``(rows, T)``: positions and their scores."""
+
+
+def _read_layer_before(event: KeepTop, run: PrefillRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """``last_token_attention``: what the :class:`RankProbe` read in the layer before the event."""
+    return run.readings.rank.pop(id(event))
+
+
+def _next_layer_attention(event: KeepTop, run: PrefillRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """``next_layer_attention``: the last prompt token's head-averaged attention in layer ``event.layer``,
+    from that layer's own input norm and query/key projections on the states entering it (before the
+    drop), over the stream's tokens and the shared prefix, under the causal rule on positions.
+
+    The layer itself then runs once, on the kept tokens; only its key projection of the stream's
+    tokens and one query row are computed here in addition.
+    """
+    layer, rows, context = event.layer, run.streams[event.stream], run.context
+    if context is not None and layer >= len(context.keys):  # the shared prefix joins at this boundary
+        assert run.prefix is not None
+        rows, context = rows.merge(run.prefix), None
+    rotary = run.bound.rotary_positions(rows.index)
+    cos, sin = run.parts.rotary(rows.hidden, rotary)
+    keys = run.parts.key_rows(layer, rows.hidden, cos, sin)
+    key_index, n_context = rows.index, 0
+    if context is not None:  # the prefix's keys as the layer will see them
+        keys = torch.cat((context.keys[layer], keys), dim=2)
+        key_index, n_context = torch.cat((context.index, rows.index), dim=1), context.index.shape[1]
+    slot = run.bound.fused(rows.index, "last").to(torch.int8).argmax(1)  # (rows,) the last prompt token
+    row = torch.arange(rows.num_rows, device=slot.device)
+    queries = run.parts.query_rows(layer, rows.hidden[row, slot][:, None], cos[row, slot][:, None],
+                                   sin[row, slot][:, None])
+    mask = build_attention_mask(rows.index[row, slot][:, None], key_index, rows.hidden.dtype)
+    run.stats.add_probe(layer, torch.ones_like(slot), key_index.shape[1])
+    probs = attention_probs(queries, keys, mask, run.parts.scaling)  # (rows, heads, 1, C + T)
+    return rows.index, probs[:, :, 0, n_context:].mean(1)
+
+
+RANKERS: dict[str, Ranker] = {
+    "last_token_attention": _read_layer_before,
+    "next_layer_attention": _next_layer_attention,
+}
+"""How the engine scores tokens for ``KeepTop``, by the event's ``ranker`` (``KNOWN_RANKERS``)."""
+
+
+def rank(event: KeepTop, run: PrefillRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, scores)`` of ``event``'s stream by its ranker."""
+    return RANKERS[event.ranker](event, run)

@@ -49,11 +49,14 @@ class LayerCache:
 
     ``index`` is one tensor shared by all layers of a segment (``(batch, C)``, ``-1`` = padding),
     so decoding can tell which layers share a key layout without comparing tensors.
+    ``next_rotary``: ``(batch,)`` the rotary id a token after the prompt takes at this layer (it
+    differs between layers only where a ``KeepTop`` renumbered the tokens), ``None``: the prompt's.
     """
 
     keys: torch.Tensor  # (batch, kv_heads, C, head_dim)
     values: torch.Tensor
     index: torch.Tensor
+    next_rotary: torch.Tensor | None = None
 
 
 @dataclass

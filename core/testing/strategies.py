@@ -165,7 +165,7 @@ def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: in
     events: list[Event] = []
     for layer in range(num_layers + 1):
         for _ in range(draw(st.integers(0, max_events_per_layer))):
-            event = draw(_next_event(layer, alive, groups, survivor, fusion_rules))
+            event = draw(_next_event(layer, alive, groups, survivor, fusion_rules, num_layers))
             if event is None:
                 break
             events.append(event)
@@ -175,17 +175,20 @@ def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: in
 
 
 def _next_event(layer: int, alive: dict[str, list[str]], groups: tuple[str, ...], survivor: str,
-                fusion_rules: tuple[str, ...]):
+                fusion_rules: tuple[str, ...], num_layers: int):
     """A strategy for one event valid in the layout ``alive`` at ``layer`` (``None`` if none is)."""
     carried = [(s, g) for s, gs in alive.items() for g in gs]
     missing = [(s, g) for s, gs in alive.items() for g in groups if g not in gs]
     options = []
     if carried:
         options.append(st.sampled_from(carried).map(lambda sg: RemoveGroup(layer, *sg)))
-        if layer >= 1:  # the attention ranker reads the layer before
+        # last_token_attention reads the layer before, next_layer_attention the layer itself
+        rankers = [r for r in KNOWN_RANKERS if (r != "last_token_attention" or layer >= 1)
+                   and (r != "next_layer_attention" or layer < num_layers)]
+        if rankers:
             keep = st.one_of(st.integers(0, 8), st.floats(0.0, 1.0, exclude_min=True, allow_subnormal=False))
             options.append(st.builds(lambda sg, k, r: KeepTop(layer, sg[0], sg[1], k, r),
-                                     st.sampled_from(carried), keep, st.sampled_from(KNOWN_RANKERS)))
+                                     st.sampled_from(carried), keep, st.sampled_from(rankers)))
     if missing:
         options.append(st.sampled_from(missing).map(lambda sg: InsertGroup(layer, *sg)))
     if len(alive) >= 2 and fusion_rules:
