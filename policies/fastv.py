@@ -1,14 +1,16 @@
 """``fastv``: FastV (Chen et al., 2024). After layer K, keep the R visual tokens that the last
 prompt token attended to most in layer K-1.
 
-Reproduced: the ranking signal (head-averaged attention of the last prompt token at layer K-1
-over the visual tokens), the drop point (default K = 2) and the budget meaning (R tokens kept
-from layer K on; layers < K see all of them). The attention row is recomputed from layer K-1's
-input and the keys that layer attended over: no layer runs twice, no KV entry is duplicated,
-and the model stays on its attention backend.
-Simplified: FastV's paper states R as a ratio of dropped tokens (50% at K=2); here the budget is
-the number (or share) of kept tokens, like every other policy.
-"""
+Reproduced (pkunlp-icler/FastV, its ``modeling_llama.py``): the ranking signal (head-averaged
+attention of the last prompt token at layer K-1 over the visual tokens; ``KeepTop`` ranker
+``last_token_attention``), the drop point (default K = 2), kept tokens keeping their position ids
+(FastV sets ``position_ids = keep_indexs``). The attention row is recomputed from layer K-1's input
+and the keys that layer attended over: no layer runs twice, no KV entry is duplicated, and the
+model stays on its attention backend (FastV switches layer K-1 to eager attention to read it).
+Checked against a reference written from that code (``tests/test_published_references.py``).
+
+Differs: FastV states R as a ratio of dropped tokens (50% at K=2, kept ``round(N * (1 - r))``); here
+the budget is the number (or share) of kept tokens, like every other policy."""
 
 from __future__ import annotations
 

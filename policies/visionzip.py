@@ -3,15 +3,32 @@
 The budget's R tokens are ``R - c`` *dominant* tokens (highest [CLS] attention) and ``c``
 *contextual* tokens (default c = R * 10/64: 54 + 10 for 64, 162 + 30 for 192): the remaining
 tokens are merged into ``c`` targets spread evenly over them, each remaining token joining the
-target whose key is most similar (cosine of the vision layer's head-averaged keys); a contextual
-token is the mean of its target and the tokens that joined it. Merged tokens take the position
-id of their target token.
-Simplified: VisionZip merges the vision encoder's hidden states before the projector; we merge
-the projected features (the mean of projections, not the projection of the mean), so the same
-LLM-side engine runs it. The dominant selection and the key-similarity assignment follow the
-paper. The selection and merging is the ``visionzip`` partitioner
-(:mod:`vtsched.partitioners.visionzip`); this policy runs what it kept.
-"""
+target whose key is most similar (cosine of the vision layer's head-averaged keys). The selection
+and merging is the ``visionzip`` partitioner (:mod:`vtsched.partitioners.visionzip`); this policy
+runs what it kept.
+
+Reproduced (dvlab-research/VisionZip, ``clip_encoder.py``): the dominant selection (the [CLS] row
+of the attention in the vision layer whose output LLaVA reads, over heads, top ``R - c``
+patches; checked as kept indices against a reference written from that code in
+``tests/test_published_references.py``), the key metric (that layer's keys averaged over heads,
+cosine similarity) and the argmax assignment to targets.
+
+Differs:
+
+- [CLS]: the official code passes the [CLS] token's own state to the LLM as one more dominant
+  token and counts it in ``dominant`` (``dominant=54`` is [CLS] + 53 patches). vtsched's budget
+  counts patch tokens only and passes no [CLS] state: R patch tokens of the image, so that a
+  budget means the same for every policy: at 64, the official code sends [CLS] + 53 dominant
+  patches + 10 contextual tokens, vtsched 54 dominant patches + 10 contextual ones.
+- Merging: VisionZip merges the vision encoder's hidden states before the projector; we merge
+  the projected features (the mean of projections, not the projection of the mean), so the same
+  LLM-side engine runs it. The official contextual token is its target's state plus the mean of
+  the tokens assigned to it; here it is the mean of the target and those tokens. The official
+  targets are every ``n // c``-th remaining token, here every ``n / c``-th (the same when ``c``
+  divides ``n``).
+- Positions: the official code hands the LLM [CLS], dominant and contextual tokens as one
+  contiguous run (new position ids); here every token keeps its place and a merged token its
+  target's position id, the engine's rule."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ class TestVTW(PolicyConformance):
 
 class TestPDrop(PolicyConformance):
     policy_class = PDrop
-    policy_params = {"layers": (1, 2), "ratio": 0.5}
+    policy_params = {"layers": (0, 1), "ratio": 0.5}
     min_layers = 2
 
     def budgets(self, policy, geometry):
