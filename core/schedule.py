@@ -116,7 +116,9 @@ class KeepTop:
 
     ``renumber``: after the drop, the stream's tokens take rotary ids ``0..n-1`` in their order
     (their causal order is unchanged) and decoded tokens continue after them at the layers that
-    follow, as PyramidDrop does. By default every token keeps its rotary id, the engine's rule.
+    follow, as PyramidDrop does; for one stream without carried copies, and only where rotary ids are
+    indices (Qwen2-VL's M-RoPE ids are grid coordinates and stay). By default every token keeps its
+    rotary id, the engine's rule.
     """
 
     kind: ClassVar[str] = "keep_top"

@@ -92,12 +92,15 @@ def _renumber(event: KeepTop, run: PrefillRun) -> None:
     Only the rotary ids change: positions (the causal order, the mask) stay. Layers already run keep
     the keys they cached with the old ids; :class:`~.layout.Segment` records each layer's next rotary
     id, so decoded tokens continue after the tokens of each layer's own cache. Defined for one
-    stream, no shared prefix apart, no carried copies and 1-D rotary ids (LLaMA-style families).
+    stream, no shared prefix apart and no carried copies. Multi-row rotary ids (Qwen2-VL's M-RoPE) are
+    grid coordinates, not indices: there is nothing to renumber, and tokens keep them.
     """
     bound, rows = run.bound, run.streams[event.stream]
-    if len(run.streams) > 1 or run.context is not None or bound.origin is not None or run.parts.rope_rows > 1:
-        raise ScheduleError(f"{event.describe()}: renumbering needs one stream, no shared prefix, no carried "
-                            "copies and 1-D rotary ids")
+    if run.parts.rope_rows > 1:
+        return
+    if len(run.streams) > 1 or run.context is not None or bound.origin is not None:
+        raise ScheduleError(f"{event.describe()}: renumbering needs one stream, no shared prefix apart and no "
+                            "carried copies")
     valid = rows.valid
     table = (bound.rope[0] if bound.rope is not None
              else torch.arange(bound.roles.shape[1], device=valid.device).expand_as(bound.roles)).clone()
