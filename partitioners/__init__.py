@@ -6,15 +6,16 @@ from vtsched.core.hookspecs import hookimpl
 
 from .attention import AttentionReceived
 from .cls import ClsAttention
+from .divprune import DivPrune
 from .mask import MaskPartitioner
 from .random import RandomTokens
 from .uniform import UniformGrid
 from .visionzip import VisionZipPartitioner
 
-__all__ = ["AttentionReceived", "ClsAttention", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisionZipPartitioner"]
+__all__ = ["AttentionReceived", "ClsAttention", "DivPrune", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisionZipPartitioner"]
 
 
 @hookimpl
 def vtsched_register_partitioners(register):
-    for partitioner in (ClsAttention, AttentionReceived, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner):
+    for partitioner in (ClsAttention, AttentionReceived, DivPrune, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner):
         register(partitioner)

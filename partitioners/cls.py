@@ -25,36 +25,47 @@ from vtsched.core.partition import Partition, top_k_partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
 
-__all__ = ["ClsAttention", "tile_keep_scores"]
+__all__ = ["ClsAttention", "tile_keep_scores", "tile_quotas"]
 
 
-def tile_keep_scores(sample: Sample, scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Scores whose top ``keep`` are the per-tile selection of ``scores``.
+def tile_quotas(sample: Sample, keep: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]] | None:
+    """The per-tile split of ``keep`` tokens on LLaVA-NeXT (``None`` for an image without tiles).
 
-    Tokens without a tile (``extras["provenance"][:, 0] < 0``) come first, then each tile's quota
-    of its own best tokens; the selected tokens get ranks above every other token.
+    Returns ``(untiled, quotas)``: the tokens without a tile (``extras["provenance"][:, 0] < 0``,
+    the newline tokens), which come first, and per tile ``(its token indices, its count)``: what is
+    left of ``keep`` split in proportion to the tiles' sizes, by largest remainder (ties: lower tile).
     """
     provenance = sample.extras.get("provenance")
     if provenance is None:
-        return scores
+        return None
     tile = provenance[:, 0]
-    n = scores.numel()
-    chosen = torch.zeros(n, dtype=torch.bool)
     untiled = torch.nonzero(tile < 0).flatten()
-    chosen[untiled[:keep]] = True
-    rest = keep - int(chosen.sum())
+    rest = keep - min(keep, untiled.numel())
     tiles, counts = torch.unique(tile[tile >= 0], return_counts=True)
     total = int(counts.sum())
+    quota = torch.zeros(len(tiles), dtype=torch.long)
     if rest > 0 and total:
         exact = counts.double() * rest / total
         quota = exact.floor().long()
         order = sorted(range(len(tiles)), key=lambda i: (-(float(exact[i]) - int(quota[i])), i))
         for i in order[: rest - int(quota.sum())]:
             quota[i] += 1
-        for t, q in zip(tiles.tolist(), quota.tolist()):
-            members = torch.nonzero(tile == t).flatten()
-            best = members[torch.sort(-scores[members].float(), stable=True).indices[:q]]
-            chosen[best] = True
+    return untiled, [(torch.nonzero(tile == t).flatten(), q) for t, q in zip(tiles.tolist(), quota.tolist())]
+
+
+def tile_keep_scores(sample: Sample, scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Scores whose top ``keep`` are the per-tile selection of ``scores`` (:func:`tile_quotas`):
+    the untiled tokens first, then each tile's quota of its own best tokens; the selected tokens get
+    ranks above every other token.
+    """
+    split = tile_quotas(sample, keep)
+    if split is None:
+        return scores
+    untiled, quotas = split
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+    chosen[untiled[:keep]] = True
+    for members, q in quotas:
+        chosen[members[torch.sort(-scores[members].float(), stable=True).indices[:q]]] = True
     # selected tokens above all others, each group still ordered by score
     return torch.where(chosen, scores.float() + 1e6, scores.float())
 
