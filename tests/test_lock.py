@@ -15,8 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "constraints.txt"
-# installed with the interpreter or the venv, not by the README's commands
-TOOLING = {"pip", "setuptools", "wheel", "distribute"}
+# the installer itself, which the venv brings (setuptools is locked: packages depend on it)
+TOOLING = {"pip"}
 
 
 def _lock_script():
