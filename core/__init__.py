@@ -20,7 +20,8 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.hookspecs import hookimpl
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import Partitioner, Policy
-from vtsched.core.schedule import Carry, EndStream, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule, Stream
+from vtsched.core.events import Carry, EndStream, Fuse, InsertGroup, KeepTop, RemoveGroup
+from vtsched.core.schedule import Schedule, Stream
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only; loaded lazily at run time

@@ -17,11 +17,11 @@ from typing import Any
 
 __all__ = [
     "policy_problems", "partitioner_problems", "fusion_rule_problems", "adapter_problems", "command_problems",
-    "evaluator_problems", "PROBLEMS_OF_KIND",
+    "evaluator_problems", "event_problems", "PROBLEMS_OF_KIND",
     "KNOWN_RANKERS",
 ]
 
-from vtsched.core.schedule import KNOWN_RANKERS  # re-exported: what a KeepTop event may name
+from vtsched.core.events import KNOWN_RANKERS  # re-exported: what a keep_top event may name
 
 
 def _name_problems(obj: Any) -> list[str]:
@@ -141,6 +141,27 @@ def evaluator_problems(cls: Any) -> list[str]:
     return problems
 
 
+def event_problems(cls: Any) -> list[str]:
+    """A schedule event kind: a frozen dataclass subclassing ``Event`` with ``kind``, ``layer`` first,
+    and its own ``describe``, ``check`` and ``apply``."""
+    from vtsched.core.events import Event
+
+    if not (inspect.isclass(cls) and issubclass(cls, Event)):
+        return ["is not a subclass of vtsched.core.events.Event"]
+    kind = cls.__dict__.get("kind")
+    if not isinstance(kind, str) or not kind:
+        return ["has no 'kind' (a non-empty string class attribute)"]
+    problems = _dataclass_problems(cls, "event")
+    if not problems and [f.name for f in dataclasses.fields(cls)][:1] != ["layer"]:
+        problems.append("must have 'layer: int' as its first field")
+    for method, params in (("describe", ()), ("check", ("layout",)), ("apply", ("run", "at"))):
+        if getattr(cls, method, None) is getattr(Event, method):
+            problems.append(f"does not implement {method}()")
+        else:
+            problems += _method_problems(cls, method, params)
+    return problems
+
+
 PROBLEMS_OF_KIND: dict[str, Callable[[Any], list[str]]] = {
     "policy": policy_problems,
     "partitioner": partitioner_problems,
@@ -148,4 +169,5 @@ PROBLEMS_OF_KIND: dict[str, Callable[[Any], list[str]]] = {
     "adapter": adapter_problems,
     "command": command_problems,
     "evaluator": evaluator_problems,
+    "event": event_problems,
 }

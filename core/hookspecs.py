@@ -96,3 +96,18 @@ def vtsched_register_evaluators(register: Register) -> None:
     ``evaluate(request: EvalRequest) -> EvalOutcome``. Contract violations are refused naming the
     plugin. The return value is ignored.
     """
+
+
+@hookspec
+def vtsched_register_events(register: Register) -> None:
+    """Register schedule event kinds: what the engine can do at a layer boundary.
+
+    Called once per registry. Call ``register(event_cls)``; the class is a frozen, slotted dataclass
+    subclassing :class:`~vtsched.core.events.Event`, with a ``kind`` (its name in schedule files and
+    ``vtsched list``), ``layer: int`` as its first field, and its own ``describe()``, ``check(layout)``
+    and ``apply(run, at)`` (optionally ``count``, ``probes``, ``per_sample``, ``draws`` and the JSON
+    methods; see :mod:`vtsched.core.events.base`). Built-in events (``remove``, ``insert``,
+    ``keep_top``, ``fuse``, ``end``, ``carry``) register through this hook too. A class that breaks
+    the contract, or a kind another plugin registered, is refused naming the plugin. The return value
+    is ignored.
+    """

@@ -26,7 +26,7 @@ from vtsched.core.errors import BudgetError, ScheduleError, VtschedError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
-from vtsched.core.schedule import KeepTop, Schedule
+from vtsched.core.schedule import Schedule
 from vtsched.core.tokens import PromptBatch
 
 __all__ = ["Planner", "Plan", "RequestCheck", "SCHEDULE_PREFIX"]
@@ -196,7 +196,7 @@ class Planner:
         """The schedule of a batch: a policy that applies its budget inside the LLM solves it for each
         sample's own token count (not the nominal one), and so does one that runs without a budget
         (``pdrop`` keeps counts of each image's own tokens). Samples whose counts give different keep
-        amounts share one schedule with per-sample ``KeepTop.keep``; any other difference is refused."""
+        amounts share one schedule with per-sample amounts (``Event.per_sample``); any other difference is refused."""
         if (budget is None and policy.budget_required) or not policy.uses_budget or policy.needs_partition \
                 or not num_visual:
             return self._schedule(policy, groups, budget)
@@ -213,13 +213,8 @@ class Planner:
             raise refusal
         events = []
         for i, event in enumerate(first.events):
-            each = [s.events[i] for s in schedules]
-            if isinstance(event, KeepTop) and all(
-                    isinstance(e, KeepTop) and not isinstance(e.keep, tuple)
-                    and dataclasses.replace(e, keep=0) == dataclasses.replace(event, keep=0) for e in each):
-                keeps: list[int | float] = [e.keep for e in each]  # type: ignore[union-attr,misc]
-                event = dataclasses.replace(event, keep=tuple(keeps))
-            elif any(e != event for e in each):
+            merged = event.per_sample([s.events[i] for s in schedules])  # the event's kind says how
+            if merged is None:
                 raise refusal
-            events.append(event)
+            events.append(merged)
         return dataclasses.replace(first, events=tuple(events))

@@ -27,10 +27,11 @@ __all__ = ["Registry", "Component", "make_plugin_manager", "build_registry", "BU
 ENTRY_POINT_GROUP = "vtsched"
 BUILTIN_PLUGINS = (
     "vtsched.core.adapters",
+    "vtsched.core.events",
     "vtsched.policies",
     "vtsched.partitioners",
 )
-KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command", "evaluator")
+KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command", "evaluator", "event")
 _HOOK_OF_KIND = {
     "policy": "vtsched_register_policies",
     "partitioner": "vtsched_register_partitioners",
@@ -38,6 +39,7 @@ _HOOK_OF_KIND = {
     "adapter": "vtsched_register_adapters",
     "command": "vtsched_register_commands",
     "evaluator": "vtsched_register_evaluators",
+    "event": "vtsched_register_events",
 }
 
 
@@ -109,6 +111,10 @@ class Registry:
 
     def fusion_rules(self) -> dict[str, Any]:
         return {k: c.obj for k, c in self.components["fusion_rule"].items()}
+
+    def event_kinds(self) -> dict[str, Any]:
+        """Event classes by kind: what a schedule file may name (``Schedule.from_dict(..., kinds=)``)."""
+        return {k: c.obj for k, c in self.components["event"].items()}
 
     def adapter_for_config(self, config: Any) -> Any:
         for component in self.entries("adapter"):

@@ -5,33 +5,26 @@ Policies produce a :class:`Schedule`; the engine executes it. A schedule speaks 
 each carrying every text token and some visual groups). Events happen at layer boundaries:
 an event at layer ``k`` acts on the hidden states that enter layer ``k`` (``k == num_layers``
 means after the last layer). Within one layer, events run in the order given.
+
+What an event does is its own class's business (:mod:`vtsched.core.events`, one module per kind,
+registered like any plugin component); a schedule only walks its events in order.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal, Union
+from dataclasses import dataclass, field
+from typing import Any
 
 from vtsched.core.errors import ScheduleError
+from vtsched.core.events import BUILTIN_EVENTS, FUSED_TOKENS, KNOWN_RANKERS, Event, Layout
+from vtsched.core.events.base import ParamValue
 
-__all__ = [
-    "KNOWN_RANKERS",
-    "Stream",
-    "RemoveGroup",
-    "InsertGroup",
-    "Fuse",
-    "KeepTop",
-    "EndStream",
-    "Carry",
-    "Event",
-    "Schedule",
-    "FUSED_TOKENS",
-]
+__all__ = ["Stream", "Event", "Schedule", "FUSED_TOKENS", "KNOWN_RANKERS", "BUILTIN_KINDS"]
 
-FUSED_TOKENS = ("question", "post_image", "last")
-ParamValue = Union[int, float, str]
+BUILTIN_KINDS: dict[str, type[Event]] = {cls.kind: cls for cls in BUILTIN_EVENTS}
+"""Event classes by kind when no registry is given (a registry adds its plugins': ``Registry.event_kinds()``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,142 +33,6 @@ class Stream:
 
     name: str
     groups: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveGroup:
-    """Drop ``group``'s tokens from ``stream`` before ``layer``."""
-
-    kind: ClassVar[str] = "remove"
-    layer: int
-    stream: str
-    group: str
-
-    def describe(self) -> str:
-        return f"remove {self.group} from {self.stream}"
-
-
-@dataclass(frozen=True, slots=True)
-class InsertGroup:
-    """Add ``group``'s tokens to ``stream`` before ``layer``, entering with their layer-0 embeddings."""
-
-    kind: ClassVar[str] = "insert"
-    layer: int
-    stream: str
-    group: str
-
-    def describe(self) -> str:
-        return f"insert {self.group} into {self.stream} (layer-0 embeddings)"
-
-
-@dataclass(frozen=True, slots=True)
-class Fuse:
-    """Merge the text-token states of ``streams`` into ``into`` with the fusion rule ``rule``.
-
-    ``tokens`` chooses which text tokens are fused: ``"question"`` (the user's question only),
-    ``"post_image"`` (every text token after the image) or ``"last"`` (the prompt's last token
-    only, where the answer is read). ``params`` are the rule's
-    keyword arguments, as sorted ``(name, value)`` pairs so the event stays hashable.
-    """
-
-    kind: ClassVar[str] = "fuse"
-    layer: int
-    streams: tuple[str, ...]
-    into: str
-    rule: str
-    tokens: Literal["question", "post_image", "last"] = "question"
-    params: tuple[tuple[str, ParamValue], ...] = ()
-
-    @property
-    def param_dict(self) -> dict[str, ParamValue]:
-        return dict(self.params)
-
-    def describe(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.params)
-        rule = f"{self.rule}({args})" if args else self.rule
-        return f"fuse {self.tokens} tokens of {', '.join(self.streams)} -> {self.into} by {rule}"
-
-
-KNOWN_RANKERS = ("last_token_attention", "next_layer_attention")  # how the engine can score tokens for KeepTop
-
-
-@dataclass(frozen=True, slots=True)
-class KeepTop:
-    """Keep, in ``stream``, the ``keep`` visual tokens of ``group`` that ``ranker`` scores highest.
-
-    The kept tokens stay in ``group``; the others leave the stream. ``keep`` is a count, or
-    a ratio of the group's current size when it is a float in (0, 1]; or a tuple of those, one per
-    sample of the batch (a policy that solves its budget per sample, e.g. ``pdrop`` with a count
-    budget on images with different token counts). ``ranker`` names how the engine scores tokens:
-
-    - ``"last_token_attention"``: the attention the last prompt token gave them in layer ``layer - 1``
-      (FastV's signal), recomputed for that one query row from what that layer attended over;
-    - ``"next_layer_attention"``: the attention the last prompt token would give them in layer
-      ``layer`` itself, from that layer's own input norm and query/key projections applied to its
-      input, before the drop (PyramidDrop's signal); it needs ``layer < num_layers``, not a layer before.
-
-    ``renumber``: after the drop, the stream's tokens take rotary ids ``0..n-1`` in their order
-    (their causal order is unchanged) and decoded tokens continue after them at the layers that
-    follow, as PyramidDrop does; for one stream without carried copies, and only where rotary ids are
-    indices (Qwen2-VL's M-RoPE ids are grid coordinates and stay). By default every token keeps its
-    rotary id, the engine's rule.
-    """
-
-    kind: ClassVar[str] = "keep_top"
-    layer: int
-    stream: str
-    group: str
-    keep: int | float | tuple[int | float, ...]
-    ranker: str = "last_token_attention"
-    renumber: bool = False
-
-    def describe(self) -> str:
-        if isinstance(self.keep, tuple):
-            amount = "per sample " + "/".join(f"{k:.4g}" if isinstance(k, float) else str(k) for k in self.keep) + " of"
-        else:
-            amount = f"{self.keep:g} of" if isinstance(self.keep, float) else f"top {self.keep} of"
-        renumbered = ", renumbered" if self.renumber else ""
-        return f"keep {amount} {self.group} in {self.stream} by {self.ranker}{renumbered}"
-
-
-@dataclass(frozen=True, slots=True)
-class EndStream:
-    """Stop ``stream`` before ``layer``: its states and memory are released."""
-
-    kind: ClassVar[str] = "end"
-    layer: int
-    stream: str
-
-    def describe(self) -> str:
-        return f"end {self.stream}"
-
-
-@dataclass(frozen=True, slots=True)
-class Carry:
-    """Copy the text-token states of ``streams`` into ``into`` as extra tokens, instead of averaging them.
-
-    ``tokens`` chooses which text tokens travel (as for :class:`Fuse`). Each copy keeps its
-    token's rotary position id and sits in the causal order just before ``into``'s own copy of
-    that token (copies of several streams in the order listed), so from this layer on every
-    later token of ``into`` attends to both views. The copies run through the remaining layers
-    like any other token and live in the decode cache. Typically the sources end at the same
-    layer (an :class:`EndStream` after this event).
-    """
-
-    kind: ClassVar[str] = "carry"
-    layer: int
-    streams: tuple[str, ...]
-    into: str
-    tokens: Literal["question", "post_image", "last"] = "post_image"
-
-    def describe(self) -> str:
-        return f"carry {self.tokens} tokens of {', '.join(self.streams)} -> {self.into} (as extra tokens)"
-
-
-Event = Union[RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry]
-_EVENT_KINDS: dict[str, type] = {
-    cls.kind: cls for cls in (RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry)
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +92,7 @@ class Schedule:
             "groups": list(self.groups),
             "streams": [{"name": s.name, "groups": list(s.groups)} for s in self.streams],
             "survivor": self.survivor,
-            "events": [_event_to_dict(e) for e in self.events],
+            "events": [e.to_json() for e in self.events],
             "meta": dict(self.meta),
         }
 
@@ -243,7 +100,8 @@ class Schedule:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+    def from_dict(cls, data: Mapping[str, Any], kinds: Mapping[str, type[Event]] | None = None) -> Schedule:
+        """The schedule of :meth:`to_dict`; ``kinds``: event classes by kind (default: the built-ins)."""
         if data.get("vtsched_schedule") != 1:
             raise ScheduleError("not a vtsched schedule (missing 'vtsched_schedule': 1)")
         try:
@@ -252,16 +110,17 @@ class Schedule:
                 groups=tuple(data["groups"]),
                 streams=tuple(Stream(s["name"], tuple(s.get("groups", ()))) for s in data["streams"]),
                 survivor=data["survivor"],
-                events=tuple(_event_from_dict(e) for e in data.get("events", ())),
+                events=tuple(_event_from_dict(e, BUILTIN_KINDS if kinds is None else kinds)
+                             for e in data.get("events", ())),
                 meta=tuple(sorted(dict(data.get("meta", {})).items())),
             )
         except (KeyError, TypeError) as exc:
             raise ScheduleError(f"malformed schedule JSON: {exc!r}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> Schedule:
+    def from_json(cls, text: str, kinds: Mapping[str, type[Event]] | None = None) -> Schedule:
         try:
-            return cls.from_dict(json.loads(text))
+            return cls.from_dict(json.loads(text), kinds)
         except json.JSONDecodeError as exc:
             raise ScheduleError(f"schedule file is not JSON: {exc}") from None
 
@@ -291,37 +150,20 @@ class Schedule:
         return self.explain()
 
 
-def _event_to_dict(event: Event) -> dict[str, Any]:
-    data = asdict(event)
-    if isinstance(event, (Fuse, Carry)):
-        data["streams"] = list(event.streams)
-    if isinstance(event, Fuse):
-        data["params"] = dict(event.params)
-    return {"kind": event.kind, **data}
-
-
-def _event_from_dict(data: Mapping[str, Any]) -> Event:
+def _event_from_dict(data: Mapping[str, Any], kinds: Mapping[str, type[Event]]) -> Event:
     data = dict(data)
     kind = data.pop("kind", None)
-    cls = _EVENT_KINDS.get(kind)  # type: ignore[arg-type]
+    cls = kinds.get(kind)  # type: ignore[arg-type]
     if cls is None:
-        raise ScheduleError(f"unknown event kind {kind!r}; known: {sorted(_EVENT_KINDS)}")
-    allowed = {f.name for f in fields(cls)}
-    unknown = set(data) - allowed
-    if unknown:
-        raise ScheduleError(f"event {kind!r} has unknown fields {sorted(unknown)}")
-    if cls in (Fuse, Carry):
-        data["streams"] = tuple(data["streams"])
-    if cls is Fuse:
-        data["params"] = tuple(sorted(dict(data.get("params", {})).items()))
-    if cls is KeepTop and isinstance(data.get("keep"), list):  # one keep per sample
-        data["keep"] = tuple(data["keep"])
-    return cls(**data)
+        raise ScheduleError(f"unknown event kind {kind!r}; known: {sorted(kinds)}")
+    return cls.from_json(data)
 
 
-def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[str, ...]]:
-    """Walk the events (validating them) and return the layout entering layer ``upto``."""
-    alive: dict[str, list[str]] = {s.name: list(s.groups) for s in schedule.streams}
+def walk(schedule: Schedule, upto: int | None = None) -> Layout:
+    """Walk the events in order, each checking itself against the layout and applying its effect;
+    return the layout entering layer ``upto`` (after its events), or after the last event."""
+    layout = Layout(schedule.num_layers, schedule.groups, schedule.stream_names, schedule.survivor,
+                    {s.name: list(s.groups) for s in schedule.streams})
     last_layer = 0
     for event in schedule.events:
         if upto is not None and event.layer > upto:
@@ -332,64 +174,15 @@ def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[st
         if event.layer < last_layer:
             raise ScheduleError(f"{where}: events must be listed in layer order")
         last_layer = event.layer
-        if isinstance(event, Carry):
-            targets = (*event.streams, event.into)
-        elif isinstance(event, Fuse):
-            targets = event.streams
-        else:
-            targets = (event.stream,)
-        for name in targets:
-            if name not in alive:
-                known = "no such stream" if name not in schedule.stream_names else "stream already ended"
-                raise ScheduleError(f"{where}: {known}: {name!r}")
-        if isinstance(event, (RemoveGroup, InsertGroup, KeepTop)):
-            if event.group not in schedule.groups:
-                raise ScheduleError(f"{where}: unknown group {event.group!r}; groups are {list(schedule.groups)}")
-            carried = alive[event.stream]
-            if isinstance(event, InsertGroup):
-                if event.group in carried:
-                    raise ScheduleError(f"{where}: {event.stream} already carries {event.group}")
-                carried.append(event.group)
-            elif event.group not in carried:
-                raise ScheduleError(f"{where}: {event.stream} does not carry {event.group}")
-            elif isinstance(event, RemoveGroup):
-                carried.remove(event.group)
-            elif not all(_valid_keep(k) for k in (event.keep if isinstance(event.keep, tuple) else (event.keep,))):
-                raise ScheduleError(f"{where}: keep must be a count >= 0 or a ratio in (0, 1] (or one per sample)")
-            elif event.ranker not in KNOWN_RANKERS:
-                raise ScheduleError(f"{where}: the engine knows no ranker {event.ranker!r}; rankers: {list(KNOWN_RANKERS)}")
-            elif event.ranker == "last_token_attention" and event.layer == 0:
-                raise ScheduleError(f"{where}: ranking by attention needs a layer before it (layer >= 1)")
-            elif event.ranker == "next_layer_attention" and event.layer >= schedule.num_layers:
-                raise ScheduleError(f"{where}: ranking by the next layer's attention needs a layer after it "
-                                    f"(layer < {schedule.num_layers})")
-        elif isinstance(event, Fuse):
-            if len(set(event.streams)) != len(event.streams) or len(event.streams) < 2:
-                raise ScheduleError(f"{where}: fuse needs at least two distinct streams")
-            if event.into not in event.streams:
-                raise ScheduleError(f"{where}: fuse target {event.into!r} is not among the fused streams")
-            if event.tokens not in FUSED_TOKENS:
-                raise ScheduleError(f"{where}: tokens must be one of {FUSED_TOKENS}")
-        elif isinstance(event, Carry):
-            if not event.streams or len(set(event.streams)) != len(event.streams):
-                raise ScheduleError(f"{where}: carry needs one or more distinct source streams")
-            if event.into in event.streams:
-                raise ScheduleError(f"{where}: a stream cannot carry its own tokens ({event.into!r})")
-            if event.tokens not in FUSED_TOKENS:
-                raise ScheduleError(f"{where}: tokens must be one of {FUSED_TOKENS}")
-        elif isinstance(event, EndStream):
-            if event.stream == schedule.survivor:
-                raise ScheduleError(f"{where}: the surviving stream cannot end")
-            del alive[event.stream]
-    return {name: tuple(groups) for name, groups in alive.items()}
+        try:
+            event.check(layout)
+        except ScheduleError as exc:
+            raise ScheduleError(f"{where}: {exc}") from None
+    return layout
 
 
-def _valid_keep(keep: object) -> bool:
-    if isinstance(keep, bool):
-        return False
-    if isinstance(keep, float):
-        return 0.0 < keep <= 1.0
-    return isinstance(keep, int) and keep >= 0
+def _simulate(schedule: Schedule, upto: int | None = None) -> dict[str, tuple[str, ...]]:
+    return {name: tuple(groups) for name, groups in walk(schedule, upto).alive.items()}
 
 
 def _validate(schedule: Schedule) -> None:
@@ -408,6 +201,9 @@ def _validate(schedule: Schedule) -> None:
                 raise ScheduleError(f"stream {stream.name!r} carries unknown group {group!r}")
         if len(set(stream.groups)) != len(stream.groups):
             raise ScheduleError(f"stream {stream.name!r} carries a group twice")
+    odd = [e for e in schedule.events if not isinstance(e, Event)]
+    if odd:
+        raise ScheduleError(f"{odd[0]!r} is not a schedule event (a subclass of vtsched.core.events.Event)")
     if schedule.survivor not in names:
         raise ScheduleError(f"surviving stream {schedule.survivor!r} is not one of {list(names)}")
     final = _simulate(schedule)

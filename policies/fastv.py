@@ -21,7 +21,8 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.budget import Budget
 from vtsched.core.errors import ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
-from vtsched.core.schedule import KeepTop, Schedule, Stream
+from vtsched.core.events import KeepTop
+from vtsched.core.schedule import Schedule, Stream
 
 
 def keep_amount(budget: Budget | None, policy: str) -> int | float:

@@ -37,7 +37,8 @@ from typing import ClassVar, Literal
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.budget import Budget
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
-from vtsched.core.schedule import Carry, EndStream, Fuse, Schedule, Stream
+from vtsched.core.events import Carry, EndStream, Fuse
+from vtsched.core.schedule import Schedule, Stream
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.budget import Budget
 from vtsched.core.errors import BudgetError, ScheduleError
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
-from vtsched.core.schedule import KeepTop, Schedule, Stream
+from vtsched.core.events import KeepTop
+from vtsched.core.schedule import Schedule, Stream
 
 _EPS = 1e-9  # N * ratio ** s computed in floats: 0.7 ** 2 * 100 is 48.999...; PyramidDrop's list holds 0.49
 

@@ -18,7 +18,8 @@ from typing import ClassVar
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.budget import Budget
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
-from vtsched.core.schedule import RemoveGroup, Schedule, Stream
+from vtsched.core.events import RemoveGroup
+from vtsched.core.schedule import Schedule, Stream
 
 
 @dataclass(frozen=True)

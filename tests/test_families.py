@@ -7,7 +7,7 @@ import torch
 
 from vtsched.core import Budget, GenerationConfig, Scheduler, generate
 from vtsched.core.cli import main
-from vtsched.core.schedule import KeepTop
+from vtsched.core.events import KeepTop
 from vtsched.core.testing import TinyShape, random_image, tiny_llava
 from vtsched.core.testing.families import TinyNextShape, TinyQwenShape, tiny_llava_next, tiny_qwen
 

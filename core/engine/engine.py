@@ -23,7 +23,7 @@ from vtsched.core.adapters.base import DecoderParts
 from vtsched.core.engine import decode
 from vtsched.core.engine.binding import bind, initial_rows
 from vtsched.core.engine.decode import DecodeState, decode_state
-from vtsched.core.engine.events import apply_event
+from vtsched.core.engine.events import apply_events
 from vtsched.core.engine.loop import run_prefix, run_segment
 from vtsched.core.engine.run import PrefillRun
 from vtsched.core.engine.stats import RunStats
@@ -133,9 +133,8 @@ class Engine:
         run.split = split
         if shared_until > 0:
             run_prefix(run, shared_until)
-        for start, end, events in schedule.segments():
-            for event in events:
-                apply_event(event, run)
+        for start, end, _events in schedule.segments():
+            apply_events(run, start)
             if run.context is not None and start >= shared_until:
                 run.join_prefix()
             if end > start:

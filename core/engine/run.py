@@ -21,7 +21,7 @@ from vtsched.core.engine.stats import RunStats
 from vtsched.core.errors import ScheduleError
 from vtsched.core.fusion import FusionRule
 from vtsched.core.partition import Partition
-from vtsched.core.schedule import Event, Schedule
+from vtsched.core.schedule import Schedule
 
 __all__ = ["PrefillRun", "Context", "LayerCache", "Readings"]
 
@@ -61,20 +61,22 @@ class LayerCache:
 
 @dataclass
 class Readings:
-    """Attention read by probes, kept until the event that needs it (keyed by the event's identity)."""
+    """Attention read by probes, kept until the event that needs it.
+
+    Keyed by the event's place in the schedule (``at``: stable for one run, unlike an object's
+    identity) and, for attention mass, the stream: ``(at, stream)``.
+    """
 
     mass_sum: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # (batch, q) summed over layers
     mass_layers: dict[tuple[int, str], int] = field(default_factory=dict)
     rank: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # (positions, scores)
 
-    def add_mass(self, event: Event, stream: str, mass: torch.Tensor) -> None:
-        key = (id(event), stream)
+    def add_mass(self, key: tuple[int, str], mass: torch.Tensor) -> None:
         self.mass_sum[key] = self.mass_sum.get(key, 0) + mass
         self.mass_layers[key] = self.mass_layers.get(key, 0) + 1
 
-    def mean_mass(self, event: Event, stream: str, token_valid: torch.Tensor) -> torch.Tensor:
+    def mean_mass(self, key: tuple[int, str], token_valid: torch.Tensor) -> torch.Tensor:
         """``(batch, tokens)`` attention mass averaged over the layers read (zeros if none ran)."""
-        key = (id(event), stream)
         if key not in self.mass_sum:  # fuse at layer 0: no layer has run, so no attention yet
             return torch.zeros(token_valid.shape, device=token_valid.device)
         mass = self.mass_sum[key] / self.mass_layers[key]

@@ -51,7 +51,8 @@ from vtsched.core.fusion import FusionInputs, check_weights
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import SUBJECT, Partition
 from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
-from vtsched.core.schedule import Fuse, Schedule
+from vtsched.core.events import Fuse
+from vtsched.core.schedule import Schedule
 from vtsched.core.testing import models
 from vtsched.core.testing import strategies as strat
 from vtsched.core.tokens import PromptBatch, Role

@@ -4,7 +4,7 @@ Strategies are keyword-only and valid by construction with small bounds, so a pl
 reuse them:
 
 - models and prompts: ``tiny_llava_shapes()``, ``tiny_llava()``, ``prompts()``;
-- the vocabulary: ``schedules()`` (every event kind: remove, insert, fuse, keep-top, end),
+- the vocabulary: ``schedules()`` (every registered event kind: the built-ins, or the ones given),
   ``geometries()``, ``group_sets()``, ``token_budgets()`` (:class:`Budget` values),
   ``budgets()`` (token counts), ``prompt_batches()`` (synthetic :class:`PromptBatch` es whose
   samples have different numbers of visual tokens), ``fusion_inputs()``.
@@ -29,9 +29,8 @@ from vtsched.core.fusion import FusionInputs
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.pixels import TokenBoxes, grid_boxes
 from vtsched.core.partition import NON_SUBJECT, SUBJECT
-from vtsched.core.schedule import (
-    FUSED_TOKENS, KNOWN_RANKERS, Carry, EndStream, Event, Fuse, InsertGroup, KeepTop, RemoveGroup, Schedule, Stream,
-)
+from vtsched.core.events import BUILTIN_EVENTS, KNOWN_RANKERS, DrawState, EndStream, Event, Layout
+from vtsched.core.schedule import Schedule, Stream
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
 __all__ = [
@@ -148,12 +147,16 @@ def group_sets(*, min_size: int = 1, max_size: int = 3, names: tuple[str, ...] =
 
 @st.composite
 def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: int = 3,
-              max_events_per_layer: int = 2, fusion_rules: tuple[str, ...] = BUILTIN_FUSION_RULES) -> Schedule:
-    """Valid schedules drawing every event kind: ``RemoveGroup``, ``InsertGroup``, ``Fuse``, ``KeepTop``,
-    ``Carry`` and ``EndStream``, on 1..max_streams streams that start with any subsets of the groups.
+              max_events_per_layer: int = 2, fusion_rules: tuple[str, ...] = BUILTIN_FUSION_RULES,
+              kinds: Sequence[type[Event]] = BUILTIN_EVENTS, rankers: tuple[str, ...] = KNOWN_RANKERS) -> Schedule:
+    """Valid schedules drawing every event kind of ``kinds`` (default: the built-ins; a plugin passes
+    its own too, e.g. ``(*BUILTIN_EVENTS, MyEvent)``), on 1..max_streams streams that start with any
+    subsets of the groups.
 
-    Events are drawn layer by layer from what is valid in the layout at that layer; streams other
-    than the survivor (the first) that are still running at the last layer end there.
+    Events are drawn layer by layer from what each kind says is valid in the layout at that layer
+    (:meth:`~vtsched.core.events.Event.draws`), and each drawn event applies its own effect
+    (:meth:`~vtsched.core.events.Event.check`); streams other than the survivor (the first) that are
+    still running at the last layer end there.
     """
     num_layers = draw(st.integers(1, max_layers))
     groups = tuple(f"g{i}" for i in range(draw(st.integers(1, max_groups))))
@@ -161,69 +164,19 @@ def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: in
     subsets = st.lists(st.sampled_from(groups), unique=True, max_size=len(groups)).map(tuple)
     streams = tuple(Stream(name, draw(subsets)) for name in names)
     survivor = names[0]
-    alive = {s.name: list(s.groups) for s in streams}
+    layout = Layout(num_layers, groups, tuple(names), survivor, {s.name: list(s.groups) for s in streams})
     events: list[Event] = []
     for layer in range(num_layers + 1):
         for _ in range(draw(st.integers(0, max_events_per_layer))):
-            event = draw(_next_event(layer, alive, groups, survivor, fusion_rules, num_layers))
-            if event is None:
+            state = DrawState(layer, layout, tuple(fusion_rules), tuple(rankers))
+            options = [o for o in (kind.draws(state) for kind in kinds) if o is not None]
+            if not options:
                 break
+            event = draw(st.one_of(*options))
+            event.check(layout)
             events.append(event)
-            _apply(event, alive)
-    events.extend(EndStream(num_layers, name) for name in list(alive) if name != survivor)
+    events.extend(EndStream(num_layers, name) for name in list(layout.alive) if name != survivor)
     return Schedule(num_layers, groups, streams, survivor, tuple(events))
-
-
-def _next_event(layer: int, alive: dict[str, list[str]], groups: tuple[str, ...], survivor: str,
-                fusion_rules: tuple[str, ...], num_layers: int):
-    """A strategy for one event valid in the layout ``alive`` at ``layer`` (``None`` if none is)."""
-    carried = [(s, g) for s, gs in alive.items() for g in gs]
-    missing = [(s, g) for s, gs in alive.items() for g in groups if g not in gs]
-    options = []
-    if carried:
-        options.append(st.sampled_from(carried).map(lambda sg: RemoveGroup(layer, *sg)))
-        # last_token_attention reads the layer before, next_layer_attention the layer itself
-        rankers = [r for r in KNOWN_RANKERS if (r != "last_token_attention" or layer >= 1)
-                   and (r != "next_layer_attention" or layer < num_layers)]
-        if rankers:
-            keep = st.one_of(st.integers(0, 8), st.floats(0.0, 1.0, exclude_min=True, allow_subnormal=False))
-            options.append(st.builds(lambda sg, k, r: KeepTop(layer, sg[0], sg[1], k, r),
-                                     st.sampled_from(carried), keep, st.sampled_from(rankers)))
-    if missing:
-        options.append(st.sampled_from(missing).map(lambda sg: InsertGroup(layer, *sg)))
-    if len(alive) >= 2 and fusion_rules:
-        options.append(_fuse(layer, list(alive), fusion_rules))
-    if len(alive) >= 2:
-        options.append(_carry(layer, list(alive)))
-    enders = [s for s in alive if s != survivor]
-    if enders:
-        options.append(st.sampled_from(enders).map(lambda s: EndStream(layer, s)))
-    return st.one_of(*options) if options else st.none()
-
-
-@st.composite
-def _fuse(draw, layer: int, alive: list[str], fusion_rules: tuple[str, ...]) -> Fuse:
-    fused = tuple(draw(st.lists(st.sampled_from(alive), min_size=2, max_size=len(alive), unique=True)))
-    rule = draw(st.sampled_from(fusion_rules))
-    params = (("alpha", draw(st.floats(0.0, 1.0, allow_subnormal=False))),) if rule == "fixed" else ()
-    return Fuse(layer, fused, draw(st.sampled_from(fused)), rule, draw(st.sampled_from(FUSED_TOKENS)), params)
-
-
-@st.composite
-def _carry(draw, layer: int, alive: list[str]) -> Carry:
-    into = draw(st.sampled_from(alive))
-    others = [s for s in alive if s != into]
-    sources = tuple(draw(st.lists(st.sampled_from(others), min_size=1, max_size=len(others), unique=True)))
-    return Carry(layer, sources, into, draw(st.sampled_from(FUSED_TOKENS)))
-
-
-def _apply(event: Event, alive: dict[str, list[str]]) -> None:
-    if isinstance(event, RemoveGroup):
-        alive[event.stream].remove(event.group)
-    elif isinstance(event, InsertGroup):
-        alive[event.stream].append(event.group)
-    elif isinstance(event, EndStream):
-        del alive[event.stream]
 
 
 IMAGE_TOKEN_ID = 4  # token id synthetic samples use for visual tokens

@@ -25,7 +25,8 @@ from typing import Any
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.geometry import ModelGeometry
-from vtsched.core.schedule import EndStream, InsertGroup, KeepTop, RemoveGroup, Schedule
+from vtsched.core.events import TokenCounts
+from vtsched.core.schedule import Schedule
 from vtsched.core.tools.sweep_config import DEMO_MODEL, SweepConfig
 
 __all__ = [
@@ -184,17 +185,21 @@ def _text_lengths(info: _ModelInfo, dataset: str, limit: int | None) -> Counter[
 
 
 def estimate_prefill_flops(schedule: Schedule, geometry: ModelGeometry, group_sizes: Mapping[str, int], *,
-                           prefix: int, suffix: int, share_prefix: bool = True) -> float:
+                           prefix: int, suffix: int, question: int | None = None, share_prefix: bool = True) -> float:
     """Nominal decoder prefill FLOPs of one sample under ``schedule`` (no weights: token counts only).
 
     Each stream carries the ``prefix`` text tokens before the image, its visual groups (sizes from
-    ``group_sizes``; ``KeepTop`` keeps its count or ratio) and the ``suffix`` tokens after the image.
-    While streams run in parallel the prefix runs once and is attended to by each (what the engine
-    does with ``share_prefix``). Same accounting as :func:`vtsched.core.cost.prefill_flops`.
+    ``group_sizes``) and the ``suffix`` tokens after the image (``question`` of them the question;
+    default all); every event applies its own effect on these counts
+    (:meth:`~vtsched.core.events.Event.count`: a keep-top keeps its count or ratio, a carry adds
+    copies, ...). While streams run in parallel the prefix runs once and is attended to by each
+    (what the engine does with ``share_prefix``). Same accounting as :func:`vtsched.core.cost.prefill_flops`.
     """
     from vtsched.core.cost import layer_flops
 
-    carried: dict[str, dict[str, int]] = {s.name: {g: group_sizes.get(g, 0) for g in s.groups} for s in schedule.streams}
+    text = {"question": suffix if question is None else question, "post_image": suffix, "last": 1}
+    tokens = TokenCounts({s.name: {g: group_sizes.get(g, 0) for g in s.groups} for s in schedule.streams}, text,
+                         group_sizes=group_sizes)
     shared_until = 0
     if share_prefix:
         shared_until = next((k for k in range(schedule.num_layers + 1) if len(schedule.layout_at(k)) == 1),
@@ -202,25 +207,15 @@ def estimate_prefill_flops(schedule: Schedule, geometry: ModelGeometry, group_si
     total = 0.0
     for layer in range(schedule.num_layers):
         for event in schedule.events_at(layer):
-            if isinstance(event, RemoveGroup):
-                carried[event.stream].pop(event.group, None)
-            elif isinstance(event, InsertGroup):
-                carried[event.stream][event.group] = group_sizes.get(event.group, 0)
-            elif isinstance(event, KeepTop):
-                n = carried[event.stream].get(event.group, 0)
-                keep = event.keep[0] if isinstance(event.keep, tuple) else event.keep  # one sample's amount
-                carried[event.stream][event.group] = min(n, keep) if isinstance(keep, int) else int(round(keep * n))
-            elif isinstance(event, EndStream):
-                carried.pop(event.stream, None)
+            event.count(tokens)
+        for stream, groups in tokens.visual.items():
+            own = sum(groups.values()) + suffix + tokens.copies.get(stream, 0)
+            if layer < shared_until:
+                total += float(layer_flops(own, own + prefix, geometry))
+            else:
+                total += float(layer_flops(prefix + own, prefix + own, geometry))
         if layer < shared_until:
             total += float(layer_flops(prefix, prefix, geometry))
-            for groups in carried.values():
-                own = sum(groups.values()) + suffix
-                total += float(layer_flops(own, own + prefix, geometry))
-        else:
-            for groups in carried.values():
-                n = prefix + sum(groups.values()) + suffix
-                total += float(layer_flops(n, n, geometry))
     return total
 
 

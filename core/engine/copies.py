@@ -1,4 +1,4 @@
-"""Carrying text tokens from ending streams into the survivor: where a sample's token order grows.
+"""Copies of text tokens from other streams joining a stream: where a sample's token order grows.
 
 The engine addresses every token by its slot in the sample (``index``): slots order causal
 attention, masks, the cache and every per-token table of :class:`~.binding.Bound`. A carried
@@ -7,7 +7,7 @@ shares its token's rotary id with the survivor's own copy. The order between the
 engine's tie-break: copies sit just before the survivor's own copy (copies of several streams
 in the order the event lists them), so the own copy and every later token see them.
 
-Carrying therefore inserts slots. :func:`carry` renumbers, once, every slot the run holds (the
+Copying therefore inserts slots. :func:`copy_text_tokens` renumbers, once, every slot the run holds (the
 live streams, the shared prefix and its context, the cache collected so far, rankings not yet
 used) and rebuilds the per-token tables with the new slots: role ``Role.CARRIED``, the rotary id
 and original position of the token they copy. Rotary ids stop being slot numbers from then on,
@@ -24,19 +24,21 @@ import torch
 from vtsched.core.engine.binding import Bound
 from vtsched.core.engine.rows import Rows, pad_stack
 from vtsched.core.engine.run import LayerCache, PrefillRun
-from vtsched.core.schedule import Carry
 from vtsched.core.tokens import Role
 
-__all__ = ["carry"]
+__all__ = ["copy_text_tokens"]
 
 
-def carry(event: Carry, run: PrefillRun) -> None:
-    """Add copies of the source streams' ``event.tokens`` text tokens to ``event.into``, renumbering slots."""
+def copy_text_tokens(run: PrefillRun, layer: int, sources: tuple[str, ...], into: str, tokens: str) -> None:
+    """Add copies of the ``sources`` streams' text tokens of kind ``tokens`` to ``into`` before ``layer``.
+
+    Renumbers every slot the run holds (see the module docstring) and records the copies' count.
+    """
     bound = run.bound
     copies: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(bound.roles.shape[0])]
-    for name in event.streams:
+    for name in sources:
         rows = run.streams[name]
-        chosen = bound.fused(rows.index, event.tokens)
+        chosen = bound.fused(rows.index, tokens)
         for b in range(rows.num_rows):
             copies[b].append((rows.index[b][chosen[b]], rows.hidden[b][chosen[b]]))
     slot_of, copy_slots = _renumbering(bound, copies)
@@ -44,8 +46,8 @@ def carry(event: Carry, run: PrefillRun) -> None:
     run.bound = _grown_tables(bound, run.parts.rope_rows, slot_of, copy_slots, copies)
     states = [torch.cat([s for _, s in per_sample]) for per_sample in copies]
     slots = [torch.cat(per_sample) for per_sample in copy_slots]
-    run.streams[event.into] = run.streams[event.into].add(states, slots)
-    run.stats.add_carry(event.layer, event.streams, torch.tensor([s.numel() for s in slots]))
+    run.streams[into] = run.streams[into].add(states, slots)
+    run.stats.add_carry(layer, sources, torch.tensor([s.numel() for s in slots]))
 
 
 def _renumbering(

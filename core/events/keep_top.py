@@ -1,0 +1,157 @@
+"""``keep_top``: a stream keeps only the tokens of a group that a ranker scores highest."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from vtsched.core.errors import ScheduleError
+from vtsched.core.events.base import DrawState, Event, Layout, TokenCounts
+from vtsched.core.events.rankers import KNOWN_RANKERS, RANKERS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vtsched.core.engine.layout import Segment
+    from vtsched.core.engine.probes import Probe
+    from vtsched.core.engine.run import PrefillRun
+
+__all__ = ["KeepTop"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeepTop(Event):
+    """Keep, in ``stream``, the ``keep`` visual tokens of ``group`` that ``ranker`` scores highest.
+
+    The kept tokens stay in ``group``; the others leave the stream. ``keep`` is a count, or
+    a ratio of the group's current size when it is a float in (0, 1]; or a tuple of those, one per
+    sample of the batch (a policy that solves its budget per sample, e.g. ``pdrop`` with a count
+    budget on images with different token counts). ``ranker`` names how the engine scores tokens
+    (:mod:`vtsched.core.events.rankers`):
+
+    - ``"last_token_attention"``: the attention the last prompt token gave them in layer ``layer - 1``
+      (FastV's signal), recomputed for that one query row from what that layer attended over;
+    - ``"next_layer_attention"``: the attention the last prompt token would give them in layer
+      ``layer`` itself, from that layer's own input norm and query/key projections applied to its
+      input, before the drop (PyramidDrop's signal); it needs ``layer < num_layers``, not a layer before.
+
+    ``renumber``: after the drop, the stream's tokens take rotary ids ``0..n-1`` in their order
+    (their causal order is unchanged) and decoded tokens continue after them at the layers that
+    follow, as PyramidDrop does; for one stream without carried copies, and only where rotary ids are
+    indices (Qwen2-VL's M-RoPE ids are grid coordinates and stay). By default every token keeps its
+    rotary id, the engine's rule.
+    """
+
+    kind: ClassVar[str] = "keep_top"
+    layer: int
+    stream: str
+    group: str
+    keep: int | float | tuple[int | float, ...]
+    ranker: str = "last_token_attention"
+    renumber: bool = False
+
+    def describe(self) -> str:
+        if isinstance(self.keep, tuple):
+            amount = "per sample " + "/".join(f"{k:.4g}" if isinstance(k, float) else str(k) for k in self.keep) + " of"
+        else:
+            amount = f"{self.keep:g} of" if isinstance(self.keep, float) else f"top {self.keep} of"
+        renumbered = ", renumbered" if self.renumber else ""
+        return f"keep {amount} {self.group} in {self.stream} by {self.ranker}{renumbered}"
+
+    def check(self, layout: Layout) -> None:
+        if layout.group(self.group) not in layout.carried(self.stream):
+            raise ScheduleError(f"{self.stream} does not carry {self.group}")
+        if not all(_valid_keep(k) for k in (self.keep if isinstance(self.keep, tuple) else (self.keep,))):
+            raise ScheduleError("keep must be a count >= 0 or a ratio in (0, 1] (or one per sample)")
+        if self.ranker not in RANKERS:
+            raise ScheduleError(f"the engine knows no ranker {self.ranker!r}; rankers: {list(KNOWN_RANKERS)}")
+        reason = RANKERS[self.ranker].unavailable(self.layer, layout.num_layers)
+        if reason:
+            raise ScheduleError(reason)
+
+    def count(self, tokens: TokenCounts) -> None:
+        carried = tokens.visual[self.stream]
+        n = carried.get(self.group, 0)
+        keep = self.keep[0] if isinstance(self.keep, tuple) else self.keep  # one sample's amount
+        carried[self.group] = min(n, keep) if isinstance(keep, int) else int(round(keep * n))
+
+    def per_sample(self, each: Sequence[Event]) -> Event | None:
+        """Events differing only in a single ``keep`` each merge into one with a ``keep`` per sample."""
+        same = dataclasses.replace(self, keep=0)
+        if all(isinstance(e, KeepTop) and not isinstance(e.keep, tuple) and dataclasses.replace(e, keep=0) == same
+               for e in each):
+            return dataclasses.replace(self, keep=tuple(e.keep for e in each))  # type: ignore[attr-defined]
+        return Event.per_sample(self, each)
+
+    # -- the engine -------------------------------------------------------------------------------
+    def probes(self, run: PrefillRun, segment: Segment, at: int) -> list[tuple[int, Probe]]:
+        return RANKERS[self.ranker].probes(self, run, segment, at)
+
+    def apply(self, run: PrefillRun, at: int) -> None:
+        """Keep the group's tokens that the ranker scored highest (stable on ties)."""
+        import torch
+
+        rows, bound = run.streams[self.stream], run.bound
+        ranked_index, ranked = RANKERS[self.ranker].scores(self, run, at)
+        by_position = torch.full(bound.roles.shape, float("-inf"), device=ranked.device)
+        valid = ranked_index >= 0
+        by_position[torch.nonzero(valid)[:, 0], ranked_index[valid]] = ranked[valid]
+        in_group = bound.lookup(bound.groups, rows.index) == run.partition.group_id(self.group)
+        scores = by_position.gather(1, rows.positions).masked_fill(~in_group, float("-inf"))
+        keep = ~in_group
+        amounts = self.keep if isinstance(self.keep, tuple) else (self.keep,) * rows.num_rows
+        if len(amounts) != rows.num_rows:
+            raise ScheduleError(f"{self.describe()}: {len(amounts)} per-sample amounts for {rows.num_rows} samples")
+        for b, amount in enumerate(amounts):
+            n = int(in_group[b].sum())
+            k = min(n, amount) if isinstance(amount, int) else int(round(amount * n))
+            top = torch.sort(-scores[b], stable=True).indices[:k]
+            keep[b, top] = True
+        run.streams[self.stream] = rows.keep(keep)
+        if self.renumber:
+            self._renumber(run)
+
+    def _renumber(self, run: PrefillRun) -> None:
+        """The stream's tokens take rotary ids ``0..n-1`` in causal order, and the next token ``n``.
+
+        Only the rotary ids change: positions (the causal order, the mask) stay. Layers already run keep
+        the keys they cached with the old ids; :class:`~vtsched.core.engine.layout.Segment` records each
+        layer's next rotary id, so decoded tokens continue after the tokens of each layer's own cache.
+        Defined for one stream, no shared prefix apart and no carried copies. Multi-row rotary ids
+        (Qwen2-VL's M-RoPE) are grid coordinates, not indices: there is nothing to renumber.
+        """
+        import torch
+
+        bound, rows = run.bound, run.streams[self.stream]
+        if run.parts.rope_rows > 1:
+            return
+        if len(run.streams) > 1 or run.context is not None or bound.origin is not None:
+            raise ScheduleError(f"{self.describe()}: renumbering needs one stream, no shared prefix apart and no "
+                                "carried copies")
+        valid = rows.valid
+        table = (bound.rope[0] if bound.rope is not None
+                 else torch.arange(bound.roles.shape[1], device=valid.device).expand_as(bound.roles)).clone()
+        b_idx, t_idx = torch.nonzero(valid, as_tuple=True)
+        table[b_idx, rows.index[b_idx, t_idx]] = (valid.cumsum(1) - 1)[b_idx, t_idx]
+        run.bound = dataclasses.replace(bound, rope=table[None], next_rotary=valid.sum(1))
+
+    @classmethod
+    def draws(cls, state: DrawState):
+        from hypothesis import strategies as st
+
+        carried = [(s, g) for s, gs in state.layout.alive.items() for g in gs]
+        rankers = [r for r in state.rankers if r in RANKERS
+                   and RANKERS[r].unavailable(state.layer, state.layout.num_layers) is None]
+        if not carried or not rankers:
+            return None
+        keep = st.one_of(st.integers(0, 8), st.floats(0.0, 1.0, exclude_min=True, allow_subnormal=False))
+        return st.builds(lambda sg, k, r: cls(state.layer, sg[0], sg[1], k, r),
+                         st.sampled_from(carried), keep, st.sampled_from(rankers))
+
+
+def _valid_keep(keep: object) -> bool:
+    if isinstance(keep, bool):
+        return False
+    if isinstance(keep, float):
+        return 0.0 < keep <= 1.0
+    return isinstance(keep, int) and keep >= 0
