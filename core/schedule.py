@@ -94,6 +94,9 @@ class Schedule:
             "survivor": self.survivor,
             "events": [e.to_json() for e in self.events],
             "meta": dict(self.meta),
+            # where each event kind from outside core comes from, so that loading the file without
+            # it can say which plugin to install
+            "providers": {e.kind: type(e).__module__.split(".")[0] for e in self.events if e.kind not in BUILTIN_KINDS},
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -110,7 +113,7 @@ class Schedule:
                 groups=tuple(data["groups"]),
                 streams=tuple(Stream(s["name"], tuple(s.get("groups", ()))) for s in data["streams"]),
                 survivor=data["survivor"],
-                events=tuple(_event_from_dict(e, BUILTIN_KINDS if kinds is None else kinds)
+                events=tuple(_event_from_dict(e, BUILTIN_KINDS if kinds is None else kinds, data.get("providers", {}))
                              for e in data.get("events", ())),
                 meta=tuple(sorted(dict(data.get("meta", {})).items())),
             )
@@ -150,12 +153,14 @@ class Schedule:
         return self.explain()
 
 
-def _event_from_dict(data: Mapping[str, Any], kinds: Mapping[str, type[Event]]) -> Event:
+def _event_from_dict(data: Mapping[str, Any], kinds: Mapping[str, type[Event]], providers: Mapping[str, str]) -> Event:
     data = dict(data)
     kind = data.pop("kind", None)
     cls = kinds.get(kind)  # type: ignore[arg-type]
     if cls is None:
-        raise ScheduleError(f"unknown event kind {kind!r}; known: {sorted(kinds)}")
+        source = (f" (it comes from {providers[kind]!r}: install that plugin, and do not disable plugins)"
+                  if kind in providers else "")
+        raise ScheduleError(f"unknown event kind {kind!r}{source}; known: {', '.join(sorted(kinds))}")
     return cls.from_json(data)
 
 

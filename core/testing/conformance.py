@@ -202,7 +202,7 @@ class PolicyConformance(_Kit):
                 schedule = self._schedule(each, geometry, groups, data.draw(self.budgets(each, geometry)))
                 text = schedule.explain()
                 _expect(isinstance(text, str) and text.strip(), f"{_name(each)}: explain() printed nothing")
-                again = Schedule.from_json(schedule.to_json())
+                again = Schedule.from_json(schedule.to_json(), self.registry().event_kinds())
                 _expect(again == schedule, f"{_name(each)}: the schedule changed through JSON:\n{text}")
                 _expect(again.to_dict() == schedule.to_dict(), f"{_name(each)}: to_dict() changed through JSON")
 

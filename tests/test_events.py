@@ -1,0 +1,213 @@
+"""Events as a registry kind: the built-ins and a plugin's kind go through the same hook and contract;
+the dry-run FLOPs every event accounts for equal what the engine ran; schedule files name plugin kinds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vtsched.core import GenerationConfig
+from vtsched.core.errors import PluginError, ScheduleError
+from vtsched.core.events import BUILTIN_EVENTS, DrawState, Event, Layout
+from vtsched.core.hookspecs import hookimpl
+from vtsched.core.registry import build_registry, make_plugin_manager
+from vtsched.core.schedule import Schedule, Stream
+from vtsched.core.testing import TinyShape, random_image, tiny_llava
+from vtsched.core.testing.strategies import schedules
+from vtsched.core.tokens import Role
+from vtsched.core.tools.sweep_plan import estimate_prefill_flops
+
+from .helpers import scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class Dampen(Event):
+    """Scale a group's states in a stream (a test kind no core file knows)."""
+
+    kind: ClassVar[str] = "dampen"
+    layer: int
+    stream: str
+    group: str
+    factor: float = 0.5
+
+    def describe(self) -> str:
+        return f"dampen {self.group} in {self.stream} by {self.factor:g}"
+
+    def check(self, layout: Layout) -> None:
+        if layout.group(self.group) not in layout.carried(self.stream):
+            raise ScheduleError(f"{self.stream} does not carry {self.group}")
+
+    def apply(self, run, at: int) -> None:
+        from vtsched.core.engine.rows import Rows
+
+        rows, bound = run.streams[self.stream], run.bound
+        member = bound.lookup(bound.groups, rows.index) == run.partition.group_id(self.group)
+        scale = torch.where(member, self.factor, 1.0).to(rows.hidden.dtype)
+        run.streams[self.stream] = Rows(rows.hidden * scale[..., None], rows.index)
+
+    @classmethod
+    def draws(cls, state: DrawState):
+        carried = [(s, g) for s, gs in state.layout.alive.items() for g in gs]
+        if not carried:
+            return None
+        return st.builds(lambda sg, f: cls(state.layer, sg[0], sg[1], f), st.sampled_from(carried),
+                         st.floats(0.0, 2.0, allow_subnormal=False))
+
+
+class DampenPlugin:
+    __name__ = "dampen-plugin"
+
+    @staticmethod
+    @hookimpl
+    def vtsched_register_events(register):
+        register(Dampen)
+
+
+def test_builtin_kinds_register_through_the_hook_a_plugin_uses():
+    registry = build_registry(make_plugin_manager(load_entrypoints=False, extra=[DampenPlugin()]))
+    kinds = registry.event_kinds()
+    assert {cls.kind for cls in BUILTIN_EVENTS} | {"dampen"} == set(kinds)
+    assert all(registry.plugin_of("event", cls.kind) == "vtsched.core.events" for cls in BUILTIN_EVENTS)
+    assert registry.plugin_of("event", "dampen") == "dampen-plugin"
+
+
+@pytest.mark.parametrize(("broken", "reason"), [
+    ("no_check", "does not implement check()"),
+    ("not_event", "is not a subclass of vtsched.core.events.Event"),
+    ("layer_not_first", "must have 'layer: int' as its first field"),
+    ("clash", "is provided by both"),
+])
+def test_a_kind_that_breaks_the_contract_is_refused_naming_the_plugin(broken, reason):
+    if broken == "no_check":
+        @dataclass(frozen=True, slots=True)
+        class Bad(Event):
+            kind: ClassVar[str] = "bad"
+            layer: int
+
+            def describe(self):
+                return "bad"
+
+            def apply(self, run, at):
+                pass
+    elif broken == "not_event":
+        @dataclass(frozen=True)
+        class Bad:  # type: ignore[no-redef]
+            name: ClassVar[str] = "bad"
+            layer: int
+    elif broken == "layer_not_first":
+        @dataclass(frozen=True, slots=True)
+        class Bad(Event):  # type: ignore[no-redef]
+            kind: ClassVar[str] = "bad"
+            stream: str
+            layer: int
+
+            def describe(self):
+                return "bad"
+
+            def check(self, layout):
+                pass
+
+            def apply(self, run, at):
+                pass
+    else:
+        Bad = type("Bad", (Dampen,), {"__slots__": ()})  # type: ignore[misc]
+        Bad.kind = Bad.name = "remove"
+
+    class Plugin:
+        __name__ = "bad-plugin"
+
+        @staticmethod
+        @hookimpl
+        def vtsched_register_events(register):
+            register(Bad)
+
+    with pytest.raises(PluginError, match="bad-plugin") as info:
+        build_registry(make_plugin_manager(load_entrypoints=False, extra=[Plugin()]))
+    assert reason in str(info.value)
+
+
+def test_a_plugin_kind_round_trips_through_json_and_is_refused_in_one_line_without_the_plugin():
+    registry = build_registry(make_plugin_manager(load_entrypoints=False, extra=[DampenPlugin()]))
+    schedule = Schedule(2, ("subject",), (Stream("main", ("subject",)),), "main", (Dampen(1, "main", "subject", 0.25),))
+    text = schedule.to_json()
+    assert Schedule.from_json(text, registry.event_kinds()) == schedule
+    with pytest.raises(ScheduleError, match="unknown event kind 'dampen'"):
+        Schedule.from_json(text)
+
+
+@settings(max_examples=25)
+@given(schedule=schedules(kinds=(*BUILTIN_EVENTS, Dampen)))
+def test_strategies_draw_every_kind_given_and_every_schedule_round_trips(schedule):
+    kinds = {cls.kind: cls for cls in (*BUILTIN_EVENTS, Dampen)}
+    assert Schedule.from_json(schedule.to_json(), kinds) == schedule
+
+
+def test_a_plugin_event_runs_in_the_engine_and_changes_what_it_says():
+    """Dampen by 1 is the identity; by 0 the group's states vanish from that layer on."""
+    model, processor = tiny_llava(TinyShape(layers=3, image_size=42), torch.float64)
+    s = scheduler(model, processor)
+    batch = s.prepare([random_image(3, 50, 40)], ["what colour?"])
+    plan = s.plan(batch, s.make_policy("full"), None, None)
+    base = s.engine.prefill(batch, plan.schedule, plan.partition, use_cache=False).logits
+    group = plan.schedule.groups[0]
+    for factor, same in ((1.0, True), (0.0, False)):
+        schedule = Schedule(3, plan.schedule.groups, plan.schedule.streams, plan.schedule.survivor,
+                            (Dampen(1, "main", group, factor),))
+        logits = s.engine.prefill(batch, schedule, plan.partition, use_cache=False).logits
+        assert torch.allclose(logits, base) is same
+
+
+POLICIES = [
+    ("full", {}, None), ("prune", {}, "8"), ("fastv", {"drop_layer": 1}, "8"), ("vtw", {"drop_layer": 2}, None),
+    ("pdrop", {"layers": (1, 2)}, None), ("subject-first", {"insert_layer": 2}, "8"),
+    ("non-subject-first", {"switch_layer": 2}, "8"),
+    ("parvts", {"drop_layer": 2, "fusion": "size"}, "8"),
+    ("parvts", {"drop_layer": 2, "merge": "carry"}, "8"),
+    ("parvts", {"drop_layer": 1, "merge": "both", "fuse_tokens": "question"}, "8"),
+    ("parvts", {"drop_layer": 2, "merge": "carry", "fuse_tokens": "last"}, "8"),
+]
+
+
+@pytest.mark.parametrize(("policy", "params", "budget"), POLICIES,
+                         ids=[f"{p}-{'-'.join(f'{k}={v}' for k, v in q.items())}" for p, q, _ in POLICIES])
+def test_dry_run_flops_equal_what_the_engine_ran(policy, params, budget):
+    """The sweep's estimate, from the schedule and token counts alone (each event's ``count``), equals the
+    FLOPs of the executed prefill, for every built-in policy, carried copies included."""
+    model, processor = tiny_llava(TinyShape(layers=4, image_size=56), torch.float32)
+    s = scheduler(model, processor)
+    images, questions = [random_image(7, 60, 45)], ["what colour is the small square in the corner?"]
+    result = s.run(images, questions, policy, budget=budget, policy_params=params,
+                   generation=GenerationConfig(max_new_tokens=1))
+    sample = s.prepare(images, questions).samples[0]
+    roles = sample.roles
+    prefix = int((roles == Role.PREFIX).sum())
+    suffix = int((torch.nonzero(roles == Role.VISUAL).max() < torch.arange(roles.numel())).sum())
+    question = int((roles == Role.QUESTION).sum())
+    sizes = result.plan.partition.sizes()[0]
+    group_sizes = {g: int(n) for g, n in zip(result.plan.partition.groups, sizes)}
+    estimate = estimate_prefill_flops(result.plan.schedule, s.adapter.geometry, group_sizes, prefix=prefix,
+                                      suffix=suffix, question=question, share_prefix=s.engine.share_prefix)
+    assert estimate == pytest.approx(float(result.flops[0]), rel=1e-9), (policy, params)
+
+
+def test_a_saved_schedule_with_a_plugin_event_runs_and_says_which_plugin_it_needs(tmp_path):
+    from vtsched.core import Scheduler
+
+    model, processor = tiny_llava(TinyShape(layers=3, image_size=42), torch.float32)
+    with_plugin = build_registry(make_plugin_manager(load_entrypoints=False, extra=[DampenPlugin()]))
+    schedule = Schedule(3, ("subject",), (Stream("main", ("subject",)),), "main", (Dampen(1, "main", "subject", 0.0),),
+                        meta=(("budget", "1.0"),))
+    path = tmp_path / "dampen.json"
+    path.write_text(schedule.to_json())
+    assert '"providers": {\n    "dampen": "tests"' in path.read_text()
+    image, question = [random_image(3, 50, 40)], ["what colour?"]
+    ran = Scheduler(model, processor, registry=with_plugin).run(image, question, f"schedule:{path}", budget="1.0",
+                                                                generation=GenerationConfig(max_new_tokens=1))
+    assert ran.plan.schedule == schedule
+    with pytest.raises(ScheduleError, match="unknown event kind 'dampen' \\(it comes from 'tests': install"):
+        scheduler(model, processor).run(image, question, f"schedule:{path}", budget="1.0")
