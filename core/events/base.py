@@ -15,7 +15,9 @@ class owns everything about its kind, so that adding a kind touches one file:
   tuples, by default);
 - :meth:`Event.draws`: a hypothesis strategy of events valid in a layout, so
   :func:`vtsched.core.testing.schedules` and every conformance kit draw every registered kind;
-- :meth:`Event.per_sample`: how events of one schedule solved per sample merge into one.
+- :meth:`Event.per_sample`: how events of one schedule solved per sample merge into one;
+- :meth:`Event.check_components`: the components it names (a fusion rule), checked against the
+  registry before any weights load.
 
 Kinds are registered through ``vtsched_register_events``; the built-ins go through the same hook.
 """
@@ -124,6 +126,10 @@ class Event:
 
     def count(self, tokens: TokenCounts) -> None:
         """Apply the event's effect to the nominal token counts (default: none)."""
+
+    def check_components(self, registry: Any) -> None:
+        """Refuse, before any model loads, a component the event names that ``registry`` lacks or that
+        refuses the event's parameters (default: the event names none)."""
 
     def per_sample(self, each: Sequence[Event]) -> Event | None:
         """One event standing for ``each`` (this event solved per sample), or ``None`` if they differ."""

@@ -57,6 +57,16 @@ class Fuse(Event):
         if self.tokens not in FUSED_TOKENS:
             raise ScheduleError(f"tokens must be one of {FUSED_TOKENS}")
 
+    def check_components(self, registry: Any) -> None:
+        """The rule is registered and takes the event's parameters (``alpha`` outside [0, 1] is refused)."""
+        rules = registry.fusion_rules()
+        if self.rule not in rules:
+            raise ScheduleError(f"unknown fusion rule {self.rule!r}; known: {', '.join(registry.names('fusion_rule'))}")
+        try:
+            rules[self.rule](**self.param_dict)
+        except (TypeError, ValueError) as exc:
+            raise ScheduleError(f"fusion rule {self.rule!r}: bad parameters {self.param_dict}: {exc}") from None
+
     # -- the engine -------------------------------------------------------------------------------
     def probes(self, run: PrefillRun, segment: Segment, at: int) -> list[tuple[int, Probe]]:
         """Every layer of ``segment`` before the fuse, while all fused streams run, for rules that weigh by mass."""

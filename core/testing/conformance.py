@@ -51,7 +51,6 @@ from vtsched.core.fusion import FusionInputs, check_weights
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import SUBJECT, Partition
 from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
-from vtsched.core.events import Fuse
 from vtsched.core.schedule import Schedule
 from vtsched.core.testing import models
 from vtsched.core.testing import strategies as strat
@@ -293,16 +292,11 @@ class PolicyConformance(_Kit):
                 f"{_name(policy)}: schedule over {schedule.num_layers} layers for a {geometry.num_layers}-layer model")
         stray = [g for g in schedule.groups if g not in groups]
         _expect(not stray, f"{_name(policy)}: schedule names groups {stray} the partition ({list(groups)}) lacks")
-        rules = self.registry().fusion_rules()
-        for event in schedule.events:
-            if isinstance(event, Fuse):
-                _expect(event.rule in rules, f"{_name(policy)}: fuses by {event.rule!r}, which no plugin "
-                                             f"registered (fusion rules: {sorted(rules)})")
-                try:
-                    rules[event.rule](**event.param_dict)
-                except (TypeError, VtschedError) as exc:
-                    raise AssertionError(f"{_name(policy)}: fusion rule {event.rule!r} refuses the parameters "
-                                         f"{event.param_dict}: {exc}") from exc
+        for event in schedule.events:  # every component an event names is registered and takes its parameters
+            try:
+                event.check_components(self.registry())
+            except VtschedError as exc:
+                raise AssertionError(f"{_name(policy)}: {event.describe()}: {exc}") from exc
 
     def _scheduler(self, shape: Any) -> Any:
         model, processor = self.build_tiny_model(shape)
