@@ -211,3 +211,36 @@ def test_a_saved_schedule_with_a_plugin_event_runs_and_says_which_plugin_it_need
     assert ran.plan.schedule == schedule
     with pytest.raises(ScheduleError, match="unknown event kind 'dampen' \\(it comes from 'tests': install"):
         scheduler(model, processor).run(image, question, f"schedule:{path}", budget="1.0")
+
+
+# -- the event kit, on every built-in kind and a plugin's ------------------------------------------
+from vtsched.core.events import Carry, EndStream, Fuse, InsertGroup, KeepTop, RemoveGroup  # noqa: E402
+from vtsched.core.testing import EventConformance  # noqa: E402
+
+
+class TestRemoveGroupEvent(EventConformance):
+    event_class = RemoveGroup
+
+
+class TestInsertGroupEvent(EventConformance):
+    event_class = InsertGroup
+
+
+class TestKeepTopEvent(EventConformance):
+    event_class = KeepTop
+
+
+class TestFuseEvent(EventConformance):
+    event_class = Fuse
+
+
+class TestEndStreamEvent(EventConformance):
+    event_class = EndStream
+
+
+class TestCarryEvent(EventConformance):
+    event_class = Carry
+
+
+class TestPluginEvent(EventConformance):
+    event_class = Dampen

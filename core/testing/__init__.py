@@ -3,8 +3,8 @@
 Like transformers' model-tester mixins, these are public so that a plugin author tests a new
 policy, partitioner, fusion rule or adapter against the same contracts the built-ins meet:
 subclass :class:`PolicyConformance`, :class:`PartitionerConformance`,
-:class:`FusionRuleConformance` or :class:`AdapterConformance` in a pytest file (see
-:mod:`vtsched.core.testing.conformance`).
+:class:`FusionRuleConformance`, :class:`AdapterConformance` or :class:`EventConformance` in a
+pytest file (see :mod:`vtsched.core.testing.conformance`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from vtsched.core.testing.models import (  # noqa: F401
 from vtsched.core.testing.conformance import (  # noqa: F401
     AdapterConformance, FusionRuleConformance, PartitionerConformance, PolicyConformance,
 )
+from vtsched.core.testing.event_conformance import EventConformance  # noqa: F401
 
 __all__ = [
     *_strategies_all,
     "bound_scheduler", "default_registry", "model_greedy_tokens", "model_logits", "processor_inputs",
     "shortened_logits",
     "AdapterConformance", "FusionRuleConformance", "PartitionerConformance", "PolicyConformance",
+    "EventConformance",
 ]

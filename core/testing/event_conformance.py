@@ -1,0 +1,150 @@
+"""The conformance kit for schedule event kinds, built-in or a plugin's.
+
+    from vtsched.core.testing import EventConformance
+
+    class TestMyEvent(EventConformance):
+        event_class = MyEvent
+
+Schedules are drawn with every built-in kind and the kind under test (its own
+:meth:`~vtsched.core.events.Event.draws`), kept only when they contain it, and run on tiny random
+float64 models through the engine. Checks:
+
+- the class contract (what registration checks: a frozen dataclass subclassing ``Event`` with
+  ``kind``, ``layer`` first, ``describe``/``check``/``apply``);
+- the kind draws events (``draws`` is implemented and its events appear in drawn schedules), each
+  schedule prints in ``explain`` with the event's own line and round-trips through JSON exactly;
+- a batch runs as its samples one by one (every decoded step's logits);
+- cached decoding equals recomputing the schedule with the generated token as the surviving
+  stream's tail;
+- the FLOPs the schedule's events account for (``count``; what ``vtsched sweep --dry-run``
+  estimates) equal the FLOPs of the executed prefill.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from hypothesis import assume
+from hypothesis import strategies as st
+
+from vtsched.core.contracts import event_problems
+from vtsched.core.events import BUILTIN_EVENTS
+from vtsched.core.partition import Partition
+from vtsched.core.schedule import Schedule
+from vtsched.core.testing import strategies as strat
+from vtsched.core.testing.conformance import _close, _expect, _Kit, _name
+from vtsched.core.tokens import Role
+
+__all__ = ["EventConformance"]
+
+
+class EventConformance(_Kit):
+    """Checks a schedule event kind (set ``event_class``)."""
+
+    event_class: ClassVar[type | None] = None
+    max_events_per_layer: ClassVar[int] = 2
+    atol: ClassVar[float] = 1e-6
+
+    # -- what is drawn (override to narrow) -----------------------------------------------------
+    def kinds(self) -> tuple[type, ...]:
+        _expect(self.event_class is not None, f"{type(self).__name__}: set event_class")
+        assert self.event_class is not None
+        return tuple(dict.fromkeys((*BUILTIN_EVENTS, self.event_class)))
+
+    def schedules(self) -> st.SearchStrategy[Schedule]:
+        """Drawn schedules that contain at least one event of the kind under test."""
+        return strat.schedules(max_layers=self.max_layers, kinds=self.kinds(),
+                               max_events_per_layer=self.max_events_per_layer,
+                               fusion_rules=tuple(self.registry().fusion_rules()))
+
+    def _with_event(self, schedule: Schedule) -> Schedule:
+        assume(any(type(e) is self.event_class for e in schedule.events))
+        return schedule
+
+    # -- the checks -----------------------------------------------------------------------------
+    def test_contract(self) -> None:
+        problems = event_problems(self.event_class)
+        _expect(not problems, f"event {_name(self.event_class)!r} breaks the event contract: " + "; ".join(problems))
+
+    def test_draws_events_that_explain_and_round_trip_through_json(self) -> None:
+        kinds = {cls.kind: cls for cls in self.kinds()}
+
+        def check(schedule: Schedule) -> None:
+            schedule = self._with_event(schedule)
+            text = schedule.explain()
+            for event in schedule.events:
+                _expect(event.describe() in text, f"explain() lacks the line of {event!r}")
+            again = Schedule.from_json(schedule.to_json(), kinds)
+            _expect(again == schedule, f"{_name(self.event_class)}: the schedule changed through JSON:\n{text}")
+
+        self._run(check, self.schedules())
+
+    def test_batch_equals_samples_one_by_one_and_cached_decoding_equals_recompute(self) -> None:
+        from vtsched.core.generation import GenerationConfig, generate
+
+        def check(schedule: Schedule, shape: Any, inputs: tuple[list[Any], list[str]], seed: int) -> None:
+            schedule = self._with_event(schedule)
+            scheduler, batch = self._scheduler_and_batch(schedule, shape, inputs)
+            engine = scheduler.engine
+            partition = random_partition(schedule, batch.num_visual, seed)
+            config = GenerationConfig(max_new_tokens=2)
+            together = generate(engine, batch, schedule, partition, config, keep_logits=True)
+            for b in range(len(batch)):
+                alone = generate(engine, batch.select([b]), schedule,
+                                 Partition(partition.groups, (partition.assignment[b],)), config, keep_logits=True)
+                for step, logits in enumerate(alone.step_logits):
+                    _close(together.step_logits[step][b], logits[0], self.atol, 0.0,
+                           f"{_name(self.event_class)}: sample {b} at step {step} differs in a batch from alone "
+                           f"under\n{schedule.explain()}")
+            tail = [torch.tensor(t[:1], dtype=torch.long) for t in together.tokens]
+            again = engine.prefill(batch, schedule, partition, tail=tail, use_cache=False)
+            _close(together.step_logits[1], again.logits, self.atol, 0.0,
+                   f"{_name(self.event_class)}: decoding from the cache differs from recomputing under\n"
+                   f"{schedule.explain()}")
+
+        self._run(check, self.schedules(), self.model_shapes(), strat.prompts(min_size=2, max_size=3),
+                  st.integers(0, 99), model=True)
+
+    def test_dry_run_flops_equal_the_executed_prefill(self) -> None:
+        from vtsched.core.cost import prefill_flops
+        from vtsched.core.tools.sweep_plan import estimate_prefill_flops
+
+        def check(schedule: Schedule, shape: Any, inputs: tuple[list[Any], list[str]], seed: int) -> None:
+            schedule = self._with_event(schedule)
+            scheduler, batch = self._scheduler_and_batch(schedule, shape, inputs)
+            engine, geometry = scheduler.engine, scheduler.adapter.geometry
+            partition = random_partition(schedule, batch.num_visual, seed)
+            ran = engine.prefill(batch, schedule, partition, use_cache=False)
+            sample = batch.samples[0]
+            roles = sample.roles
+            after_image = torch.arange(roles.numel()) > torch.nonzero(roles == Role.VISUAL).max()
+            sizes = {g: int(n) for g, n in zip(partition.groups, partition.sizes()[0])}
+            estimate = estimate_prefill_flops(
+                schedule, geometry, sizes, prefix=int((roles == Role.PREFIX).sum()), suffix=int(after_image.sum()),
+                question=int((roles == Role.QUESTION).sum()), share_prefix=engine.share_prefix)
+            executed = float(prefill_flops(ran.stats, geometry)[0])
+            _expect(abs(estimate - executed) <= 1e-9 * max(1.0, executed),
+                    f"{_name(self.event_class)}: the events account for {estimate:.6g} FLOPs, the engine ran "
+                    f"{executed:.6g}, under\n{schedule.explain()}")
+
+        self._run(check, self.schedules(), self.model_shapes(), strat.prompts(min_size=1, max_size=1),
+                  st.integers(0, 99), model=True)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _scheduler_and_batch(self, schedule: Schedule, shape: Any, inputs: tuple[list[Any], list[str]]):
+        import dataclasses
+
+        from vtsched.core.testing.models import bound_scheduler
+
+        model, processor = self.build_tiny_model(dataclasses.replace(shape, layers=schedule.num_layers))
+        scheduler = bound_scheduler(model, processor, self.registry())
+        batch = scheduler.prepare(*inputs)
+        return scheduler, batch
+
+
+def random_partition(schedule: Schedule, num_visual: list[int], seed: int) -> Partition:
+    """Every visual token of each sample in a random group of ``schedule``'s groups."""
+    g = torch.Generator().manual_seed(seed)
+    return Partition(schedule.groups, tuple(torch.randint(0, len(schedule.groups), (n,), generator=g)
+                                            for n in num_visual))
