@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = [
     "policy_problems", "partitioner_problems", "fusion_rule_problems", "adapter_problems", "command_problems",
-    "evaluator_problems", "event_problems", "PROBLEMS_OF_KIND",
+    "evaluator_problems", "event_problems", "ranker_problems", "PROBLEMS_OF_KIND",
     "KNOWN_RANKERS",
 ]
 
@@ -162,6 +162,18 @@ def event_problems(cls: Any) -> list[str]:
     return problems
 
 
+def ranker_problems(cls: Any) -> list[str]:
+    """A ranker: a subclass of ``Ranker`` with ``name`` and its own ``scores(event, run, at)``."""
+    from vtsched.core.events import Ranker
+
+    problems = _name_problems(cls)
+    if not (inspect.isclass(cls) and issubclass(cls, Ranker)):
+        return problems + ["is not a subclass of vtsched.core.events.Ranker"]
+    if cls.scores is Ranker.scores:
+        return problems + ["does not implement scores()"]
+    return problems + _method_problems(cls, "scores", ("event", "run", "at"))
+
+
 PROBLEMS_OF_KIND: dict[str, Callable[[Any], list[str]]] = {
     "policy": policy_problems,
     "partitioner": partitioner_problems,
@@ -170,4 +182,5 @@ PROBLEMS_OF_KIND: dict[str, Callable[[Any], list[str]]] = {
     "command": command_problems,
     "evaluator": evaluator_problems,
     "event": event_problems,
+    "ranker": ranker_problems,
 }

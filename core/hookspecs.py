@@ -111,3 +111,19 @@ def vtsched_register_events(register: Register) -> None:
     the contract, or a kind another plugin registered, is refused naming the plugin. The return value
     is ignored.
     """
+
+
+@hookspec
+def vtsched_register_rankers(register: Register) -> None:
+    """Register rankers: how a ``keep_top`` event scores the visual tokens it keeps.
+
+    Called once per registry. Call ``register(ranker_cls)``; the class subclasses
+    :class:`~vtsched.core.events.rankers.Ranker`, is built without arguments, and has a ``name`` (what
+    ``KeepTop.ranker`` names) and ``scores(event, run, at) -> (index, scores)``: two ``(rows, T)``
+    tensors, the positions of the stream's tokens and their scores (higher is kept first); optionally
+    ``unavailable(layer, num_layers)`` and ``probes(event, run, segment, at)`` (attention to read in
+    earlier layers). The built-in ``last_token_attention`` and ``next_layer_attention`` register
+    through this hook too. Scores that are not finite or of the wrong shape are refused when the event
+    runs, naming the ranker; a schedule naming an unregistered ranker is refused before the model runs.
+    The return value is ignored.
+    """

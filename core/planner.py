@@ -151,7 +151,10 @@ class Planner:
         schedule from a plugin's policy names the plugin."""
         geometry = self.geometry if num_visual is None else dataclasses.replace(self.geometry, num_visual=num_visual)
         try:
-            return policy.schedule(geometry, groups, budget)
+            schedule = policy.schedule(geometry, groups, budget)
+            for event in schedule.events:  # the rules and rankers it names: refused here, before any weights load
+                event.check_components(self.registry)
+            return schedule
         except ScheduleError as exc:
             plugin = self.registry.plugin_of("policy", policy.name) if hasattr(self.registry, "plugin_of") else None
             if plugin is None or plugin.startswith("vtsched."):

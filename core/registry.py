@@ -31,7 +31,7 @@ BUILTIN_PLUGINS = (
     "vtsched.policies",
     "vtsched.partitioners",
 )
-KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command", "evaluator", "event")
+KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command", "evaluator", "event", "ranker")
 _HOOK_OF_KIND = {
     "policy": "vtsched_register_policies",
     "partitioner": "vtsched_register_partitioners",
@@ -40,6 +40,7 @@ _HOOK_OF_KIND = {
     "command": "vtsched_register_commands",
     "evaluator": "vtsched_register_evaluators",
     "event": "vtsched_register_events",
+    "ranker": "vtsched_register_rankers",
 }
 
 
@@ -111,6 +112,10 @@ class Registry:
 
     def fusion_rules(self) -> dict[str, Any]:
         return {k: c.obj for k, c in self.components["fusion_rule"].items()}
+
+    def rankers(self) -> dict[str, Any]:
+        """Ranker classes by name: what a ``keep_top`` event may rank by."""
+        return {k: c.obj for k, c in self.components["ranker"].items()}
 
     def event_kinds(self) -> dict[str, Any]:
         """Event classes by kind: what a schedule file may name (``Schedule.from_dict(..., kinds=)``)."""

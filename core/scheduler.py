@@ -61,7 +61,8 @@ class Scheduler:
             self.adapter = adapter_class(model, processor, **dict(adapter_options or {}))
         except TypeError as exc:  # an option the family's adapter does not take
             raise InputError(f"adapter {adapter_class.name!r}: {exc}") from None
-        self.engine = Engine(self.adapter.decoder(), self.registry.fusion_rules(), share_prefix=share_prefix)
+        self.engine = Engine(self.adapter.decoder(), self.registry.fusion_rules(), share_prefix=share_prefix,
+                             rankers=self.registry.rankers())
         self.planner = Planner(self.registry, self.adapter.geometry, type(self.adapter).default_partitioner)
         self._calibrated: dict[tuple[Any, ...], Policy] = {}  # calibrations on a fixed data file, once each
 

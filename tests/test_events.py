@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtsched.core import GenerationConfig
+from vtsched.core import Budget, GenerationConfig
 from vtsched.core.errors import PluginError, ScheduleError
 from vtsched.core.events import BUILTIN_EVENTS, DrawState, Event, Layout
 from vtsched.core.hookspecs import hookimpl
@@ -244,3 +244,127 @@ class TestCarryEvent(EventConformance):
 
 class TestPluginEvent(EventConformance):
     event_class = Dampen
+
+
+# -- rankers: a registry kind ------------------------------------------------------------------------
+from vtsched.core.events import BUILTIN_RANKERS, Ranker  # noqa: E402
+from vtsched.core.events.rankers import LastTokenAttention, NextLayerAttention  # noqa: E402
+from vtsched.core.testing import RankerConformance  # noqa: E402
+
+
+class Reversed(LastTokenAttention):
+    """FastV's scores, negated: keeps the tokens the last prompt token attends to least."""
+
+    name = "reversed_attention"
+
+    def scores(self, event, run, at):
+        index, scores = super().scores(event, run, at)
+        return index, -scores
+
+
+class NotFinite(NextLayerAttention):
+    name = "not_finite"
+
+    def scores(self, event, run, at):
+        index, scores = super().scores(event, run, at)
+        return index, scores * float("nan")
+
+
+class RankerPlugin:
+    __name__ = "ranker-plugin"
+
+    @staticmethod
+    @hookimpl
+    def vtsched_register_rankers(register):
+        register(Reversed)
+        register(NotFinite)
+
+
+def _ranker_registry():
+    return build_registry(make_plugin_manager(load_entrypoints=False, extra=[RankerPlugin()]))
+
+
+def _fastv_like(num_layers, ranker, keep, layer=1):
+    return Schedule(num_layers, ("subject",), (Stream("main", ("subject",)),), "main",
+                    (KeepTop(layer, "main", "subject", keep, ranker),))
+
+
+def test_a_reversed_ranker_keeps_exactly_the_other_tokens():
+    """With n visual tokens and keep n/2, ranking by -scores keeps the complement of what the scores keep."""
+    from vtsched.core import Scheduler
+
+    model, processor = tiny_llava(TinyShape(layers=3, image_size=56), torch.float64)
+    s = Scheduler(model, processor, registry=_ranker_registry())
+    batch = s.prepare([random_image(4, 60, 60), random_image(5, 40, 70)], ["what colour?", "where is the square?"])
+    plan = s.plan(batch, s.make_policy("full"), None, None)
+    n = batch.num_visual[0]
+    kept = {}
+    for ranker in ("last_token_attention", "reversed_attention"):
+        out = s.engine.prefill(batch, _fastv_like(3, ranker, n // 2), plan.partition, use_cache=False,
+                               return_hidden=True)
+        kept[ranker] = [set(out.index[b][out.index[b] >= 0].tolist()) & set(batch.samples[b].visual_positions.tolist())
+                        for b in range(len(batch))]
+    for b, sample in enumerate(batch.samples):
+        visual = set(sample.visual_positions.tolist())
+        assert len(kept["last_token_attention"][b]) == len(kept["reversed_attention"][b]) == n // 2
+        assert kept["last_token_attention"][b] | kept["reversed_attention"][b] == visual
+        assert not kept["last_token_attention"][b] & kept["reversed_attention"][b]
+
+
+def test_a_ranker_returning_nan_fails_in_one_line_naming_it():
+    from vtsched.core import Scheduler
+
+    model, processor = tiny_llava(TinyShape(layers=3, image_size=42), torch.float32)
+    s = Scheduler(model, processor, registry=_ranker_registry())
+    batch = s.prepare([random_image(4, 40, 40)], ["what colour?"])
+    plan = s.plan(batch, s.make_policy("full"), None, None)
+    with pytest.raises(ScheduleError, match="ranker 'not_finite' returned scores that are not finite"):
+        s.engine.prefill(batch, _fastv_like(3, "not_finite", 2), plan.partition, use_cache=False)
+
+
+def test_a_schedule_naming_an_unknown_ranker_is_refused_before_the_model_runs(tmp_path):
+    from vtsched.core.planner import Planner
+
+    model, processor = tiny_llava(TinyShape(layers=3, image_size=42), torch.float32)
+    geometry = scheduler(model, processor).adapter.geometry
+    path = tmp_path / "s.json"
+    path.write_text(_fastv_like(3, "reversed_attention", 2).to_json())
+    planner = Planner(build_registry(make_plugin_manager(load_entrypoints=False)), geometry)
+    policy = planner.policy(f"schedule:{path}")
+    with pytest.raises(ScheduleError, match="unknown ranker 'reversed_attention'; known: last_token_attention, "
+                                            "next_layer_attention"):
+        planner.check(policy, Budget(ratio=1.0))
+
+
+def test_a_ranker_that_breaks_the_contract_is_refused_naming_the_plugin():
+    class NoScores(Ranker):
+        name = "no_scores"
+
+    class Plugin:
+        __name__ = "bad-ranker-plugin"
+
+        @staticmethod
+        @hookimpl
+        def vtsched_register_rankers(register):
+            register(NoScores)
+
+    with pytest.raises(PluginError, match="bad-ranker-plugin.*does not implement scores"):
+        build_registry(make_plugin_manager(load_entrypoints=False, extra=[Plugin()]))
+
+
+class TestLastTokenAttentionRanker(RankerConformance):
+    ranker_class = LastTokenAttention
+
+
+class TestNextLayerAttentionRanker(RankerConformance):
+    ranker_class = NextLayerAttention
+
+
+class TestPluginRanker(RankerConformance):
+    ranker_class = Reversed
+
+    def registry(self):
+        return _REGISTRY_WITH_RANKER
+
+
+_REGISTRY_WITH_RANKER = _ranker_registry()

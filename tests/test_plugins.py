@@ -103,7 +103,7 @@ def test_every_hook_is_documented():
     """Each hookspec has a docstring and a section in docs/plugins.md headed by its signature."""
     text = (DOCS / "plugins.md").read_text()
     hooks = [name for name, obj in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("vtsched_")]
-    assert len(hooks) == 7
+    assert len(hooks) == 8
     for name in hooks:
         assert getattr(hookspecs, name).__doc__, name
         assert f"### {name}(register)" in text, f"{name} is not documented in docs/plugins.md"
@@ -188,12 +188,16 @@ def test_every_built_in_component_meets_its_contract():
             assert check(component.obj) == [], (kind, component.name)
 
 
-def test_keep_top_with_a_ranker_the_engine_does_not_know_is_refused():
+def test_keep_top_with_a_ranker_the_registry_does_not_know_is_refused():
+    """Rankers are a registry kind: a schedule may name a plugin's; the registry refuses an unknown one."""
     from vtsched.core import KeepTop, ScheduleError
 
-    with pytest.raises(ScheduleError, match="the engine knows no ranker 'by_magic'"):
-        Schedule(4, ("subject",), (Stream("main", ("subject",)),), "main",
-                 (KeepTop(2, "main", "subject", 3, ranker="by_magic"),))
+    event = KeepTop(2, "main", "subject", 3, ranker="by_magic")
+    Schedule(4, ("subject",), (Stream("main", ("subject",)),), "main", (event,))  # a plugin's ranker, maybe
+    with pytest.raises(ScheduleError, match="unknown ranker 'by_magic'; known: last_token_attention"):
+        event.check_components(build_registry(make_plugin_manager(load_entrypoints=False)))
+    with pytest.raises(ScheduleError, match="ranker must be a ranker's name"):
+        Schedule(4, ("subject",), (Stream("main", ("subject",)),), "main", (KeepTop(2, "main", "subject", 3, ""),))
 
 
 def test_a_plugin_policy_whose_schedule_uses_an_unknown_ranker_is_refused_naming_the_plugin():
@@ -214,7 +218,7 @@ def test_a_plugin_policy_whose_schedule_uses_an_unknown_ranker_is_refused_naming
     registry = _registry_with(_plugin("vtsched_register_policies", Magic))
     config = llava_config("tiny")
     planner = Planner(registry, registry.adapter_for_config(config).geometry_from_config(config))
-    with pytest.raises(ScheduleError, match=r"knows no ranker 'by_magic'.*\(policy 'magic' from plugin 'bad'\)"):
+    with pytest.raises(ScheduleError, match=r"unknown ranker 'by_magic'.*\(policy 'magic' from plugin 'bad'\)"):
         planner.check(planner.policy("magic"), None)
 
 

@@ -9,11 +9,12 @@ from vtsched.core.cli.common import add_common, registry_for
 TITLES = {"policy": "policies", "partitioner": "partitioners", "fusion_rule": "fusion rules",
           "adapter": "model adapters", "command": "commands from plugins",
           "evaluator": "evaluators (dataset kinds for vtsched eval)",
-          "event": "schedule events (what the engine can do between layers)"}
+          "event": "schedule events (what the engine can do between layers)",
+          "ranker": "rankers (what keep_top events rank visual tokens by)"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters, commands, evaluators, events and plugins")
+    lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters, commands, evaluators, events, rankers and plugins")
     add_common(lister)
 
 

@@ -24,6 +24,7 @@ from vtsched.core.engine import decode
 from vtsched.core.engine.binding import bind, initial_rows
 from vtsched.core.engine.decode import DecodeState, decode_state
 from vtsched.core.engine.events import apply_events
+from vtsched.core.events.rankers import BUILTIN_RANKERS
 from vtsched.core.engine.loop import run_prefix, run_segment
 from vtsched.core.engine.run import PrefillRun
 from vtsched.core.engine.stats import RunStats
@@ -80,6 +81,7 @@ class Engine:
     Args:
         parts: the decoder pieces (from ``adapter.decoder()``).
         fusion_rules: name -> fusion rule class (from the registry).
+        rankers: name -> ranker class for ``keep_top`` events (from the registry; default: the built-ins).
         share_prefix: compute the common text prefix once when streams run in parallel.
         split_above: prompts longer than this many tokens run parallel streams in one layer call
             each instead of packed into one row (``None``: always packed). Packing costs exactly
@@ -94,6 +96,7 @@ class Engine:
         fusion_rules: Mapping[str, type[FusionRule]] | None = None,
         share_prefix: bool = True,
         split_above: int | None = SPLIT_ABOVE,
+        rankers: Mapping[str, type] | None = None,
     ) -> None:
         if parts.attn_implementation not in SUPPORTED_ATTENTION:
             raise ScheduleError(
@@ -102,6 +105,7 @@ class Engine:
             )
         self.parts = parts
         self.fusion_rules = dict(fusion_rules or {})
+        self.rankers = dict(rankers if rankers is not None else BUILTIN_RANKERS)
         self.share_prefix = share_prefix
         self.split_above = split_above
 
@@ -166,7 +170,7 @@ class Engine:
             for s in schedule.streams
         }
         return PrefillRun(
-            parts=self.parts, rules=self.fusion_rules, schedule=schedule, partition=partition, bound=bound,
+            parts=self.parts, rules=self.fusion_rules, rankers=self.rankers, schedule=schedule, partition=partition, bound=bound,
             streams=streams, stats=RunStats(batch_size=len(batch)), use_cache=use_cache,
         )
 

@@ -10,6 +10,7 @@ one call; nothing in it is shared with another call.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -90,6 +91,7 @@ class PrefillRun:
     Attributes:
         parts: the decoder pieces.
         rules: fusion rule classes by name.
+        rankers: ranker classes by name (what ``keep_top`` events rank by).
         schedule, partition: what runs.
         bound: the batch's per-token tables.
         streams: live streams' rows by name, ``(batch, T_s)`` each, sorted by position.
@@ -104,6 +106,7 @@ class PrefillRun:
 
     parts: DecoderParts
     rules: Mapping[str, type[FusionRule]]
+    rankers: Mapping[str, type]
     schedule: Schedule
     partition: Partition
     bound: Bound
@@ -115,6 +118,13 @@ class PrefillRun:
     readings: Readings = field(default_factory=Readings)
     cache: list[LayerCache] = field(default_factory=list)
     split: bool = False
+
+    def ranker(self, name: str) -> Any:
+        """An instance of the ranker called ``name``."""
+        try:
+            return self.rankers[name]()
+        except KeyError:
+            raise ScheduleError(f"unknown ranker {name!r}; known: {', '.join(sorted(self.rankers))}") from None
 
     def rule(self, name: str) -> type[FusionRule]:
         try:

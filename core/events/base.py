@@ -95,7 +95,7 @@ class DrawState:
     layer: int
     layout: Layout
     fusion_rules: tuple[str, ...]
-    rankers: tuple[str, ...]
+    rankers: Mapping[str, type]  # ranker classes by name
 
 
 class Event:

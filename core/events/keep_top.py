@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vtsched.core.errors import ScheduleError
 from vtsched.core.events.base import DrawState, Event, Layout, TokenCounts
-from vtsched.core.events.rankers import KNOWN_RANKERS, RANKERS
+from vtsched.core.events.rankers import BUILTIN_RANKERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from vtsched.core.engine.layout import Segment
@@ -63,11 +63,19 @@ class KeepTop(Event):
             raise ScheduleError(f"{self.stream} does not carry {self.group}")
         if not all(_valid_keep(k) for k in (self.keep if isinstance(self.keep, tuple) else (self.keep,))):
             raise ScheduleError("keep must be a count >= 0 or a ratio in (0, 1] (or one per sample)")
-        if self.ranker not in RANKERS:
-            raise ScheduleError(f"the engine knows no ranker {self.ranker!r}; rankers: {list(KNOWN_RANKERS)}")
-        reason = RANKERS[self.ranker].unavailable(self.layer, layout.num_layers)
+        if not isinstance(self.ranker, str) or not self.ranker:
+            raise ScheduleError("ranker must be a ranker's name")
+        ranker = BUILTIN_RANKERS.get(self.ranker)  # a plugin's ranker is checked against the registry
+        reason = ranker().unavailable(self.layer, layout.num_layers) if ranker is not None else None
         if reason:
             raise ScheduleError(reason)
+
+    def check_components(self, registry: Any) -> None:
+        """The ranker is registered (built-in or a plugin's) and can rank at this layer."""
+        rankers = registry.rankers()
+        if self.ranker not in rankers:
+            raise ScheduleError(f"{self.describe()}: unknown ranker {self.ranker!r}; known: "
+                                f"{', '.join(registry.names('ranker'))}")
 
     def count(self, tokens: TokenCounts) -> None:
         carried = tokens.visual[self.stream]
@@ -85,14 +93,14 @@ class KeepTop(Event):
 
     # -- the engine -------------------------------------------------------------------------------
     def probes(self, run: PrefillRun, segment: Segment, at: int) -> list[tuple[int, Probe]]:
-        return RANKERS[self.ranker].probes(self, run, segment, at)
+        return run.ranker(self.ranker).probes(self, run, segment, at)
 
     def apply(self, run: PrefillRun, at: int) -> None:
         """Keep the group's tokens that the ranker scored highest (stable on ties)."""
         import torch
 
         rows, bound = run.streams[self.stream], run.bound
-        ranked_index, ranked = RANKERS[self.ranker].scores(self, run, at)
+        ranked_index, ranked = self._scores(run, at)
         by_position = torch.full(bound.roles.shape, float("-inf"), device=ranked.device)
         valid = ranked_index >= 0
         by_position[torch.nonzero(valid)[:, 0], ranked_index[valid]] = ranked[valid]
@@ -110,6 +118,24 @@ class KeepTop(Event):
         run.streams[self.stream] = rows.keep(keep)
         if self.renumber:
             self._renumber(run)
+
+    def _scores(self, run: PrefillRun, at: int) -> tuple[Any, Any]:
+        """The ranker's ``(index, scores)``, refused in one line naming it when malformed."""
+        import torch
+
+        ranker = run.ranker(self.ranker)
+        reason = ranker.unavailable(self.layer, run.schedule.num_layers)
+        if reason:
+            raise ScheduleError(f"{self.describe()}: {reason}")
+        index, scores = ranker.scores(self, run, at)
+        if not (isinstance(index, torch.Tensor) and isinstance(scores, torch.Tensor)) or index.shape != scores.shape \
+                or index.dim() != 2 or index.shape[0] != run.streams[self.stream].num_rows:
+            shapes = tuple(getattr(index, "shape", ())), tuple(getattr(scores, "shape", ()))
+            raise ScheduleError(f"ranker {self.ranker!r} returned index/scores of shapes {shapes}; it must return "
+                                "two (rows, T) tensors, positions and their scores")
+        if not bool(torch.isfinite(scores[index >= 0]).all()):
+            raise ScheduleError(f"ranker {self.ranker!r} returned scores that are not finite (NaN or infinite)")
+        return index, scores
 
     def _renumber(self, run: PrefillRun) -> None:
         """The stream's tokens take rotary ids ``0..n-1`` in causal order, and the next token ``n``.
@@ -140,8 +166,8 @@ class KeepTop(Event):
         from hypothesis import strategies as st
 
         carried = [(s, g) for s, gs in state.layout.alive.items() for g in gs]
-        rankers = [r for r in state.rankers if r in RANKERS
-                   and RANKERS[r].unavailable(state.layer, state.layout.num_layers) is None]
+        rankers = [name for name, ranker in state.rankers.items()
+                   if ranker().unavailable(state.layer, state.layout.num_layers) is None]
         if not carried or not rankers:
             return None
         keep = st.one_of(st.integers(0, 8), st.floats(0.0, 1.0, exclude_min=True, allow_subnormal=False))

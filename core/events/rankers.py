@@ -1,6 +1,7 @@
 """How a ``keep_top`` event scores the visual tokens it chooses among: one small class per ranker.
 
-A ranker says at which layers it can score (:meth:`Ranker.unavailable`), which attention it needs
+Rankers are a registry kind (``vtsched_register_rankers``); the built-ins below register through
+that hook too, and ``keep_top`` looks its ``ranker`` up by name at run time. A ranker says at which layers it can score (:meth:`Ranker.unavailable`), which attention it needs
 read while earlier layers run (:meth:`Ranker.probes`; most read nothing) and the scores themselves
 (:meth:`Ranker.scores`: ``(index, scores)``, both ``(rows, T)``: positions and their scores).
 Scores are recomputed for the few query rows a ranker needs, on any attention backend: the model
@@ -20,11 +21,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from vtsched.core.engine.run import PrefillRun
     from vtsched.core.events.keep_top import KeepTop
 
-__all__ = ["Ranker", "LastTokenAttention", "NextLayerAttention", "RANKERS", "KNOWN_RANKERS"]
+__all__ = ["Ranker", "LastTokenAttention", "NextLayerAttention", "BUILTIN_RANKERS", "KNOWN_RANKERS"]
 
 
 class Ranker:
-    """Scores a stream's tokens for a ``keep_top`` event at its layer."""
+    """Scores a stream's tokens for a ``keep_top`` event at its layer (built without arguments, per use).
+
+    Implement :meth:`scores`; :meth:`unavailable` if it cannot rank at some layers; :meth:`probes` if
+    it needs attention read while earlier layers run (see :class:`LastTokenAttention`).
+    """
 
     name: ClassVar[str]
 
@@ -122,6 +127,6 @@ class RankProbe:
         run.readings.rank[self.at] = (self.index, probs[..., self.own][:, :, 0].mean(1))  # by position
 
 
-RANKERS: dict[str, Ranker] = {r.name: r for r in (LastTokenAttention(), NextLayerAttention())}
-KNOWN_RANKERS = tuple(RANKERS)
-"""The rankers a ``keep_top`` event may name."""
+BUILTIN_RANKERS: dict[str, type[Ranker]] = {r.name: r for r in (LastTokenAttention, NextLayerAttention)}
+KNOWN_RANKERS = tuple(BUILTIN_RANKERS)
+"""The built-in rankers (a registry adds its plugins': ``Registry.rankers()``)."""

@@ -17,12 +17,12 @@ from vtsched.core.testing.models import (  # noqa: F401
 from vtsched.core.testing.conformance import (  # noqa: F401
     AdapterConformance, FusionRuleConformance, PartitionerConformance, PolicyConformance,
 )
-from vtsched.core.testing.event_conformance import EventConformance  # noqa: F401
+from vtsched.core.testing.event_conformance import EventConformance, RankerConformance  # noqa: F401
 
 __all__ = [
     *_strategies_all,
     "bound_scheduler", "default_registry", "model_greedy_tokens", "model_logits", "processor_inputs",
     "shortened_logits",
     "AdapterConformance", "FusionRuleConformance", "PartitionerConformance", "PolicyConformance",
-    "EventConformance",
+    "EventConformance", "RankerConformance",
 ]

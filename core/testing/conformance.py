@@ -779,7 +779,7 @@ class AdapterConformance(_Kit):
         from vtsched.core.planner import Planner
 
         planner = Planner(self.registry(), adapter.geometry, type(adapter).default_partitioner)
-        return Engine(adapter.decoder(), self.registry().fusion_rules()), planner
+        return Engine(adapter.decoder(), self.registry().fusion_rules(), rankers=self.registry().rankers()), planner
 
     def _prepared(self, shape: Any, inputs: tuple[list[Any], list[str]]) -> tuple[Any, Any, Any, PromptBatch]:
         """The tiny model's adapter, an engine and a planner on it, and ``inputs`` prepared as a batch."""

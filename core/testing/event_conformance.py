@@ -36,7 +36,7 @@ from vtsched.core.testing import strategies as strat
 from vtsched.core.testing.conformance import _close, _expect, _Kit, _name
 from vtsched.core.tokens import Role
 
-__all__ = ["EventConformance"]
+__all__ = ["EventConformance", "RankerConformance"]
 
 
 class EventConformance(_Kit):
@@ -56,11 +56,19 @@ class EventConformance(_Kit):
         """Drawn schedules that contain at least one event of the kind under test."""
         return strat.schedules(max_layers=self.max_layers, kinds=self.kinds(),
                                max_events_per_layer=self.max_events_per_layer,
-                               fusion_rules=tuple(self.registry().fusion_rules()))
+                               fusion_rules=tuple(self.registry().fusion_rules()), rankers=self.rankers())
+
+    def rankers(self) -> dict[str, type]:
+        """Rankers a drawn ``keep_top`` may name (default: every ranker the registry has)."""
+        return self.registry().rankers()
 
     def _with_event(self, schedule: Schedule) -> Schedule:
-        assume(any(type(e) is self.event_class for e in schedule.events))
+        assume(any(self.is_tested(e) for e in schedule.events))
         return schedule
+
+    def is_tested(self, event: Any) -> bool:
+        """Whether ``event`` is what the kit tests (a drawn schedule without one is discarded)."""
+        return type(event) is self.event_class
 
     # -- the checks -----------------------------------------------------------------------------
     def test_contract(self) -> None:
@@ -148,3 +156,34 @@ def random_partition(schedule: Schedule, num_visual: list[int], seed: int) -> Pa
     g = torch.Generator().manual_seed(seed)
     return Partition(schedule.groups, tuple(torch.randint(0, len(schedule.groups), (n,), generator=g)
                                             for n in num_visual))
+
+
+class RankerConformance(EventConformance):
+    """Checks a ranker (set ``ranker_class``): the event kit's checks on schedules whose ``keep_top``
+    events rank by it (batch equals one by one, cached decoding equals recompute, FLOPs as declared),
+    plus the contract. The ranker must be in ``registry()`` (override it to add a ranker that is not
+    installed through an entry point)."""
+
+    ranker_class: ClassVar[type | None] = None
+
+    @property
+    def event_class(self) -> type:  # type: ignore[override]
+        from vtsched.core.events import KeepTop
+
+        return KeepTop
+
+    def rankers(self) -> dict[str, type]:
+        _expect(self.ranker_class is not None, f"{type(self).__name__}: set ranker_class")
+        assert self.ranker_class is not None
+        _expect(self.registry().rankers().get(self.ranker_class.name) is self.ranker_class,
+                f"{type(self).__name__}: ranker {self.ranker_class.name!r} is not in registry(); override registry()")
+        return {self.ranker_class.name: self.ranker_class}
+
+    def is_tested(self, event: Any) -> bool:
+        return type(event) is self.event_class and event.ranker == getattr(self.ranker_class, "name", None)
+
+    def test_contract(self) -> None:
+        from vtsched.core.contracts import ranker_problems
+
+        problems = ranker_problems(self.ranker_class)
+        _expect(not problems, f"ranker {_name(self.ranker_class)!r} breaks the ranker contract: " + "; ".join(problems))

@@ -15,7 +15,7 @@ Models are built with random weights and cached per shape, so a property can dra
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from functools import lru_cache
@@ -29,7 +29,7 @@ from vtsched.core.fusion import FusionInputs
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.pixels import TokenBoxes, grid_boxes
 from vtsched.core.partition import NON_SUBJECT, SUBJECT
-from vtsched.core.events import BUILTIN_EVENTS, KNOWN_RANKERS, DrawState, EndStream, Event, Layout
+from vtsched.core.events import BUILTIN_EVENTS, BUILTIN_RANKERS, DrawState, EndStream, Event, Layout
 from vtsched.core.schedule import Schedule, Stream
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
@@ -148,10 +148,10 @@ def group_sets(*, min_size: int = 1, max_size: int = 3, names: tuple[str, ...] =
 @st.composite
 def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: int = 3,
               max_events_per_layer: int = 2, fusion_rules: tuple[str, ...] = BUILTIN_FUSION_RULES,
-              kinds: Sequence[type[Event]] = BUILTIN_EVENTS, rankers: tuple[str, ...] = KNOWN_RANKERS) -> Schedule:
+              kinds: Sequence[type[Event]] = BUILTIN_EVENTS, rankers: Mapping[str, type] | None = None) -> Schedule:
     """Valid schedules drawing every event kind of ``kinds`` (default: the built-ins; a plugin passes
-    its own too, e.g. ``(*BUILTIN_EVENTS, MyEvent)``), on 1..max_streams streams that start with any
-    subsets of the groups.
+    its own too, e.g. ``(*BUILTIN_EVENTS, MyEvent)``) and every ranker of ``rankers`` (classes by name;
+    default: the built-ins), on 1..max_streams streams that start with any subsets of the groups.
 
     Events are drawn layer by layer from what each kind says is valid in the layout at that layer
     (:meth:`~vtsched.core.events.Event.draws`), and each drawn event applies its own effect
@@ -168,7 +168,7 @@ def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: in
     events: list[Event] = []
     for layer in range(num_layers + 1):
         for _ in range(draw(st.integers(0, max_events_per_layer))):
-            state = DrawState(layer, layout, tuple(fusion_rules), tuple(rankers))
+            state = DrawState(layer, layout, tuple(fusion_rules), BUILTIN_RANKERS if rankers is None else rankers)
             options = [o for o in (kind.draws(state) for kind in kinds) if o is not None]
             if not options:
                 break
