@@ -26,7 +26,7 @@ from vtsched.core.errors import BudgetError, ScheduleError, VtschedError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
-from vtsched.core.schedule import KeepTop, Schedule
+from vtsched.core.schedule import Fuse, KeepTop, Schedule
 from vtsched.core.tokens import PromptBatch
 
 __all__ = ["Planner", "Plan", "RequestCheck", "SCHEDULE_PREFIX"]
@@ -145,12 +145,28 @@ class Planner:
         schedule from a plugin's policy names the plugin."""
         geometry = self.geometry if num_visual is None else dataclasses.replace(self.geometry, num_visual=num_visual)
         try:
-            return policy.schedule(geometry, groups, budget)
+            return self.check_fusion(policy.schedule(geometry, groups, budget))
         except ScheduleError as exc:
             plugin = self.registry.plugin_of("policy", policy.name) if hasattr(self.registry, "plugin_of") else None
             if plugin is None or plugin.startswith("vtsched."):
                 raise
             raise ScheduleError(f"{exc} (policy {policy.name!r} from plugin {plugin!r})") from None
+
+    def check_fusion(self, schedule: Schedule) -> Schedule:
+        """``schedule``, once every fusion rule it names is registered and takes its parameters (an
+        unknown rule or ``alpha`` outside [0, 1] is refused here, not when the engine reaches it)."""
+        fusions = [e for e in schedule.events if isinstance(e, Fuse)]
+        if not fusions or not hasattr(self.registry, "fusion_rules"):
+            return schedule
+        rules = self.registry.fusion_rules()
+        for event in fusions:
+            if event.rule not in rules:
+                raise ScheduleError(f"unknown fusion rule {event.rule!r}; known: {', '.join(self.registry.names('fusion_rule'))}")
+            try:
+                rules[event.rule](**event.param_dict)
+            except (TypeError, ValueError) as exc:
+                raise ScheduleError(f"fusion rule {event.rule!r}: bad parameters {event.param_dict}: {exc}") from None
+        return schedule
 
     # -- the two entry points -------------------------------------------------------------------
     def check(self, policy: Policy, budget: Budget | None, partitioner: str | None = None,
