@@ -25,7 +25,7 @@ from vtsched.core.errors import InputError
 
 __all__ = [
     "at_least", "within", "add_output", "add_device", "check_request", "check_device", "check_prompt_fits",
-    "request_notes", "image_notes", "print_notes",
+    "request_notes", "image_notes", "print_notes", "check_adapter_options",
 ]
 
 
@@ -141,6 +141,20 @@ def check_prompt_fits(config: Any, num_visual: int, questions: Sequence[str], wh
             which = what if len(questions) == 1 else f"{what} {i + 1}"
             raise InputError(f"{which} has {words:,} words, at least {words + num_visual:,} tokens with the image's "
                              f"{num_visual} visual tokens; the model reads {limit:,} positions: shorten it")
+
+
+def check_adapter_options(adapter: type, options: dict[str, Any]) -> None:
+    """Refuse ``--adapter-param`` names the model family's adapter does not take, before weights load."""
+    import inspect
+
+    if not options:
+        return
+    parameters = inspect.signature(adapter.__init__).parameters
+    known = [n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"its options: {', '.join(known)}" if known else "it takes no options"
+        raise InputError(f"adapter {adapter.name!r} has no option {', '.join(unknown)}; {takes}")
 
 
 def request_notes(check: Any) -> list[str]:

@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from vtsched.core.budget import Budget
-    from vtsched.core.cli.checks import check_prompt_fits, image_notes, print_notes, request_notes
+    from vtsched.core.cli.checks import check_adapter_options, check_prompt_fits, image_notes, print_notes, request_notes
     from vtsched.core.errors import InputError
     from vtsched.core.generation import GenerationConfig
     from vtsched.core.io import load_image, write_atomic
@@ -59,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
     budget = Budget.parse(str(budget_text))
     check = planner.check(policy, budget, args.partitioner, partitioner_params)
     check_prompt_fits(config, planner.geometry.num_visual, [args.question])
+    check_adapter_options(registry.adapter_for_config(config), dict(args.adapter_param))
     print_notes([*request_notes(check), *image_notes([image], config)])
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})
