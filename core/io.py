@@ -91,12 +91,15 @@ def write_atomic(path: str | os.PathLike[str], text: str | bytes) -> Path:
     return p
 
 
-def prepare_output(path: str | os.PathLike[str], kind: str = "file", what: str | None = None) -> Path:
-    """Make sure ``path`` can be written before any work is done: create its folder, or refuse in one line.
+def prepare_output(path: str | os.PathLike[str], kind: str = "file", what: str | None = None, *,
+                   create: bool = True) -> Path:
+    """Make sure ``path`` can be written before any work is done, or refuse it in one line.
 
-    ``kind`` is ``"file"`` (its parent folder is created) or ``"folder"`` (the folder itself is). A
-    file where a folder has to be, a folder where the file has to be, or a place the user may not
-    write to is an :class:`InputError` naming ``what`` (the option, e.g. ``--out``).
+    ``kind`` is ``"file"`` (its parent folder is created) or ``"folder"`` (the folder itself is);
+    with ``create=False`` nothing is created, and the nearest existing folder above it must be
+    writable (what a command checks first, so a refused request leaves no empty folders). A file
+    where a folder has to be, a folder where the file has to be, or a place the user may not write
+    to is an :class:`InputError` naming ``what`` (the option, e.g. ``--out``).
     """
     p = Path(path).expanduser()
     label = f"{what} {path}" if what else str(path)
@@ -110,6 +113,12 @@ def prepare_output(path: str | os.PathLike[str], kind: str = "file", what: str |
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise InputError(f"{label}: {existing} is a file, so nothing can be written under it; choose another path")
+    if not create:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"{label}: folder {existing} is not writable")
+        if kind == "file" and p.exists() and not os.access(p, os.W_OK):
+            raise InputError(f"{label}: file exists and is not writable")
+        return p
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

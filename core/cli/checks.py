@@ -6,8 +6,9 @@ Three kinds of check live here, one place per concern:
   ``--scale -1``, ``--threshold -1``) is refused by the parser, in one line;
 - **declared resources**: a command declares its output locations with :func:`add_output` and its
   device with :func:`add_device`; :func:`check_request`, which ``vtsched`` runs on every command
-  line before the command itself, creates the output folders or refuses them (a file in the way, no
-  write permission) and refuses a device that is not there (``--device cuda`` without a GPU);
+  line before the command itself, refuses an output location that cannot be written (a file in the
+  way, no write permission; nothing is created until results are written, atomically) and a device
+  that is not there (``--device cuda`` without a GPU);
 - **the request against the model's config** (no weights): the policy, its fusion rule, the
   partitioner and the budget are the :class:`~vtsched.core.planner.Planner`'s check; here are the
   rest, which need the prompt: :func:`check_prompt_fits` (a prompt longer than the model's context)
@@ -71,7 +72,7 @@ def _declare(parser: argparse.ArgumentParser, key: str, entry: tuple[str, ...]) 
 
 def add_output(parser: argparse.ArgumentParser, flag: str, kind: str, **kwargs: Any) -> None:
     """``parser.add_argument(flag, ...)`` for an output location (``kind``: ``"file"`` or ``"folder"``),
-    which :func:`check_request` creates or refuses before the command runs."""
+    which :func:`check_request` refuses before the command runs if it cannot be written."""
     action = parser.add_argument(flag, **kwargs)
     _declare(parser, "_vtsched_outputs", (action.dest, kind, flag))
 
@@ -93,7 +94,7 @@ def check_request(args: argparse.Namespace) -> None:
     for dest, kind, flag in getattr(args, "_vtsched_outputs", None) or ():
         value = getattr(args, dest, None)
         if value:
-            prepare_output(value, kind, flag)
+            prepare_output(value, kind, flag, create=False)
 
 
 def check_device(text: str, what: str = "--device") -> str:

@@ -59,8 +59,8 @@ def main(args: argparse.Namespace) -> int:
     if args.executor == "local" and not devices:
         check_device(config.device, "[eval] device")
     if not args.dry_run:
-        prepare_output(config.results, "file", "results file")
-        prepare_output(config.out, "folder", "report folder")
+        prepare_output(config.results, "file", "results file", create=False)
+        prepare_output(config.out, "folder", "report folder", create=False)
     outcome = run_sweep(config, executor=args.executor, workers=args.workers, devices=devices,
               retry_failed=args.retry_failed, dry_run=args.dry_run, progress=not args.no_progress,
               no_plugins=args.no_plugins, cluster=args.cluster)
