@@ -130,7 +130,12 @@ class Scheduler:
     # -- running -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
         """The adapter's batch, each sample's question text kept in ``extras["question"]`` (what a
-        question-conditioned partitioner, such as the LISA plugin's ``lisa``, reads)."""
+        question-conditioned partitioner, such as the LISA plugin's ``lisa``, reads). PIL images of
+        other modes are converted as a viewer shows them (:func:`~vtsched.core.io.to_rgb`: 16-bit
+        scaled, transparency on white), not by the processor's clipping ``convert("RGB")``."""
+        from vtsched.core.io import to_rgb
+
+        images = [to_rgb(i) if getattr(i, "mode", "RGB") != "RGB" and hasattr(i, "convert") else i for i in images]
         batch = self.adapter.prepare(images, questions)
         for sample, question in zip(batch.samples, questions):
             sample.extras.setdefault("question", question)

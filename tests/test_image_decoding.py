@@ -120,3 +120,18 @@ def test_plain_modes_are_unchanged(tmp_path):
     _check(Image.fromarray(values, "RGB"), values.astype(np.float64), tmp_path, atol=0)
     grey = values[:, :, 0]
     _check(Image.fromarray(grey, "L"), _grey_rgb(grey.astype(np.float64)), tmp_path, atol=0)
+
+
+
+def test_the_python_api_converts_a_16_bit_image_as_load_image_does():
+    """``Scheduler.prepare`` given a PIL image of another mode sees what ``load_image`` would give."""
+    import torch
+
+    from vtsched.core import Scheduler
+
+    values = RNG.integers(0, 65536, size=(28, 28), dtype=np.uint16)
+    image = Image.fromarray(values)
+    scheduler = Scheduler.random("tiny")
+    features = [scheduler.prepare([i], ["what?"]).samples[0].visual_features
+                for i in (image, to_rgb(image), image.convert("RGB"))]
+    assert torch.equal(features[0], features[1]) and not torch.equal(features[0], features[2])
