@@ -289,7 +289,9 @@ def rgb_array(image: Any, who: str = "") -> Any:
     import numpy as np
 
     if hasattr(image, "convert"):
-        return np.asarray(image.convert("RGB"))
+        from vtsched.core.io import to_rgb
+
+        return np.asarray(to_rgb(image))
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         prefix = f"{who}: " if who else ""

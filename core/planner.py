@@ -151,15 +151,21 @@ class Planner:
         schedule from a plugin's policy names the plugin."""
         geometry = self.geometry if num_visual is None else dataclasses.replace(self.geometry, num_visual=num_visual)
         try:
-            schedule = policy.schedule(geometry, groups, budget)
-            for event in schedule.events:  # the rules and rankers it names: refused here, before any weights load
-                event.check_components(self.registry)
-            return schedule
+            return self.check_components(policy.schedule(geometry, groups, budget))
         except ScheduleError as exc:
             plugin = self.registry.plugin_of("policy", policy.name) if hasattr(self.registry, "plugin_of") else None
             if plugin is None or plugin.startswith("vtsched."):
                 raise
             raise ScheduleError(f"{exc} (policy {policy.name!r} from plugin {plugin!r})") from None
+
+    def check_components(self, schedule: Schedule) -> Schedule:
+        """``schedule``, once every component its events name is registered and takes their parameters
+        (an unknown fusion rule or ranker, ``alpha`` outside [0, 1]: refused here, before any weights
+        load, not when the engine reaches the event). Each event kind says what it names
+        (:meth:`~vtsched.core.events.Event.check_components`)."""
+        for event in schedule.events:
+            event.check_components(self.registry)
+        return schedule
 
     # -- the two entry points -------------------------------------------------------------------
     def check(self, policy: Policy, budget: Budget | None, partitioner: str | None = None,

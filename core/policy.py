@@ -168,4 +168,21 @@ def _convert(owner: str, key: str, value: Any, hint: Any) -> Any:
                 return None
         except ValueError:
             continue
-    raise VtschedError(f"{owner}: parameter {key}={value!r} is not a valid {hint}")
+    raise VtschedError(f"{owner}: parameter {key}={value!r} is not {_expected(hint)}")
+
+
+def _expected(hint: Any) -> str:
+    """What a value of ``hint`` looks like, in words: ``a whole number``, ``one of 'a', 'b'``, ..."""
+    options = get_args(hint) if get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    words = []
+    for option in options:
+        if get_origin(option) is Literal:
+            words.append("one of " + ", ".join(repr(v) for v in get_args(option)))
+        elif get_origin(option) is tuple:
+            words.append(f"a list of {_expected(get_args(option)[0]).removeprefix('a ')}s like 8/16/24")
+        elif option is type(None):
+            words.append("none")
+        else:
+            words.append({int: "a whole number", float: "a number", bool: "true or false", str: "text"}.get(
+                option, f"a {getattr(option, '__name__', option)}"))
+    return " or ".join(words)

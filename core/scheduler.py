@@ -75,16 +75,17 @@ class Scheduler:
         ``adapter_options`` are the family adapter's options (LLaVA-NeXT: ``image_size=672``)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from vtsched.core.io import read_config
+        from vtsched.core.io import check_processor_files, read_config
 
         config = read_config(path)
         registry = registry or build_registry()
         registry.adapter_for_config(config)  # refuses model types no adapter reads, before loading weights
-        try:
+        check_processor_files(path)
+        try:  # the processor first: a folder without one is refused before gigabytes of weights are read
+            processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=dtype or "auto", attn_implementation=attn_implementation
             )
-            processor = AutoProcessor.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot load {path!r}: {str(exc).splitlines()[0]}") from None
         return cls(model.to(device).eval(), processor, registry=registry,  # type: ignore[arg-type]
@@ -130,7 +131,12 @@ class Scheduler:
     # -- running -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
         """The adapter's batch, each sample's question text kept in ``extras["question"]`` (what a
-        question-conditioned partitioner, such as the LISA plugin's ``lisa``, reads)."""
+        question-conditioned partitioner, such as the LISA plugin's ``lisa``, reads). PIL images of
+        other modes are converted as a viewer shows them (:func:`~vtsched.core.io.to_rgb`: 16-bit
+        scaled, transparency on white), not by the processor's clipping ``convert("RGB")``."""
+        from vtsched.core.io import to_rgb
+
+        images = [to_rgb(i) if getattr(i, "mode", "RGB") != "RGB" and hasattr(i, "convert") else i for i in images]
         batch = self.adapter.prepare(images, questions)
         for sample, question in zip(batch.samples, questions):
             sample.extras.setdefault("question", question)

@@ -15,7 +15,35 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import Schedule
 
-__all__ = ["FixedSchedule"]
+__all__ = ["FixedSchedule", "read_schedule"]
+
+FORMAT = 1  # the "vtsched_schedule" value Schedule.to_dict writes
+
+
+def read_schedule(path: str) -> Schedule:
+    """The schedule saved in ``path``, or one line saying what is wrong with the file."""
+    import json
+
+    from vtsched.core.io import read_text
+
+    text = read_text(path, "schedule")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScheduleError(f"schedule file {path} is not JSON (line {exc.lineno}: {exc.msg}); "
+                            "save a schedule with `vtsched explain --json FILE`") from None
+    if not isinstance(data, dict) or "vtsched_schedule" not in data:
+        raise ScheduleError(f"schedule file {path} is not a vtsched schedule (no 'vtsched_schedule' key); "
+                            "save one with `vtsched explain --json FILE`")
+    if data["vtsched_schedule"] != FORMAT:
+        raise ScheduleError(f"schedule file {path} has schedule format {data['vtsched_schedule']!r}; this vtsched "
+                            f"reads format {FORMAT}: save it again with this vtsched's `explain --json`")
+    try:
+        return Schedule.from_dict(data)
+    except ScheduleError as exc:
+        raise ScheduleError(f"schedule file {path}: {exc}") from None
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ScheduleError(f"schedule file {path}: malformed schedule ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
@@ -35,9 +63,7 @@ class FixedSchedule(Policy):
         if self.fixed is None:
             if not self.path:
                 raise ScheduleError("schedule-file needs a schedule: -p path=FILE (or --schedule FILE)")
-            from vtsched.core.io import read_text
-
-            object.__setattr__(self, "fixed", Schedule.from_json(read_text(self.path, "schedule")))
+            object.__setattr__(self, "fixed", read_schedule(self.path))
         if not self.partitioner_name:
             object.__setattr__(self, "partitioner_name", str(self.saved.get("partitioner", "cls")))
 

@@ -3,7 +3,9 @@
 Plugins add commands through the ``vtsched_register_commands`` hook
 (:class:`~vtsched.core.commands.Command`); they are parsed and run like the built-in ones.
 
-User errors print one line (``vtsched: error: ...``) and exit 2; ``--traceback`` shows the
+User errors print one line (``vtsched: error: ...``) and exit 2, whether the parser finds them (a
+number out of range) or the request check (:mod:`vtsched.core.cli.checks`, run on every command line
+before its command: devices, output locations) or the command itself; ``--traceback`` shows the
 Python traceback instead, for bug reports.
 """
 
@@ -41,10 +43,17 @@ def _plugin_commands(registry: Any) -> dict[str, Any]:
     return commands
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose errors are one line and exit 2, like every other vtsched error."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"vtsched: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(plugin_commands: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     from vtsched.core.cli.common import add_common
 
-    parser = argparse.ArgumentParser(prog="vtsched", description="Vision-token scheduling for multimodal LLMs.")
+    parser = OneLineParser(prog="vtsched", description="Vision-token scheduling for multimodal LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         _module(command).add_parser(sub)
@@ -68,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(plugin_commands).parse_args(argv)
     args.registry = registry
     try:
+        from vtsched.core.cli.checks import check_request
+
+        check_request(args)
         if args.command in plugin_commands:
             return int(plugin_commands[args.command].run(args))
         return int(_module(args.command).main(args))
@@ -79,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vtsched: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vtsched explain | head`: the reader left; nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

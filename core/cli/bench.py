@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vtsched.core.cli.checks import add_device, add_output, at_least
 from vtsched.core.cli.common import add_common, read_config, registry_for
 
 # pdrop at budgets down to 64 of 576 needs its stages earlier than its default (see its docstring)
@@ -22,19 +23,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="cases to compare (default: every built-in policy family); full is always added")
     bench.add_argument("--budgets", nargs="+", default=None,
                        help="budgets per image (default: 192 128 64 scaled to the model's visual tokens)")
-    bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--batch-size", type=int, default=1)
-    bench.add_argument("--decode-tokens", type=int, default=8, help="decode steps timed per case (0: skip)")
-    bench.add_argument("--question-words", type=int, default=40, help="length of the benchmark question")
-    bench.add_argument("--device", default=None, help="cuda if available, else cpu")
+    bench.add_argument("--repeats", type=at_least(1), default=5)
+    bench.add_argument("--warmup", type=at_least(0), default=1)
+    bench.add_argument("--batch-size", type=at_least(1), default=1)
+    bench.add_argument("--decode-tokens", type=at_least(0), default=8, help="decode steps timed per case (0: skip)")
+    bench.add_argument("--question-words", type=at_least(1), default=40, help="length of the benchmark question")
+    add_device(bench, default=None, help="cuda if available, else cpu")
     bench.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                        help="default: bfloat16 on a GPU, float32 on a CPU")
     bench.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     bench.add_argument("--no-reference", action="store_true",
                        help="skip the transformers references (its forward on the full and shortened prompt, "
                             "its generate) that measure the engine's overhead")
-    bench.add_argument("--out", default="vtsched-out/bench", help="folder for results.json, results.csv, plot.png")
+    add_output(bench, "--out", "folder", default="vtsched-out/bench", help="folder for results.json, results.csv, plot.png")
     bench.add_argument("--no-progress", action="store_true")
     add_common(bench)
 
@@ -51,15 +52,13 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from vtsched.core.demo import QUESTION_WORDS, get_shape, llava_config, random_image
-    from vtsched.core.errors import InputError
+    from vtsched.core.cli.checks import check_prompt_fits
     from vtsched.core.planner import Planner
     from vtsched.core.scheduler import Scheduler
     from vtsched.core.tools.bench import expand_cases, run_bench
     from vtsched.core.tools.report import plot_time_vs_flops, write_csv, write_json
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is visible")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")  # an asked-for device is checked
     on_gpu = device.startswith("cuda")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
     registry = registry_for(args)
@@ -77,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
     budgets = args.budgets or default_budgets(geometry.num_visual)
     specs = args.policies or [p for p in DEFAULT_BENCH_POLICIES if p.split(":")[0] in registry.names("policy")]
     cases = expand_cases(planner, specs, budgets, keep_full=True)
+    check_prompt_fits(config, geometry.num_visual, [" ".join(["w"] * args.question_words)], "--question-words")
     print(f"bench: {shape_name} ({geometry.num_layers} layers, hidden {geometry.hidden_size}, "
           f"{geometry.num_visual} visual tokens) on {device}, {str(dtype).replace('torch.', '')}, "
           f"{len(cases)} cases x {args.repeats} runs", file=sys.stderr)

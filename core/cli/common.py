@@ -13,7 +13,8 @@ from vtsched.core.schedule import Schedule
 
 __all__ = [
     "DEFAULT_BUDGET", "key_value", "add_common", "add_policy_args", "registry_for", "read_config", "load_scheduler",
-    "with_run_meta", "config_and_source", "planner_for_model", "build_policy_routing_params",
+    "with_run_meta", "config_and_source", "planner_for_model", "planner_for_config", "model_config",
+    "build_policy_routing_params",
 ]
 
 DEFAULT_BUDGET = "0.111"  # 64 of LLaVA-1.5's 576 tokens: 88.9% pruned
@@ -53,23 +54,40 @@ def registry_for(args: argparse.Namespace) -> Any:
 
 
 def config_and_source(args: argparse.Namespace, shape: str) -> tuple[Any, str]:
-    """The config of ``--model`` if given, else of the named random shape; and what to call it."""
-    from vtsched.core.demo import llava_config
+    """The config of ``--model`` if given, else of the named random shape; and what to call it.
+
+    ``demo`` names the shipped demo model where it is installed (what ``run`` answers with when no
+    ``--model`` is given), so a schedule saved from it runs there; the random ``demo`` shape otherwise.
+    """
+    from vtsched.core.demo import demo_model_path, llava_config
 
     if getattr(args, "model", None):
         return read_config(args.model), args.model
+    shipped = demo_model_path() if shape == "demo" else None
+    if shipped is not None:
+        return read_config(str(shipped)), "the shipped demo model"
     return llava_config(shape), f"shape {shape}"
+
+
+def model_config(model: str | None) -> Any:
+    """The config of ``--model``, else of the shipped demo model (else the random demo shape): no weights."""
+    from vtsched.core.demo import demo_model_path, llava_config
+
+    path = model or demo_model_path()
+    return llava_config("demo") if path is None else read_config(str(path))
+
+
+def planner_for_config(config: Any, registry: Any) -> Any:
+    """A planner for a model of this config (its adapter's geometry and score partitioner)."""
+    from vtsched.core.planner import Planner
+
+    adapter = registry.adapter_for_config(config)
+    return Planner(registry, adapter.geometry_from_config(config), adapter.default_partitioner)
 
 
 def planner_for_model(model: str | None, registry: Any) -> Any:
     """A planner for ``--model`` (else the shipped demo model) from its config alone: no weights load."""
-    from vtsched.core.demo import demo_model_path, llava_config
-    from vtsched.core.planner import Planner
-
-    path = model or demo_model_path()
-    config = llava_config("demo") if path is None else read_config(str(path))
-    adapter = registry.adapter_for_config(config)
-    return Planner(registry, adapter.geometry_from_config(config), adapter.default_partitioner)
+    return planner_for_config(model_config(model), registry)
 
 
 def load_scheduler(model: str | None, registry: Any, device: str = "cpu", **kwargs: Any) -> Any:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from vtsched.core.cli.common import add_common, load_scheduler, planner_for_model, registry_for
+from vtsched.core.cli.checks import add_device, add_output, at_least
+from vtsched.core.cli.common import add_common, load_scheduler, model_config, planner_for_config, registry_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,11 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     help="partitioners crossed with every policy that needs one (default: each policy's own); "
                     "`mask` reads the dataset's own masks")
     ev.add_argument("--budgets", nargs="+", default=["7"], help="budgets per image")
-    ev.add_argument("--limit", type=int, default=None, help="only the first N samples")
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--max-new-tokens", type=int, default=4)
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--out", default="vtsched-out/eval", help="folder for results.json and results.csv")
+    ev.add_argument("--limit", type=at_least(1), default=None, help="only the first N samples")
+    ev.add_argument("--batch-size", type=at_least(1), default=16)
+    ev.add_argument("--max-new-tokens", type=at_least(1), default=4)
+    add_device(ev, default="cpu")
+    add_output(ev, "--out", "folder", default="vtsched-out/eval", help="folder for results.json and results.csv")
     ev.add_argument("--no-progress", action="store_true")
     add_common(ev)
 
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vtsched.core.cli.checks import check_prompt_fits
     from vtsched.core.evaluators import evaluator_for
     from vtsched.core.tools.bench import expand_cases
     from vtsched.core.tools.evaluate import cross_partitioners, evaluate, load_items
@@ -45,11 +47,13 @@ def main(args: argparse.Namespace) -> int:
     served = evaluator_for(registry, args.data)
     if served is not None:
         return _run_evaluator(args, registry, *served)
-    planner = planner_for_model(args.model, registry)
+    config = model_config(args.model)
+    planner = planner_for_config(config, registry)
     cases = expand_cases(planner, args.policies, args.budgets, keep_full=False)
     if args.partitioners:
         cases = cross_partitioners(planner, cases, args.partitioners, data=args.data)
     items = load_items(args.data, args.limit)
+    check_prompt_fits(config, planner.geometry.num_visual, [item.question for item in items], "question of sample")
     scheduler = load_scheduler(args.model, registry, args.device)
     report = evaluate(scheduler, items, cases, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       progress=not args.no_progress, data=args.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from vtsched.core.cli.checks import add_output, print_notes, request_notes
 from vtsched.core.cli.common import (
     add_common, add_policy_args, build_policy_routing_params, config_and_source, registry_for, with_run_meta,
 )
@@ -12,9 +13,10 @@ from vtsched.core.cli.common import (
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     explain = sub.add_parser("explain", help="print the schedule a policy would run (no weights needed)")
     add_policy_args(explain)
-    explain.add_argument("--shape", default="llava-1.5-7b", help="named model shape (see vtsched.core.demo)")
+    explain.add_argument("--shape", default="llava-1.5-7b",
+                         help="named model shape (see vtsched.core.demo); demo: the shipped demo model")
     explain.add_argument("--model", default=None, help="read the geometry from this checkpoint's config instead")
-    explain.add_argument("--json", default=None, metavar="FILE", help="write the schedule JSON to FILE")
+    add_output(explain, "--json", "file", default=None, metavar="FILE", help="write the schedule JSON to FILE")
     add_common(explain)
 
 
@@ -36,6 +38,7 @@ def main(args: argparse.Namespace) -> int:
     check = planner.check(policy, budget, args.partitioner, partitioner_params)
     if check.schedule is None:
         raise VtschedError(f"policy {policy.name!r} chooses its schedule on data; run `vtsched search-k` to see it")
+    print_notes(request_notes(check))
     print(f"model: {source} ({geometry.num_layers} layers, {geometry.num_visual} visual tokens per image)")
     keep = budget.resolve(geometry.num_visual)
     if check.partitioner is not None:

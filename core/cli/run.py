@@ -6,9 +6,10 @@ import argparse
 import json
 from typing import Any
 
+from vtsched.core.cli.checks import add_device, add_output, at_least, within
 from vtsched.core.cli.common import (
     DEFAULT_BUDGET, add_common, add_policy_args, build_policy_routing_params, key_value, load_scheduler,
-    planner_for_model, registry_for,
+    model_config, planner_for_config, registry_for,
 )
 
 
@@ -20,18 +21,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run.add_argument("--question", required=True)
     add_policy_args(run)
     run.add_argument("--schedule", default=None, help="run this schedule JSON (from `explain --json`) as it is")
-    run.add_argument("--max-new-tokens", type=int, default=32)
+    run.add_argument("--max-new-tokens", type=at_least(1), default=32)
     run.add_argument("--do-sample", action="store_true")
     run.add_argument("--temperature", type=float, default=1.0)
-    run.add_argument("--top-k", type=int, default=0)
-    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--top-k", type=at_least(0), default=0)
+    run.add_argument("--top-p", type=within(0.0, 1.0, low_open=True), default=1.0)
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="cpu")
+    add_device(run, default="cpu")
     run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     run.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
     run.add_argument("--adapter-param", action="append", type=key_value, default=[], metavar="NAME=VALUE",
                      help="model-family option, e.g. --adapter-param image_size=672 for LLaVA-NeXT (fix the input at 672x672)")
-    run.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    add_output(run, "--json", "file", default=None, metavar="FILE", help="also write the result as JSON")
     add_common(run)
 
 
@@ -39,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from vtsched.core.budget import Budget
+    from vtsched.core.cli.checks import check_adapter_options, check_prompt_fits, image_notes, print_notes, request_notes
     from vtsched.core.errors import InputError
     from vtsched.core.generation import GenerationConfig
     from vtsched.core.io import load_image, write_atomic
@@ -48,13 +50,17 @@ def main(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     registry = registry_for(args)
     # Check the request against the config before loading (possibly many GB of) weights.
-    planner = planner_for_model(args.model, registry)
+    config = model_config(args.model)
+    planner = planner_for_config(config, registry)
     policy, partitioner_params = build_policy_routing_params(
         planner, f"schedule:{args.schedule}" if args.schedule else args.policy, args.partitioner,
         {} if args.schedule else dict(args.param), dict(args.partitioner_param))
     budget_text = args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET
     budget = Budget.parse(str(budget_text))
     check = planner.check(policy, budget, args.partitioner, partitioner_params)
+    check_prompt_fits(config, planner.geometry.num_visual, [args.question])
+    check_adapter_options(registry.adapter_for_config(config), dict(args.adapter_param))
+    print_notes([*request_notes(check), *image_notes([image], config)])
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})
     if args.adapter_param:

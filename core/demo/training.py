@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from vtsched.core.demo.shapes import Shape, build_random_llava
+from vtsched.core.errors import InputError
+from vtsched.core.io import apply_umask
 from vtsched.core.demo.synthetic import (
     BACKGROUNDS, MARK_SIZE, POSITIONS, QUESTIONS, SHAPES, SUBJECT_COLOURS, SyntheticSample, _mark_origin, draw_scene,
     render, scene_rng,
@@ -234,6 +236,7 @@ def train_demo(out: str | Path, config: TrainConfig = TrainConfig(), progress: b
     out = Path(out)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    apply_umask(out.iterdir())  # safetensors writes the weights 0600; every file gets the user's umask
     facts = {"config": asdict(config), "shape": asdict(DEMO_SHAPE), "minutes": (time.time() - started) / 60,
              "parameters": sum(p.numel() for p in model.parameters()), "history": history,
              "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -253,6 +256,8 @@ def train_demo_recipe(out: str | Path, seed: int = 0, device: str = "cpu", progr
     """Both phases of :data:`RECIPE` from ``seed`` (``scale`` shortens them, for trying it out)."""
     from dataclasses import replace
 
+    if not scale > 0:
+        raise InputError(f"scale must be above 0 (1.0 is the shipped recipe), not {scale}")
     out = Path(out)
     first = replace(RECIPE[0], seed=seed, device=device, steps=max(1, int(RECIPE[0].steps * scale)))
     facts_first = train_demo(out / "phase1", first, progress)

@@ -130,7 +130,7 @@ class PrefillRun:
         try:
             return self.rules[name]
         except KeyError:
-            raise ScheduleError(f"unknown fusion rule {name!r}; known: {sorted(self.rules)}") from None
+            raise ScheduleError(f"unknown fusion rule {name!r}; known: {', '.join(sorted(self.rules))}") from None
 
     def join_prefix(self) -> None:
         """One stream left: the shared prefix joins it as ordinary tokens, and the context ends.

@@ -133,7 +133,10 @@ def summarise(predictions: Sequence[Prediction], cases: Sequence[str]) -> list[d
 
 def load_items(spec: str, limit: int | None = None) -> list[EvalItem]:
     """Items from ``synthetic:SEED:IMAGES``, a JSONL file (+ image folder), or ``hf:PATH[:SPLIT]``
-    (a Hugging Face ``datasets`` dataset saved on disk, with image/question/answer columns)."""
+    (a Hugging Face ``datasets`` dataset saved on disk, with image/question/answer columns); the first
+    ``limit`` of them (at least 1; ``None``: all)."""
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be at least 1 sample, not {limit}")
     if spec.startswith("synthetic:"):
         from vtsched.core.demo.synthetic import generate
 
@@ -149,7 +152,7 @@ def load_items(spec: str, limit: int | None = None) -> list[EvalItem]:
         items = _jsonl_items(Path(spec))
     if not items:
         raise InputError(f"the dataset {spec!r} has no samples")
-    return items[:limit] if limit else items
+    return items[:limit] if limit is not None else items
 
 
 def _jsonl_items(path: Path) -> list[EvalItem]:

@@ -24,7 +24,7 @@ from vtsched.core.tools.launch import InlineExecutor, Job, make_executor
 from vtsched.core.tools.sweep_config import SweepConfig, load_config
 from vtsched.core.tools.sweep_plan import Cell, resolve_cells, shard_cells
 from vtsched.core.tools.sweep_report import summary_rows, summary_table, summary_text, write_report
-from vtsched.core.tools.sweep_results import ResultsFile, SweepLock, read_rows
+from vtsched.core.tools.sweep_results import ResultsFile, SweepLock, drop_torn_tail, read_rows
 from vtsched.core.tools.sweep_run import Ranks, run_cells
 
 __all__ = ["run_sweep", "SweepOutcome", "load_config", "dry_run_table", "Progress"]
@@ -37,6 +37,7 @@ class SweepOutcome:
     cells: list[Cell]
     ran: int = 0
     skipped: int = 0
+    failed: int = 0  # cells of this config whose latest result is a failure
     rows: list[dict[str, Any]] = field(default_factory=list)  # summary rows, one per cell with a result
     files: list[Path] = field(default_factory=list)
     wall_s: float = 0.0
@@ -142,6 +143,9 @@ def run_sweep(
     if ranks.main:
         try:
             lock.acquire()
+            if drop_torn_tail(results):
+                print(f"note: dropped the unfinished last line of {results.name} (a run cut off mid-write); "
+                      "its cell runs again", file=sys.stderr)
             done = ResultsFile.read(results)
             finished, failed = done.finished(), done.failed()
             pending = [c for c in cells if c.hash not in finished and (
@@ -189,6 +193,7 @@ def run_sweep(
         if ranks.main:
             latest = ResultsFile.read(results).latest()
             mine = [latest[c.hash] for c in cells if c.hash in latest]
+            outcome.failed = sum(r.get("status") == "failed" for r in mine)
             outcome.rows = summary_rows(mine)
             if report:
                 print(summary_text(outcome.rows), file=out)

@@ -27,7 +27,7 @@ from typing import Any
 
 from vtsched.core.errors import InputError
 
-__all__ = ["FORMAT", "ResultsFile", "SweepLock", "append_row", "read_rows"]
+__all__ = ["FORMAT", "ResultsFile", "SweepLock", "append_row", "read_rows", "drop_torn_tail"]
 
 FORMAT = 1  # the row format; bump when a row's meaning changes
 
@@ -61,6 +61,33 @@ def append_row(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
     return True
+
+
+def drop_torn_tail(path: str | os.PathLike[str]) -> int:
+    """Drop a last line cut short by a crash mid-write (its cell runs again); the bytes dropped.
+
+    A sweep calls this under its lock before it reads what is done, so the rows it follows as cells
+    finish start at a line boundary.
+    """
+    p = Path(path)
+    if not p.exists():
+        return 0
+    fd = os.open(p, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end == 0:
+            return 0
+        os.lseek(fd, end - 1, os.SEEK_SET)
+        if os.read(fd, 1) == b"\n":
+            return 0
+        keep = _last_newline(fd, end)
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        return end - keep
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _has_ok_row(fd: int, end: int, cell: str) -> bool:
@@ -105,13 +132,25 @@ def read_rows(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[dict[
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            raise InputError(f"{p}: line {number} is not a sweep result row (not JSON); is this a sweep results "
-                             "file? use another results path") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
         if not isinstance(row, dict):
-            raise InputError(f"{p}: line {number} is not a sweep result row; use another results path")
+            before = 0  # line numbers count from the file's start
+            if offset:
+                with p.open("rb") as handle:
+                    before = handle.read(offset).count(b"\n")
+            raise InputError(_bad_line(p, before + number, bool(rows) or before > 0))
         rows.append(row)
     return rows, offset + end
+
+
+def _bad_line(path: Path, number: int, after_rows: bool) -> str:
+    """The refusal of a line that is not a row: damage to fix in place after good rows, else a wrong file."""
+    if after_rows:
+        return (f"{path}: line {number} is not a sweep result row (not a JSON object): the file is damaged there; "
+                f"delete line {number} (the other rows are kept, and its cell runs again) and run the sweep again")
+    return (f"{path}: line {number} is not a sweep result row (not a JSON object); if this is a sweep results file, "
+            f"delete line {number} and run again, else give the sweep another results path")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vtsched.core.commands import Command
+from vtsched.core.cli.checks import add_device, add_output, at_least
 from vtsched.core.errors import InputError
 
 __all__ = ["SegmentCommand", "SegmentEvalCommand", "TrainDemoLisaCommand", "evaluate_segmentation", "segmentation_cases",
@@ -29,7 +30,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="LISA checkpoint folder (default: the demo LISA, if shipped)")
     parser.add_argument("--clip", default=None,
                         help="CLIP ViT-L/14-224 folder (default: MODEL/clip, else the config's mm_vision_tower)")
-    parser.add_argument("--device", default="cpu")
+    add_device(parser, default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
@@ -78,9 +79,9 @@ class SegmentCommand(Command):
         parser.add_argument("--generate", action="store_true",
                             help="generate the answer and decode its [SEG] (default: teacher-forced '[SEG].', as "
                                  "LISA evaluates)")
-        parser.add_argument("--max-new-tokens", type=int, default=32)
-        parser.add_argument("--out", default="vtsched-out/segment", help="folder for mask.png and overlay.png")
-        parser.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+        parser.add_argument("--max-new-tokens", type=at_least(1), default=32)
+        add_output(parser, "--out", "folder", default="vtsched-out/segment", help="folder for mask.png and overlay.png")
+        add_output(parser, "--json", "file", default=None, metavar="FILE", help="also write the result as JSON")
 
     @classmethod
     def run(cls, args: argparse.Namespace) -> int:
@@ -133,13 +134,13 @@ class SegmentEvalCommand(Command):
         _model_args(parser)
         parser.add_argument("--data", required=True,
                             help="a JSONL file (image, mask, question), a ReasonSeg folder or synthetic:SEED:IMAGES")
-        parser.add_argument("--limit", type=int, default=None)
+        parser.add_argument("--limit", type=at_least(1), default=None)
         parser.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES),
                             help="NAME[:PARAM=VALUE,...]; full always runs")
         parser.add_argument("--budgets", nargs="+", default=["0.111"])
         parser.add_argument("--partitioner", default=None)
         parser.add_argument("--partitioner-param", action="append", default=[], metavar="NAME=VALUE", type=key_value)
-        parser.add_argument("--json", default=None, metavar="FILE", help="also write rows and per-item results")
+        add_output(parser, "--json", "file", default=None, metavar="FILE", help="also write rows and per-item results")
 
     @classmethod
     def run(cls, args: argparse.Namespace) -> int:
@@ -173,13 +174,13 @@ class TrainDemoLisaCommand(Command):
         from vtsched_lisa.training import TrainConfig
 
         defaults = TrainConfig()
-        parser.add_argument("--out", default="vtsched-out/demo-lisa")
-        parser.add_argument("--seed", type=int, default=0)
+        add_output(parser, "--out", "folder", default="vtsched-out/demo-lisa")
+        parser.add_argument("--seed", type=at_least(0), default=0)
         parser.add_argument("--steps", type=int, default=defaults.steps,
                             help=f"optimiser steps (default {defaults.steps} reproduces the shipped demo LISA)")
         parser.add_argument("--threads", type=int, default=defaults.threads,
                             help="torch threads (the shipped one was trained on 1)")
-        parser.add_argument("--device", default="cpu")
+        add_device(parser, default="cpu")
         parser.add_argument("--no-progress", action="store_true")
 
     @classmethod
