@@ -97,10 +97,8 @@ class Planner:
             name = SCHEDULE_FILE_POLICY
         if name == SCHEDULE_FILE_POLICY and params and params.get("path") and params.get("fixed") is None:
             # read here, with the registry's event kinds: a saved schedule may use a plugin's events
-            from vtsched.core.io import read_text
-
-            text = read_text(str(params["path"]), "schedule")
-            params = dict(params, fixed=Schedule.from_json(text, self.registry.event_kinds()))
+            reader = self.registry.policy(name).read
+            params = dict(params, fixed=reader(str(params["path"]), self.registry.event_kinds()))
         policy = self.registry.policy(name).from_params(params)
         return policy  # type: ignore[no-any-return]
 

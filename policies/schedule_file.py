@@ -6,8 +6,9 @@ records the budget and partitioner the run needs, so a saved schedule reproduces
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vtsched.core.budget import Budget
 from vtsched.core.errors import ScheduleError
@@ -20,8 +21,10 @@ __all__ = ["FixedSchedule", "read_schedule"]
 FORMAT = 1  # the "vtsched_schedule" value Schedule.to_dict writes
 
 
-def read_schedule(path: str) -> Schedule:
-    """The schedule saved in ``path``, or one line saying what is wrong with the file."""
+def read_schedule(path: str, kinds: Mapping[str, type] | None = None) -> Schedule:
+    """The schedule saved in ``path``, or one line saying what is wrong with the file.
+
+    ``kinds``: event classes by kind (the registry's, so a plugin's events load; default: core's)."""
     import json
 
     from vtsched.core.io import read_text
@@ -39,7 +42,7 @@ def read_schedule(path: str) -> Schedule:
         raise ScheduleError(f"schedule file {path} has schedule format {data['vtsched_schedule']!r}; this vtsched "
                             f"reads format {FORMAT}: save it again with this vtsched's `explain --json`")
     try:
-        return Schedule.from_dict(data)
+        return Schedule.from_dict(data, kinds)
     except ScheduleError as exc:
         raise ScheduleError(f"schedule file {path}: {exc}") from None
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
@@ -55,6 +58,7 @@ class FixedSchedule(Policy):
     """
 
     name: ClassVar[str] = "schedule-file"
+    read: ClassVar[Any] = staticmethod(read_schedule)  # how the planner reads ``path`` with the registry's kinds
     path: str = ""
     fixed: Schedule | None = None
     partitioner_name: str = ""

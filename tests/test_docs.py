@@ -99,3 +99,11 @@ def test_site_builds_strictly(tmp_path):
     )
     assert (tmp_path / "index.html").exists()
     assert (tmp_path / "api" / "engine" / "index.html").exists()
+
+
+@pytest.mark.parametrize(("tutorial", "module"), [("tutorial-write-a-ranker.md", "ranker.py"),
+                                                  ("tutorial-write-an-event.md", "event.py")])
+def test_ranker_and_event_tutorials_finish_with_the_example_plugin(tutorial, module):
+    title = f"plugins/vtsched-example-events/vtsched_example_events/{module}"
+    assert titled_block(DOCS / tutorial, title) == (ROOT / title).read_text(), (
+        f"the finished file in docs/{tutorial} differs from {title}; make them equal")
