@@ -371,7 +371,7 @@ def _draw_kept(show: Show, fig: Any) -> None:
                 view_name = f" · {name}" if len(views) > 1 else ""
                 _image_axes(ax, show.panel(record["visual"], view),
                             f"{stream}{mark}, {span}{view_name}\n{len(record['visual'])} visual{carried}")
-    fig.suptitle("visual tokens each stream carries, per run of layers (* survives into decoding)", fontsize=9)
+    fig.suptitle("visual tokens per stream and run of layers (* survivor)", fontsize=9)
     _legend(fig, show)
 
 
@@ -451,13 +451,13 @@ def _draw_attention(show: Show, fig: Any) -> None:
             _image_axes(ax, show.panel(carried, view, colours),
                         f"layer {a['layer']}, {a['stream']}{view_name}\n"
                         f"{100 * values.sum() / max(a['total'], 1e-12):.1f}% of its attention on the image")
-    fig.suptitle("where the last prompt token looks (head-averaged attention; brighter = more)", fontsize=9)
+    fig.suptitle("last prompt token's attention (brighter = more)", fontsize=9)
 
 
 def _grid_size(show: Show, rows: int, cols: int) -> tuple[float, float]:
     width, height = show.data["image_size"]
     cell = 2.1
-    return (max(4.0, cols * cell), rows * cell * height / max(width, 1) + 1.1)
+    return (max(4.6, cols * cell), rows * cell * height / max(width, 1) + 1.1)
 
 
 _SIZES: dict[str, Any] = {
