@@ -25,7 +25,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 COMMANDS = {
     "run": "run", "explain": "explain", "list": "list", "bench": "bench", "search-k": "search_k",
     "eval": "eval", "train-demo": "train_demo",
-    "sweep": "sweep", "show": "show",
+    "sweep": "sweep", "show": "show", "report": "report",
 }
 
 
