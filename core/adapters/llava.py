@@ -56,11 +56,21 @@ class LlavaAdapter(ModelAdapter):
         layer = self.model.config.vision_feature_layer
         return layer[-1] if isinstance(layer, (list, tuple)) else layer
 
-    @torch.inference_mode()
     def encode_images(
         self, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Projected features ``(B, Nv, D)``, CLS scores ``(B, Nv)`` and patch keys in one tower pass.
+        """Projected features ``(B, Nv, D)``, CLS scores ``(B, Nv)`` and patch keys in one tower pass
+        (:meth:`encode_images_with_inputs` without the projector's input)."""
+        features, cls, keys, _ = self.encode_images_with_inputs(pixel_values)
+        return features, cls, keys
+
+    @torch.inference_mode()
+    def encode_images_with_inputs(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """Projected features ``(B, Nv, D)``, CLS scores ``(B, Nv)``, patch keys and the projector's
+        input ``(B, Nv, C)`` (the selected vision-tower hidden states: what VisPruner compares) in one
+        tower pass.
 
         The CLS scores are the head-averaged softmax attention of the CLS query over the patch
         keys in the encoder layer whose output LLaVA reads (``vision_feature_layer``), recomputed
@@ -75,12 +85,13 @@ class LlavaAdapter(ModelAdapter):
         selected = [hidden_states[i] for i in layers]
         if config.vision_feature_select_strategy == "default":
             selected = [h[:, 1:] for h in selected]
-        features = self.model.model.multi_modal_projector(torch.cat(selected, dim=-1))
+        tower_features = torch.cat(selected, dim=-1)
+        features = self.model.model.multi_modal_projector(tower_features)
 
         n_states = len(hidden_states)  # embeddings + one per encoder layer
         layer_index = (self._feature_layer() % n_states) - 1  # the layer that produced those states
         if layer_index < 0:  # LLaVA reads the patch embeddings: no attention layer made them
-            return features, None, None
+            return features, None, None, tower_features
         tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
         block = tower.encoder.layers[layer_index]
         x = block.layer_norm1(hidden_states[layer_index])
@@ -92,17 +103,23 @@ class LlavaAdapter(ModelAdapter):
         keys = k.mean(1)  # (B, 1 + patches, head_dim)
         if config.vision_feature_select_strategy == "default":
             cls, keys = cls[:, 1:], keys[:, 1:]
-        return features, cls, keys
+        return features, cls, keys, tower_features
 
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
-        features, cls, keys, grid = self.encode_prompts(images, questions)
+        """Samples with ``extras["patch_keys"]`` and ``extras["vision_features"]`` ``(Nv, C)``: each visual
+        token's vision-tower features before the projector (``vision_feature_layer``'s hidden states)."""
+        self.check_prompts(images, questions)
+        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        features, cls, keys, tower = self.encode_images_with_inputs(pixel_values)
+        grid = _square_grid(features.shape[1])
         samples = [
             self._sample(q, features[b], None if cls is None else cls[b], grid, image)
             for b, (q, image) in enumerate(zip(questions, images))
         ]
-        if keys is not None:
-            for b, sample in enumerate(samples):
+        for b, sample in enumerate(samples):
+            if keys is not None:
                 sample.extras["patch_keys"] = keys[b].float().cpu()
+            sample.extras["vision_features"] = tower[b]
         return PromptBatch(samples)
 
     def encode_prompts(self, images: Sequence[Any], questions: Sequence[str]) -> tuple[
@@ -111,9 +128,7 @@ class LlavaAdapter(ModelAdapter):
         self.check_prompts(images, questions)
         pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
         features, cls, keys = self.encode_images(pixel_values)
-        side = int(round(features.shape[1] ** 0.5))
-        grid = (side, side) if side * side == features.shape[1] else None
-        return features, cls, keys, grid
+        return features, cls, keys, _square_grid(features.shape[1])
 
     def _sample(self, question, features, cls, grid, image) -> Sample:
         tokenizer = self.processor.tokenizer
@@ -156,6 +171,12 @@ class LlavaAdapter(ModelAdapter):
         window = processed_window(image_size, pad_to_square=bool(getattr(ip, "do_pad", False)), resize=resize,
                                   crop=crop)
         return TokenBoxes(grid_boxes(image_size, grid[0], grid[1], window=window), image_size)
+
+
+def _square_grid(tokens: int) -> tuple[int, int] | None:
+    """``(side, side)`` when ``tokens`` fill a square patch grid, else ``None`` (a [CLS] token kept)."""
+    side = int(round(tokens ** 0.5))
+    return (side, side) if side * side == tokens else None
 
 
 def _field(size: Any, key: str) -> Any:

@@ -17,6 +17,8 @@ its own [CLS]; a token's score is its tile's CLS->patch attention at the feature
 recomputed for the CLS row only as the LLaVA-1.5 adapter does. Newline tokens have no pixels (NaN
 boxes) and no CLS attention: they score above every image token (``NEWLINE_SCORE``), so
 score-based partitioners always keep them, as FasterVLM does, and they count in the budget.
+``extras["vision_features"]``: the projector's input (the tiles' vision-tower hidden states), packed
+through ``pack_image_features`` like the features, with zero rows for newline tokens.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ class LlavaNextAdapter(LlavaAdapter):
     @torch.inference_mode()
     def encode(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Per image: packed ``features`` ``(N, D)``, ``provenance`` ``(N, 3)`` (tile, row, col; -1 for
-        newlines), per-token ``scores`` ``(N,)`` and ``keys`` ``(N, head_dim)`` (zeros for newlines)."""
+        newlines), per-token ``scores`` ``(N,)``, ``keys`` ``(N, head_dim)`` (zeros for newlines) and
+        ``tower`` ``(N, C)``: the projector's input, packed like the features (zeros for newlines)."""
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
         config = self.model.config
@@ -139,7 +142,7 @@ class LlavaNextAdapter(LlavaAdapter):
         tiles = [image_size_to_num_patches(image_size=s, grid_pinpoints=config.image_grid_pinpoints, patch_size=tile)
                  for s in image_sizes.tolist()]
         pixels = torch.cat([pixel_values[b, :n] for b, n in enumerate(tiles)])
-        features, cls, keys = self.encode_images(pixels)  # per tile: (tiles, side*side, ...)
+        features, cls, keys, tower = self.encode_images_with_inputs(pixels)  # per tile: (tiles, side*side, ...)
         if cls is None or keys is None:
             raise InputError("llava_next reads features from the patch embeddings: no layer gives [CLS] attention")
         side = int(round(features.shape[1] ** 0.5))
@@ -154,6 +157,7 @@ class LlavaNextAdapter(LlavaAdapter):
         strategy = config.vision_feature_select_strategy
         packed, _ = pack(list(torch.split(features, tiles)), image_sizes, strategy, self.model.model.image_newline)
         provenance, _ = pack(where, image_sizes, strategy, torch.full((3,), -1.0, dtype=torch.float64))
+        tower_packed, _ = pack(list(torch.split(tower, tiles)), image_sizes, strategy, tower.new_zeros(tower.shape[-1]))
         out = []
         start = 0
         for b, n in enumerate(tiles):
@@ -164,7 +168,8 @@ class LlavaNextAdapter(LlavaAdapter):
             t, flat = prov[:, 0].clamp(min=0), (prov[:, 1] * side + prov[:, 2]).clamp(min=0)
             scores = tile_cls[t, flat].masked_fill(newline, NEWLINE_SCORE)
             token_keys = tile_keys[t, flat].masked_fill(newline[:, None], 0.0)
-            out.append({"features": packed[b], "provenance": prov, "scores": scores, "keys": token_keys})
+            out.append({"features": packed[b], "provenance": prov, "scores": scores, "keys": token_keys,
+                        "tower": tower_packed[b]})
         return out
 
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
@@ -179,6 +184,7 @@ class LlavaNextAdapter(LlavaAdapter):
             sample = self._sample(question, e["features"], e["scores"], None, image)
             sample.extras["provenance"] = e["provenance"]
             sample.extras["patch_keys"] = e["keys"]
+            sample.extras["vision_features"] = e["tower"]
             size = _image_size(image)
             if size is not None:
                 sample.pixel_boxes = self.token_boxes(size, e["provenance"])

@@ -18,6 +18,8 @@ last of ``fullatt_block_indexes`` for Qwen2.5-VL), recomputed from that block's 
 ``qkv`` projection and vision rotary embedding, a block-diagonal mask per image): averaged over
 heads, summed over queries, averaged over the token's 2x2 patches, window order undone for
 Qwen2.5-VL. The block's keys, averaged over heads and the 2x2 patches, give ``patch_keys``.
+``vision_features``: the merger's input for each merged token, its 2x2 patches' last-block states side
+by side ``(N, 4 * C)`` (what the merger's MLP reads, before its LayerNorm), in the LLM's order.
 """
 
 from __future__ import annotations
@@ -145,8 +147,8 @@ class Qwen2VLAdapter(ModelAdapter):
 
     @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Per image: merged ``features`` ``(N, D)``, ``scores`` ``(N,)`` (attention received) and
-        ``keys`` ``(N, head_dim)``, in the LLM's token order."""
+        """Per image: merged ``features`` ``(N, D)``, ``scores`` ``(N,)`` (attention received),
+        ``keys`` ``(N, head_dim)`` and ``tower`` ``(N, 4 * C)`` (the merger's input), in the LLM's token order."""
         visual = self.visual
         index = self._score_block()
         block = visual.blocks[index]
@@ -157,11 +159,16 @@ class Qwen2VLAdapter(ModelAdapter):
             seen["cu_seqlens"] = kwargs["cu_seqlens"]
             seen["position_embeddings"] = kwargs["position_embeddings"]
 
+        def capture_merger_input(module: nn.Module, args: tuple[Any, ...]) -> None:
+            seen["merger_input"] = args[0]
+
         handle = block.register_forward_pre_hook(capture, with_kwargs=True)  # removed before returning
+        merger_handle = visual.merger.register_forward_pre_hook(capture_merger_input)
         try:
             out = visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw.to(self.device))
         finally:
             handle.remove()
+            merger_handle.remove()
         merged = out.pooler_output
         attn = block.attn
         x = block.norm1(seen["hidden"])
@@ -173,14 +180,16 @@ class Qwen2VLAdapter(ModelAdapter):
         unit = visual.spatial_merge_size**2
         scores = attention_received(q, k, bounds, attn.scaling).view(-1, unit).mean(1)
         keys = k.float().mean(1).view(-1, unit, k.shape[-1]).mean(1)
+        tower = seen["merger_input"].reshape(scores.shape[0], -1)  # (N, unit * C): each merged token's patches
         order = self._window_order(grid_thw)
         if order is not None:  # tower order -> LLM order, as the merger's output is un-permuted
             reverse = torch.argsort(order.to(scores.device))
-            scores, keys = scores[reverse], keys[reverse]
+            scores, keys, tower = scores[reverse], keys[reverse], tower[reverse]
         counts = (grid_thw.prod(-1) // unit).tolist()
         return [
-            {"features": f, "scores": s.cpu(), "keys": kk.cpu()}
-            for f, s, kk in zip(torch.split(merged, counts), torch.split(scores, counts), torch.split(keys, counts))
+            {"features": f, "scores": s.cpu(), "keys": kk.cpu(), "tower": t}
+            for f, s, kk, t in zip(torch.split(merged, counts), torch.split(scores, counts),
+                                   torch.split(keys, counts), torch.split(tower, counts))
         ]
 
     # -- prompts -----------------------------------------------------------------------------
@@ -202,6 +211,7 @@ class Qwen2VLAdapter(ModelAdapter):
             sample.image = image
             sample.extras["attention_scores"] = encoded[b]["scores"]
             sample.extras["patch_keys"] = encoded[b]["keys"]
+            sample.extras["vision_features"] = encoded[b]["tower"]
             size = getattr(image, "size", None)
             if isinstance(size, tuple) and len(size) == 2 and sample.grid is not None:
                 sample.pixel_boxes = TokenBoxes(grid_boxes(size, *sample.grid), size)
