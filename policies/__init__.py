@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vtsched.core.hookspecs import hookimpl
 
+from .dart import DART, DartDuplication
 from .fastv import FastV
 from .full import Full
 from .fusion_rules import AttentionFusion, FixedFusion, SizeFusion
@@ -18,14 +19,15 @@ from .visionzip import VisionZip
 from .vtw import VTW
 
 __all__ = [
-    "Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FastV", "VTW", "PDrop", "VisionZip",
-    "FixedSchedule", "Search", "FixedFusion", "SizeFusion", "AttentionFusion",
+    "Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FastV", "DART", "VTW", "PDrop", "VisionZip",
+    "FixedSchedule", "Search", "FixedFusion", "SizeFusion", "AttentionFusion", "DartDuplication",
 ]
 
 
 @hookimpl
 def vtsched_register_policies(register):
-    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, VTW, PDrop, VisionZip, Search, FixedSchedule):
+    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, DART, VTW, PDrop, VisionZip, Search,
+                   FixedSchedule):
         register(policy)
 
 
@@ -33,3 +35,8 @@ def vtsched_register_policies(register):
 def vtsched_register_fusion_rules(register):
     for rule in (FixedFusion, SizeFusion, AttentionFusion):
         register(rule)
+
+
+@hookimpl
+def vtsched_register_rankers(register):
+    register(DartDuplication)  # dart's; the engine's own rankers register from vtsched.core.events

@@ -27,7 +27,7 @@ from vtsched.core.testing import (
 )
 from vtsched.partitioners import ClsAttention, RandomTokens, UniformGrid, VisionZipPartitioner
 from vtsched.policies import (
-    VTW, AttentionFusion, FastV, FixedFusion, FixedSchedule, Full, NonSubjectFirst, ParVTS, PDrop, Prune, Search,
+    DART, VTW, AttentionFusion, FastV, FixedFusion, FixedSchedule, Full, NonSubjectFirst, ParVTS, PDrop, Prune, Search,
     SizeFusion, SubjectFirst, VisionZip,
 )
 from vtsched.policies.pdrop import average_tokens
@@ -86,6 +86,11 @@ class TestNonSubjectFirst(PolicyConformance):
 
 class TestFastV(PolicyConformance):
     policy_class = FastV
+    policy_params = {"drop_layer": 1}
+
+
+class TestDART(PolicyConformance):
+    policy_class = DART
     policy_params = {"drop_layer": 1}
 
 

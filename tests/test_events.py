@@ -368,3 +368,9 @@ class TestPluginRanker(RankerConformance):
 
 
 _REGISTRY_WITH_RANKER = _ranker_registry()
+
+
+class TestDartRanker(RankerConformance):
+    """dart's ranker: a built-in from vtsched.policies, registered through the same hook as a plugin's."""
+
+    from vtsched.policies import DartDuplication as ranker_class

@@ -29,6 +29,7 @@ POLICIES = [
     ("subject-first", {"insert_layer": 2}, "50%"),
     ("non-subject-first", {"switch_layer": 2}, "50%"),
     ("fastv", {"drop_layer": 1}, "50%"),
+    ("dart", {"drop_layer": 1}, "50%"),
     ("vtw", {"drop_layer": 2}, None),
     ("pdrop", {"layers": (1, 2, 3)}, "40%"),
     ("visionzip", {}, "50%"),

@@ -1,7 +1,8 @@
 """Every reproduced method against a small reference written from its published algorithm.
 
 Each reference follows the method's paper and official code (FastV: pkunlp-icler/FastV, VTW,
-PyramidDrop: Cooperx521/PyramidDrop, VisionZip: dvlab-research/VisionZip), not vtsched's code: it
+PyramidDrop: Cooperx521/PyramidDrop, VisionZip: dvlab-research/VisionZip, DART: ZichenWen1/DART),
+not vtsched's code: it
 runs transformers' own decoder layers one at a time on a physically shortened sequence, ranks as
 the official code does and drops tokens by hand. Each is compared with vtsched on a tiny random
 LLaVA in float64, and each has a control that changes one published detail and must not match, so
@@ -293,9 +294,71 @@ def test_visionzip_dominant_tokens_equal_its_published_selection(budget):
     assert dominant != visionzip_dominant_reference(eager, processor, image, QUESTION, budget - contextual, layer=-1)
 
 
+# -- DART --------------------------------------------------------------------------------------------
+
+def dart_reference(model, sample, k: int, keep: int, *, key_norm: int = 1, states: str = "layer K-1's output"):
+    """DART (official ``get_retained_image_token``): before layer K, with layer K-1's keys and outputs
+    (normalised by the final norm), 4 image and 4 text pivots by the keys' L1 norm; per pivot (in the
+    order Python iterates the set of their indices) the ``(M) // 8`` least similar image tokens by
+    cosine join; the image pivots and those stay, at their positions. ``M = keep - 4``."""
+    ref = Reference(model, sample)
+    ref.run_until(k)
+    hidden, ids = ref.inputs[k - 1]
+    block = ref.lm.layers[k - 1]
+    x = block.input_layernorm(hidden)
+    keys = block.self_attn.k_proj(x).view(1, x.shape[1], -1, block.self_attn.head_dim).transpose(1, 2)
+    cos, sin = ref.lm.rotary_emb(x, ids)
+    _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
+    k_states = keys.permute(0, 2, 1, 3).reshape(1, keys.shape[2], -1)[0]
+    last = ref.lm.norm(ref.hidden if states == "layer K-1's output" else hidden)[0]
+    start, length = int(sample.visual_positions[0]), sample.num_visual
+    norms = torch.norm(k_states, p=key_norm, dim=-1)
+    image_indices = (norms[start:start + length].topk(4).indices + start).tolist()
+    query_indices = (norms[start + length:].topk(4).indices + start + length).tolist()
+    chosen = set(image_indices + query_indices)
+    valid = set(range(start, start + length))
+    valid.difference_update(image_indices)
+    topk = (keep - 4) // 8
+    for item in list(set(chosen)):
+        listed = list(valid)
+        similarity = -torch.nn.functional.cosine_similarity(last[item, :], last[listed, :], dim=-1)
+        picked = [listed[i] for i in similarity.topk(topk).indices.tolist()]
+        chosen.update(picked)
+        valid.difference_update(picked)
+    chosen.difference_update(query_indices)
+    text = [p for p in range(ref.present.numel()) if not start <= p < start + length]
+    slots = torch.tensor(sorted(text + sorted(chosen)))
+    ref.hidden, ref.present = ref.hidden[:, slots], ref.present[slots]
+    kept, logits = ref.finish()
+    return kept, logits[-1]
+
+
+@pytest.mark.parametrize("k, keep", [(1, 12), (2, 20), (3, 28)])
+def test_dart_equals_its_published_algorithm(tiny, k, keep):
+    model, s, batch = tiny
+    kept, logits = ours(s, batch, "dart", str(keep), drop_layer=k)
+    ref_kept, ref_logits = dart_reference(model, batch.samples[0], k, keep)
+    assert len(kept) == keep and kept == ref_kept
+    torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("detail", ["L2 key norm", "states entering layer K-1"])
+def test_dart_controls_changing_one_published_detail_differ(tiny, detail):
+    model, s, batch = tiny
+    kept, _ = ours(s, batch, "dart", "20", drop_layer=2)
+    options = {"L2 key norm": {"key_norm": 2}, "states entering layer K-1": {"states": "input"}}[detail]
+    assert dart_reference(model, batch.samples[0], 2, 20, **options)[0] != kept
+
+
+def test_dart_keeps_exactly_the_budget_between_the_official_counts(tiny):
+    _, s, batch = tiny
+    for keep in (3, 7, 13, 64):
+        assert len(ours(s, batch, "dart", str(keep), drop_layer=2)[0]) == keep
+
+
 # -- what each reproduced method's docstring says ------------------------------------------------------
 
-REPRODUCED = ("fastv", "vtw", "pdrop", "visionzip")
+REPRODUCED = ("fastv", "vtw", "pdrop", "visionzip", "dart")
 
 
 @pytest.mark.parametrize("name", REPRODUCED)
