@@ -62,7 +62,8 @@ def dart_order(key_l1: torch.Tensor, states: torch.Tensor, image: torch.Tensor, 
     Args:
         key_l1: ``(P,)`` L1 norm of each position's keys at layer K-1 (positions 0..P-1 of the prompt).
         states: ``(P, hidden)`` each position's state entering layer K, after the final norm.
-        image, text: image positions and the text positions after the image.
+        image: the image positions.
+        text: the text positions after the image.
         keep: the budget R (how many the official rule chooses before the continuation).
     """
     image_pivots = image[torch.topk(key_l1[image], min(PIVOT_IMAGE_TOKENS, image.numel())).indices].tolist()
