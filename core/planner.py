@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vtsched.core.budget import Budget
-from vtsched.core.errors import BudgetError, ScheduleError, VtschedError
+from vtsched.core.errors import BudgetError, InputError, ScheduleError, VtschedError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
@@ -177,6 +177,10 @@ class Planner:
         name = self.default_partitioner(policy, partitioner)
         built = self.partitioner(name, partitioner_params) if name is not None else None
         groups = self.groups(policy, built)
+        if built is not None and tuple(built.group_names()) != groups:  # a saved schedule names its own groups
+            raise InputError(f"the schedule names groups {list(groups)}, but partitioner {name!r} splits the image "
+                             f"into {list(built.group_names())}; use a partitioner that makes those groups "
+                             "(--partitioner)")
         if isinstance(policy, CalibratedPolicy):
             request = policy.calibration_request()
             self.policy(request.base, dict(request.params))  # the base must exist and take its params

@@ -53,7 +53,6 @@ def main(args: argparse.Namespace) -> int:
         {} if args.schedule else dict(args.param), dict(args.partitioner_param))
     budget = Budget.parse(str(args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET))
     check = planner.check(policy, budget, args.partitioner, partitioner_params)
-    _check_groups(planner, check, partitioner_params)
     layers = check_attention_layers(parse_layers(args.attention) if args.attention else (), planner.geometry.num_layers)
     check_prompt_fits(config, planner.geometry.num_visual, [args.question])
     check_adapter_options(registry.adapter_for_config(config), dict(args.adapter_param))
@@ -75,20 +74,3 @@ def main(args: argparse.Namespace) -> int:
     for path in result.save(args.out, json_path=args.json):
         print(f"wrote {path}")
     return 0
-
-
-def _check_groups(planner: object, check: object, partitioner_params: dict[str, str]) -> None:
-    """A schedule naming groups the partitioner does not make is refused before weights load.
-
-    (The planner's check takes a saved schedule's groups as given; the partitioner's own names are
-    known without an image, :meth:`~vtsched.core.policy.Partitioner.group_names`.)
-    """
-    from vtsched.core.errors import InputError
-
-    schedule, name = getattr(check, "schedule", None), getattr(check, "partitioner", None)
-    if schedule is None or name is None:
-        return
-    made = tuple(planner.partitioner(name, partitioner_params).group_names())  # type: ignore[attr-defined]
-    if tuple(schedule.groups) != made:
-        raise InputError(f"the schedule names groups {list(schedule.groups)}, but partitioner {name!r} splits the "
-                         f"image into {list(made)}; use a partitioner that makes those groups (--partitioner)")
