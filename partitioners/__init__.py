@@ -11,11 +11,14 @@ from .mask import MaskPartitioner
 from .random import RandomTokens
 from .uniform import UniformGrid
 from .visionzip import VisionZipPartitioner
+from .vispruner import VisPruner
 
-__all__ = ["AttentionReceived", "ClsAttention", "DivPrune", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisionZipPartitioner"]
+__all__ = ["AttentionReceived", "ClsAttention", "DivPrune", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisPruner",
+           "VisionZipPartitioner"]
 
 
 @hookimpl
 def vtsched_register_partitioners(register):
-    for partitioner in (ClsAttention, AttentionReceived, DivPrune, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner):
+    for partitioner in (ClsAttention, AttentionReceived, DivPrune, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner,
+                        VisPruner):
         register(partitioner)
