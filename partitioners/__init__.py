@@ -7,18 +7,19 @@ from vtsched.core.hookspecs import hookimpl
 from .attention import AttentionReceived
 from .cls import ClsAttention
 from .divprune import DivPrune
+from .downsample import Downsample
 from .mask import MaskPartitioner
 from .random import RandomTokens
 from .uniform import UniformGrid
 from .visionzip import VisionZipPartitioner
 from .vispruner import VisPruner
 
-__all__ = ["AttentionReceived", "ClsAttention", "DivPrune", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisPruner",
+__all__ = ["AttentionReceived", "ClsAttention", "DivPrune", "Downsample", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisPruner",
            "VisionZipPartitioner"]
 
 
 @hookimpl
 def vtsched_register_partitioners(register):
-    for partitioner in (ClsAttention, AttentionReceived, DivPrune, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner,
+    for partitioner in (ClsAttention, AttentionReceived, DivPrune, Downsample, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner,
                         VisPruner):
         register(partitioner)
