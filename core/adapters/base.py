@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vtsched.core.tokens import PromptBatch
+from vtsched.core.tokens import PromptBatch, Role
 
 from vtsched.core.geometry import ModelGeometry
 
@@ -181,6 +181,13 @@ class ModelAdapter(ABC):
         if not isinstance(text, str) or text.count(marker) != 1 or text.count(image_marker) != 1:
             return None
         return text.replace(marker, "{question}")  # filled with str.replace, not str.format
+
+    @torch.inference_mode()
+    def question_embeddings(self, input_ids: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
+        """``(Q, hidden)`` the LLM's input embeddings of a prompt's question tokens (``extras["question_embeddings"]``:
+        what a question-conditioned partitioner compares visual tokens with when it has no text tower)."""
+        question = input_ids[roles == Role.QUESTION].to(self.device)
+        return self.model.get_input_embeddings()(question)
 
     def decode_text(self, token_ids: Sequence[int]) -> str:
         tokenizer = getattr(self.processor, "tokenizer", self.processor)

@@ -150,6 +150,7 @@ class LlavaAdapter(ModelAdapter):
                 roles[t] = Role.QUESTION
         roles[visual] = Role.VISUAL
         sample = Sample(ids, roles, features, None if cls is None else cls.float().cpu(), grid, image)
+        sample.extras["question_embeddings"] = self.question_embeddings(ids, roles)
         if grid is not None and image is not None and hasattr(image, "size"):
             sample.pixel_boxes = self.token_boxes(tuple(image.size), grid)
         return sample

@@ -244,7 +244,9 @@ class Qwen2VLAdapter(ModelAdapter):
         )
         merge = self.visual.spatial_merge_size
         grid = (int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
-        return Sample(ids, roles, features, None, grid, rope_positions=positions[:, 0].cpu())
+        sample = Sample(ids, roles, features, None, grid, rope_positions=positions[:, 0].cpu())
+        sample.extras["question_embeddings"] = self.question_embeddings(ids, roles)
+        return sample
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
