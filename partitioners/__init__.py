@@ -5,6 +5,7 @@ from __future__ import annotations
 from vtsched.core.hookspecs import hookimpl
 
 from .attention import AttentionReceived
+from .cdpruner import CDPruner
 from .cls import ClsAttention
 from .divprune import DivPrune
 from .downsample import Downsample
@@ -14,12 +15,12 @@ from .uniform import UniformGrid
 from .visionzip import VisionZipPartitioner
 from .vispruner import VisPruner
 
-__all__ = ["AttentionReceived", "ClsAttention", "DivPrune", "Downsample", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisPruner",
+__all__ = ["AttentionReceived", "CDPruner", "ClsAttention", "DivPrune", "Downsample", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisPruner",
            "VisionZipPartitioner"]
 
 
 @hookimpl
 def vtsched_register_partitioners(register):
-    for partitioner in (ClsAttention, AttentionReceived, DivPrune, Downsample, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner,
+    for partitioner in (ClsAttention, AttentionReceived, CDPruner, DivPrune, Downsample, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner,
                         VisPruner):
         register(partitioner)
