@@ -331,8 +331,8 @@ def test_a_schedule_naming_an_unknown_ranker_is_refused_before_the_model_runs(tm
     path.write_text(_fastv_like(3, "reversed_attention", 2).to_json())
     planner = Planner(build_registry(make_plugin_manager(load_entrypoints=False)), geometry)
     policy = planner.policy(f"schedule:{path}")
-    with pytest.raises(ScheduleError, match="unknown ranker 'reversed_attention'; known: last_token_attention, "
-                                            "next_layer_attention"):
+    with pytest.raises(ScheduleError, match="unknown ranker 'reversed_attention'; known: dart_duplication, "
+                                            "last_token_attention, next_layer_attention"):
         planner.check(policy, Budget(ratio=1.0))
 
 

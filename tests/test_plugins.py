@@ -81,7 +81,7 @@ def test_plugin_whose_hook_raises_is_named():
 
 def test_unknown_component_lists_the_known_ones():
     registry = build_registry(make_plugin_manager(load_entrypoints=False))
-    with pytest.raises(PluginError, match="unknown policy 'nope'; known: fastv, full, non-subject-first, parvts"):
+    with pytest.raises(PluginError, match="unknown policy 'nope'; known: dart, fastv, full, non-subject-first, parvts"):
         registry.policy("nope")
 
 
@@ -194,7 +194,7 @@ def test_keep_top_with_a_ranker_the_registry_does_not_know_is_refused():
 
     event = KeepTop(2, "main", "subject", 3, ranker="by_magic")
     Schedule(4, ("subject",), (Stream("main", ("subject",)),), "main", (event,))  # a plugin's ranker, maybe
-    with pytest.raises(ScheduleError, match="unknown ranker 'by_magic'; known: last_token_attention"):
+    with pytest.raises(ScheduleError, match="unknown ranker 'by_magic'; known: dart_duplication, last_token_attention"):
         event.check_components(build_registry(make_plugin_manager(load_entrypoints=False)))
     with pytest.raises(ScheduleError, match="ranker must be a ranker's name"):
         Schedule(4, ("subject",), (Stream("main", ("subject",)),), "main", (KeepTop(2, "main", "subject", 3, ""),))
