@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from vtsched.core.cli.checks import add_device, add_output, at_least, within
@@ -36,14 +38,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_common(run)
 
 
-def main(args: argparse.Namespace) -> int:
+@dataclass
+class RunRequest:
+    """A ``run`` command line checked against the model's config and then loaded: what to run it with."""
+
+    image: Any
+    planner: Any
+    scheduler: Any
+    policy: Any
+    partitioner: Any
+    budget: Any
+    generation: Any
+
+
+def prepare(args: argparse.Namespace, check_more: Callable[[Any], None] | None = None) -> RunRequest:
+    """Check the whole request before any weights load (``check_more(planner)``: a command's own
+    checks, e.g. ``show``'s attention layers), then load the model: shared by ``run`` and ``show``."""
     import torch
 
     from vtsched.core.budget import Budget
     from vtsched.core.cli.checks import check_adapter_options, check_prompt_fits, image_notes, print_notes, request_notes
     from vtsched.core.errors import InputError
     from vtsched.core.generation import GenerationConfig
-    from vtsched.core.io import load_image, write_atomic
+    from vtsched.core.io import load_image
 
     if not args.question.strip():
         raise InputError("--question is empty: ask something about the image")
@@ -58,6 +75,8 @@ def main(args: argparse.Namespace) -> int:
     budget_text = args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET
     budget = Budget.parse(str(budget_text))
     check = planner.check(policy, budget, args.partitioner, partitioner_params)
+    if check_more is not None:
+        check_more(planner)
     check_prompt_fits(config, planner.geometry.num_visual, [args.question])
     check_adapter_options(registry.adapter_for_config(config), dict(args.adapter_param))
     print_notes([*request_notes(check), *image_notes([image], config)])
@@ -72,8 +91,15 @@ def main(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
-    result = scheduler.run([image], [args.question], policy, partitioner=partitioner, budget=budget,
-                           generation=generation)
+    return RunRequest(image, planner, scheduler, policy, partitioner, budget, generation)
+
+
+def main(args: argparse.Namespace) -> int:
+    from vtsched.core.io import write_atomic
+
+    request = prepare(args)
+    result = request.scheduler.run([request.image], [args.question], request.policy, partitioner=request.partitioner,
+                                   budget=request.budget, generation=request.generation)
     print(result.texts[0])
     print(f"ran: {result.summary()}")
     if args.json:
