@@ -25,7 +25,7 @@ from vtsched.core.partition import Partition, top_k_partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
 
-__all__ = ["ClsAttention", "tile_keep_scores", "tile_quotas"]
+__all__ = ["ClsAttention", "selection_parts", "tile_keep_scores", "tile_quotas"]
 
 
 def tile_quotas(sample: Sample, keep: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]] | None:
@@ -51,6 +51,18 @@ def tile_quotas(sample: Sample, keep: int) -> tuple[torch.Tensor, list[tuple[tor
         for i in order[: rest - int(quota.sum())]:
             quota[i] += 1
     return untiled, [(torch.nonzero(tile == t).flatten(), q) for t, q in zip(tiles.tolist(), quota.tolist())]
+
+
+def selection_parts(sample: Sample, keep: int, budget_mode: str) -> list[tuple[torch.Tensor, int]]:
+    """``(token indices, count)`` per part of an image that selects on its own: the whole image
+    (``budget_mode="global"``, or an image without tiles), else the newline tokens (all kept first, up
+    to ``keep``) and each tile with its quota (:func:`tile_quotas`)."""
+    split = tile_quotas(sample, keep) if budget_mode == "per_tile" else None
+    if split is None:
+        return [(torch.arange(sample.num_visual), keep)]
+    untiled, quotas = split
+    kept = untiled[:keep]
+    return [(kept, kept.numel()), *quotas]
 
 
 def tile_keep_scores(sample: Sample, scores: torch.Tensor, keep: int) -> torch.Tensor:

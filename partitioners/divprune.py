@@ -47,7 +47,7 @@ from vtsched.core.budget import Budget
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
-from vtsched.partitioners.cls import tile_quotas
+from vtsched.partitioners.cls import selection_parts
 
 __all__ = ["DivPrune", "cosine_distances", "max_min_diverse"]
 
@@ -102,18 +102,10 @@ class DivPrune(Partitioner):
             keep = budget.resolve(sample.num_visual)
             ids = torch.ones(sample.num_visual, dtype=torch.long)
             gains = torch.zeros(sample.num_visual, dtype=torch.float64)
-            for part, count in self._parts(sample, keep):
+            for part, count in selection_parts(sample, keep, self.budget_mode):
                 chosen, part_gains = max_min_diverse(cosine_distances(sample.visual_features[part]), count)
                 ids[part[chosen]] = 0
                 gains[part] = part_gains
             assignment.append(ids)
             scores.append(gains.float())
         return Partition((SUBJECT, NON_SUBJECT), tuple(assignment), tuple(scores))
-
-    def _parts(self, sample: Sample, keep: int) -> list[tuple[torch.Tensor, int]]:
-        """``(token indices, count)`` per part that selects on its own: the image, or each tile."""
-        split = tile_quotas(sample, keep) if self.budget_mode == "per_tile" else None
-        if split is None:
-            return [(torch.arange(sample.num_visual), keep)]
-        untiled, quotas = split
-        return [(untiled[:keep], min(keep, untiled.numel())), *quotas]  # newline tokens are all kept first

@@ -70,7 +70,7 @@ from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.pixels import token_scores
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
-from vtsched.partitioners.cls import tile_quotas
+from vtsched.partitioners.cls import selection_parts
 
 __all__ = ["VisPruner", "remove_duplicates", "vispruner_select"]
 
@@ -126,7 +126,7 @@ class VisPruner(Partitioner):
             keep = budget.resolve(sample.num_visual)
             importance, features = _signals(b, sample)
             ids = torch.ones(sample.num_visual, dtype=torch.long)
-            for part, count in self._parts(sample, keep):
+            for part, count in selection_parts(sample, keep, self.budget_mode):
                 important, diverse = vispruner_select(importance[part], features[part], count, self.important_ratio)
                 ids[part[important]] = 0
                 ids[part[diverse]] = 0
@@ -134,14 +134,6 @@ class VisPruner(Partitioner):
             scores.append(importance.float())
         return Partition((SUBJECT, NON_SUBJECT), tuple(assignment), tuple(scores))
 
-    def _parts(self, sample: Sample, keep: int) -> list[tuple[torch.Tensor, int]]:
-        """``(token indices, count)`` per part that selects on its own: the image, or each tile."""
-        split = tile_quotas(sample, keep) if self.budget_mode == "per_tile" else None
-        if split is None:
-            return [(torch.arange(sample.num_visual), keep)]
-        untiled, quotas = split
-        kept = untiled[:keep]  # newline tokens are all kept first, as every important token
-        return [(kept, kept.numel()), *quotas]
 
 
 def _signals(b: int, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
