@@ -68,11 +68,14 @@ def vision_flops(geometry: ModelGeometry) -> float:
 
 
 def scoring_flops(stats: RunStats, geometry: ModelGeometry) -> torch.Tensor:
-    """``(batch,)`` FLOPs of attention read for decisions: query projections and score rows."""
+    """``(batch,)`` FLOPs of attention read for decisions: query projections and score rows, and the
+    projections rankers compute to decide (``RunStats.add_projection``)."""
     total = torch.zeros(stats.batch_size, dtype=torch.float64)
     d = geometry.hidden_size
     for _layer, queries, keys in stats.probes:
         total += 2 * queries.double() * d * d + 2 * queries.double() * keys * d
+    for _layer, tokens, width in stats.projections:  # e.g. next_layer_attention's key projection
+        total += 2 * tokens.double() * d * width
     return total
 
 

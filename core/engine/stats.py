@@ -45,6 +45,7 @@ class RunStats:
     probes: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (layer, queries, keys)
     fusions: list[tuple[int, tuple[str, ...], torch.Tensor]] = field(default_factory=list)  # (layer, streams, w)
     carries: list[tuple[int, tuple[str, ...], torch.Tensor]] = field(default_factory=list)  # (layer, streams, n)
+    projections: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (layer, tokens, width)
 
     def add_prefix(self, tokens: torch.Tensor, layers: int) -> None:
         self.prefix = tokens.cpu()
@@ -94,6 +95,11 @@ class RunStats:
 
     def add_probe(self, layer: int, queries: torch.Tensor, keys: int) -> None:
         self.probes.append((layer, queries.cpu(), keys))
+
+    def add_projection(self, layer: int, tokens: torch.Tensor, width: int) -> None:
+        """A ranker projected ``tokens`` ``(batch,)`` states to ``width`` features (e.g. a layer's keys) to
+        decide: scoring work beside what the layers ran."""
+        self.projections.append((layer, tokens.cpu(), width))
 
     def visual_per_layer(self, num_layers: int, stream: str | None = None) -> torch.Tensor:
         """``(batch,)`` visual tokens per layer, averaged over layers (one stream, or all summed)."""

@@ -95,6 +95,7 @@ class NextLayerAttention(Ranker):
         rotary = run.bound.rotary_positions(rows.index)
         cos, sin = run.parts.rotary(rows.hidden, rotary)
         keys = run.parts.key_rows(layer, rows.hidden, cos, sin)
+        run.stats.add_projection(layer, rows.valid.sum(1), keys.shape[1] * keys.shape[3])
         key_index, n_context = rows.index, 0
         if context is not None:  # the prefix's keys as the layer will see them
             keys = torch.cat((context.keys[layer], keys), dim=2)

@@ -17,7 +17,9 @@ float64 models through the engine. Checks:
 - cached decoding equals recomputing the schedule with the generated token as the surviving
   stream's tail;
 - the FLOPs the schedule's events account for (``count``; what ``vtsched sweep --dry-run``
-  estimates) equal the FLOPs of the executed prefill.
+  estimates) equal the FLOPs of the executed prefill;
+- the FLOPs the run declares (layers, probes, rankers' projections) equal what
+  ``torch.utils.flop_counter`` counts on an eager model.
 """
 
 from __future__ import annotations
@@ -139,13 +141,39 @@ class EventConformance(_Kit):
         self._run(check, self.schedules(), self.model_shapes(), strat.prompts(min_size=1, max_size=1),
                   st.integers(0, 99), model=True)
 
+    def test_declared_flops_equal_the_flop_counter(self) -> None:
+        """What the run declares (the layers' work and the scoring work: probes' rows, rankers' projections)
+        equals what ``torch.utils.flop_counter`` counts, on an eager model where every matmul is visible."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from vtsched.core.cost import executed_prefill_flops, scoring_flops
+
+        def check(schedule: Schedule, shape: Any, inputs: tuple[list[Any], list[str]], seed: int) -> None:
+            schedule = self._with_event(schedule)
+            scheduler, batch = self._scheduler_and_batch(schedule, shape, inputs, attn_implementation="eager")
+            partition = random_partition(schedule, batch.num_visual, seed)
+            with FlopCounterMode(display=False) as counter:
+                ran = scheduler.engine.prefill(batch, schedule, partition, use_cache=False)
+            g = scheduler.adapter.geometry
+            declared = float((executed_prefill_flops(ran.stats, g) + scoring_flops(ran.stats, g))[0])
+            declared += 2 * g.hidden_size * g.vocab_size  # the next-token logits
+            counted = float(counter.get_total_flops())
+            _expect(abs(declared - counted) <= 1e-9 * max(1.0, counted),
+                    f"{_name(self.event_class)}: the run declares {declared:.6g} FLOPs, torch's flop counter counted "
+                    f"{counted:.6g}, under\n{schedule.explain()}")
+
+        self._run(check, self.schedules(), self.model_shapes(), strat.prompts(min_size=1, max_size=1),
+                  st.integers(0, 99), model=True)
+
     # -- helpers --------------------------------------------------------------------------------
-    def _scheduler_and_batch(self, schedule: Schedule, shape: Any, inputs: tuple[list[Any], list[str]]):
+    def _scheduler_and_batch(self, schedule: Schedule, shape: Any, inputs: tuple[list[Any], list[str]],
+                             attn_implementation: str = "sdpa"):
         import dataclasses
 
         from vtsched.core.testing.models import bound_scheduler
 
-        model, processor = self.build_tiny_model(dataclasses.replace(shape, layers=schedule.num_layers))
+        model, processor = self.build_tiny_model(dataclasses.replace(shape, layers=schedule.num_layers),
+                                                 attn_implementation=attn_implementation)
         scheduler = bound_scheduler(model, processor, self.registry())
         batch = scheduler.prepare(*inputs)
         return scheduler, batch

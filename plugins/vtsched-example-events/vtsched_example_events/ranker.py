@@ -24,4 +24,5 @@ class KeyNorm(Ranker):
         rows = run.streams[event.stream]  # (rows, T) positions and their states entering the layer
         cos, sin = run.parts.rotary(rows.hidden, run.bound.rotary_positions(rows.index))
         keys = run.parts.key_rows(event.layer, rows.hidden, cos, sin)  # (rows, kv_heads, T, head_dim)
+        run.stats.add_projection(event.layer, rows.valid.sum(1), keys.shape[1] * keys.shape[3])  # its FLOPs
         return rows.index, keys.float().pow(2).sum(dim=(1, 3)).sqrt()
