@@ -220,6 +220,7 @@ from vtsched.core.testing import EventConformance  # noqa: E402
 
 class TestRemoveGroupEvent(EventConformance):
     event_class = RemoveGroup
+    removes_tokens_only = True
 
 
 class TestInsertGroupEvent(EventConformance):
@@ -228,6 +229,7 @@ class TestInsertGroupEvent(EventConformance):
 
 class TestKeepTopEvent(EventConformance):
     event_class = KeepTop
+    removes_tokens_only = True
 
 
 class TestFuseEvent(EventConformance):

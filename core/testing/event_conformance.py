@@ -19,7 +19,10 @@ float64 models through the engine. Checks:
 - the FLOPs the schedule's events account for (``count``; what ``vtsched sweep --dry-run``
   estimates) equal the FLOPs of the executed prefill;
 - the FLOPs the run declares (layers, probes, rankers' projections) equal what
-  ``torch.utils.flop_counter`` counts on an eager model.
+  ``torch.utils.flop_counter`` counts on an eager model;
+- for a kind that only removes tokens (``removes_tokens_only``, every ranker's ``keep_top``): one event
+  at layer L equals the model's own layers on the whole prompt up to L and then on the physically
+  shortened sequence of the tokens the engine kept.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class EventConformance(_Kit):
     """Checks a schedule event kind (set ``event_class``)."""
 
     event_class: ClassVar[type | None] = None
+    removes_tokens_only: ClassVar[bool] = False  # True: also held to the physically shortened sequence
     max_events_per_layer: ClassVar[int] = 2
     atol: ClassVar[float] = 1e-6
 
@@ -141,6 +145,37 @@ class EventConformance(_Kit):
         self._run(check, self.schedules(), self.model_shapes(), strat.prompts(min_size=1, max_size=1),
                   st.integers(0, 99), model=True)
 
+    def test_removing_tokens_equals_the_physically_shortened_sequence(self) -> None:
+        """For a kind that only removes tokens (``removes_tokens_only``): one event of it at layer L on a
+        single stream equals the model's own layers run on the whole prompt up to L, then on the tokens the
+        engine kept (a physically shortened sequence, each token at its position), to the last token's logits."""
+        if not self.removes_tokens_only:
+            return
+        import dataclasses
+
+        from vtsched.core.events import DrawState, Layout
+        from vtsched.core.schedule import Stream
+
+        def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
+            layer = data.draw(st.integers(0, shape.layers - 1), label="layer")
+            layout = Layout(shape.layers, ("subject",), ("main",), "main", {"main": ["subject"]})
+            draws = self.event_class.draws(DrawState(layer, layout, tuple(self.registry().fusion_rules()),
+                                                     self.rankers()))
+            assume(draws is not None)
+            event = data.draw(draws, label="event")
+            assume(self.is_tested(event))
+            schedule = Schedule(shape.layers, ("subject",), (Stream("main", ("subject",)),), "main", (event,))
+            scheduler, batch = self._scheduler_and_batch(schedule, dataclasses.replace(shape), inputs)
+            partition = Partition.single(batch.num_visual)
+            ran = scheduler.engine.prefill(batch, schedule, partition, use_cache=False, return_hidden=True)
+            kept = ran.index[0][ran.index[0] >= 0]
+            expected = removed_at(scheduler.adapter.model, batch.samples[0], layer, kept)
+            _close(ran.logits[0].to(expected.dtype), expected, self.atol, 0.0,
+                   f"{_name(self.event_class)}: {event.describe()} at layer {layer} differs from the model's own "
+                   "layers on the physically shortened sequence")
+
+        self._run(check, self.model_shapes(), strat.prompts(min_size=1, max_size=1), st.data(), model=True)
+
     def test_declared_flops_equal_the_flop_counter(self) -> None:
         """What the run declares (the layers' work and the scoring work: probes' rows, rankers' projections)
         equals what ``torch.utils.flop_counter`` counts, on an eager model where every matmul is visible."""
@@ -179,6 +214,25 @@ class EventConformance(_Kit):
         return scheduler, batch
 
 
+@torch.inference_mode()
+def removed_at(model: Any, sample: Any, layer: int, kept: torch.Tensor) -> torch.Tensor:
+    """``(vocab,)`` last-token logits of the model's own layers on the whole prompt up to ``layer``, then
+    on the tokens at positions ``kept`` only (each at its own position), through the final norm and head."""
+    from vtsched.core.testing.models import _rotary_ids, decoder_slice, layer_embeds, one_sequence
+
+    lm = model.model.language_model
+    hidden = layer_embeds(model, sample)
+    if layer:
+        ids = _rotary_ids(sample, torch.arange(hidden.shape[1], device=hidden.device))
+        with decoder_slice(lm, list(lm.layers[:layer]), final_norm=False) as first:
+            hidden = first(inputs_embeds=hidden, position_ids=ids, attention_mask=one_sequence(ids)).last_hidden_state
+    kept = kept.to(hidden.device)
+    ids = _rotary_ids(sample, kept)
+    with decoder_slice(lm, list(lm.layers[layer:]), final_norm=True) as rest:
+        out = rest(inputs_embeds=hidden[:, kept], position_ids=ids, attention_mask=one_sequence(ids)).last_hidden_state
+    return model.lm_head(out[0, -1]).float()
+
+
 def random_partition(schedule: Schedule, num_visual: list[int], seed: int) -> Partition:
     """Every visual token of each sample in a random group of ``schedule``'s groups."""
     g = torch.Generator().manual_seed(seed)
@@ -193,6 +247,7 @@ class RankerConformance(EventConformance):
     installed through an entry point)."""
 
     ranker_class: ClassVar[type | None] = None
+    removes_tokens_only: ClassVar[bool] = True  # a keep_top only removes tokens
 
     @property
     def event_class(self) -> type:  # type: ignore[override]
