@@ -57,7 +57,8 @@ PIVOT_TEXT_TOKENS = 4
 
 def dart_order(key_l1: torch.Tensor, states: torch.Tensor, image: torch.Tensor, text: torch.Tensor,
                keep: int) -> list[int]:
-    """DART's selection as an order over the image positions: the first ``keep`` are what DART keeps.
+    """DART's selection as an order over the image positions: the first ``keep`` are what DART keeps
+    (positions past ``keep`` follow in index order: nothing reads their order).
 
     Args:
         key_l1: ``(P,)`` L1 norm of each position's keys at layer K-1 (positions 0..P-1 of the prompt).
@@ -73,10 +74,10 @@ def dart_order(key_l1: torch.Tensor, states: torch.Tensor, image: torch.Tensor, 
     candidates = set(image.tolist()) - set(image_pivots)  # a set, listed as the official loop lists it
     per_pivot = max(keep - len(image_pivots), 0) // max(len(pivots), 1)
     first = True
-    while candidates and pivots:
+    while candidates and pivots and (first or len(order) < keep):  # past the budget, the order is not used
         for pivot in pivots:
             take = per_pivot if first else 1
-            if not candidates or take <= 0:
+            if not candidates or take <= 0 or (not first and len(order) >= keep):
                 continue
             listed = list(candidates)
             dissimilar = -torch.nn.functional.cosine_similarity(states[pivot][None], states[listed], dim=-1)
@@ -151,6 +152,7 @@ class DART(Policy):
     """All visual tokens until layer K, then the R that duplicate DART's pivots least."""
 
     name: ClassVar[str] = "dart"
+    budget_counts: ClassVar[str] = "after_drop"
     needs_partition: ClassVar[bool] = False
     drop_layer: int = 2
 
