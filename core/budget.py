@@ -1,9 +1,20 @@
 """Token budgets: how many visual tokens a policy keeps, per sample.
 
-A budget is either a count (``64``: keep 64 of this image's visual tokens) or a ratio
-(``0.111`` or ``11.1%``: keep that share, rounded to the nearest token). It always means the
-size of the *subject* group per sample, before any in-LLM event; what actually ran per layer is
-reported separately by the engine's statistics.
+A budget is either a count (``64``: 64 of this image's visual tokens) or a ratio (``0.111`` or
+``11.1%``: that share, rounded to the nearest token). What the number counts depends on the policy,
+which declares it (``Policy.budget_counts``, :data:`vtsched.core.policy.BUDGET_COUNTS`):
+
+- ``input``: the subject group chosen before the LLM, the tokens that stay to the last layer
+  (``prune``, ``parvts``, ``subject-first``, ``non-subject-first``, ``visionzip``: policies on a
+  partition; ``parvts`` runs the other groups through the first K layers besides);
+- ``after_drop``: the tokens kept after the drop layer K, all of them having run the first K layers
+  (``fastv``, ``dart``);
+- ``average_per_layer``: the visual tokens per layer averaged over all layers (``pdrop``);
+- ``none``: no budget (``full``, ``vtw``).
+
+So the same budget is a different cost under each. What actually ran is reported separately and
+beside it: the visual tokens entering the LLM and their average per layer (the engine's
+statistics), and the prefill FLOPs.
 """
 
 from __future__ import annotations

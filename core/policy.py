@@ -23,9 +23,34 @@ from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.schedule import Schedule
 from vtsched.core.tokens import PromptBatch
 
-__all__ = ["Policy", "Partitioner", "CalibratedPolicy", "Calibration", "DEFAULT_GROUPS", "coerce_params"]
+__all__ = ["Policy", "Partitioner", "CalibratedPolicy", "Calibration", "DEFAULT_GROUPS", "coerce_params",
+           "BUDGET_COUNTS", "budget_counts_of"]
 
 DEFAULT_GROUPS = (SUBJECT, NON_SUBJECT)
+
+#: What a policy's budget counts (``Policy.budget_counts``), in words. The same number means a
+#: different cost under each: 64 ``input`` tokens run through every layer, 64 ``after_drop``
+#: tokens only through the layers after the drop layer, 64 ``average_per_layer`` is an average.
+BUDGET_COUNTS: dict[str, str] = {
+    "input": "the subject group chosen before the LLM (the visual tokens that stay to the last layer)",
+    "after_drop": "the visual tokens kept after the drop layer K (all of them enter the LLM)",
+    "average_per_layer": "the visual tokens per layer, averaged over all layers",
+    "none": "nothing: the policy takes no budget",
+}
+
+
+def budget_counts_of(policy: Any, registry: Any = None) -> str:
+    """What ``policy``'s budget counts (a key of :data:`BUDGET_COUNTS`): its ``budget_counts``; a
+    calibrated policy's is its base policy's when ``registry`` can name it; ``none`` for a policy a
+    budget does not change."""
+    if not getattr(policy, "uses_budget", True):
+        return "none"
+    if isinstance(policy, CalibratedPolicy) and registry is not None:
+        try:
+            return str(getattr(registry.policy(policy.calibration_request().base), "budget_counts", "input"))
+        except VtschedError:  # an unknown base is the planner's error to report, not this label's
+            pass
+    return str(getattr(policy, "budget_counts", "input"))
 
 
 class _Parametrised:
@@ -55,6 +80,12 @@ class Policy(_Parametrised, ABC):
         budget_required: ``False`` for a budget-using policy that also runs without one (``pdrop``
             then keeps its ``ratio``); the planner refuses a missing budget otherwise.
         default_partitioner: used when the user names none.
+        budget_counts: what the budget counts, one of :data:`BUDGET_COUNTS`: ``input`` (the subject
+            group chosen before the LLM: ``prune``, ``parvts``, the partitioner-based policies),
+            ``after_drop`` (tokens kept after the drop layer: ``fastv``, ``dart``),
+            ``average_per_layer`` (``pdrop``) or ``none`` (``full``, ``vtw``). ``vtsched list``,
+            ``explain`` and every results row of ``eval``, ``run --json`` and ``bench`` show it
+            beside the visual tokens that entered the LLM and the average per layer.
 
     ``schedule(geometry, groups, budget)`` receives the budget for policies that act on it inside
     the LLM; partition-based policies get it already applied through the partition.
@@ -65,6 +96,7 @@ class Policy(_Parametrised, ABC):
     uses_budget: ClassVar[bool] = True
     budget_required: ClassVar[bool] = True
     default_partitioner: ClassVar[str] = "cls"
+    budget_counts: ClassVar[str] = "input"
 
     @abstractmethod
     def schedule(

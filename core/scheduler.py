@@ -37,6 +37,7 @@ class RunResult:
     visual_per_layer: torch.Tensor  # (batch,) visual tokens per layer, all streams
     visual_per_layer_survivor: torch.Tensor  # (batch,)
     carried_per_layer: torch.Tensor | None = None  # (batch,) carried text-token copies per layer (Carry)
+    visual_input: torch.Tensor | None = None  # (batch,) visual tokens entering the LLM (layer 0, all streams)
 
     def summary(self) -> str:
         carried = ""
@@ -48,6 +49,18 @@ class RunResult:
             f" ({self.visual_per_layer.mean():.1f} counting parallel streams{carried})"
             f" | prefill {self.flops.mean() / 1e9:.3g} GFLOPs"
         )
+
+
+def visual_input(stats: Any) -> torch.Tensor:
+    """``(batch,)`` visual tokens entering the LLM: those in the first decoder layer, every stream
+    counted (``parvts`` sends all of them in, in parallel streams; ``prune`` only the subject group).
+    Tokens a schedule inserts later (``subject-first``) are not counted here; they show in the
+    average per layer."""
+    total = torch.zeros(stats.batch_size)
+    for work in stats.work:
+        if work.start == 0:
+            total += work.visual.float()
+    return total
 
 
 class Scheduler:
@@ -181,4 +194,5 @@ class Scheduler:
             visual_per_layer=stats.visual_per_layer(layers),
             visual_per_layer_survivor=stats.visual_per_layer(layers, plan.schedule.survivor),
             carried_per_layer=stats.carried_per_layer(layers),
+            visual_input=visual_input(stats),
         )

@@ -38,6 +38,7 @@ class FastV(Policy):
     """All visual tokens until layer K, then the top R by the last prompt token's attention at K-1."""
 
     name: ClassVar[str] = "fastv"
+    budget_counts: ClassVar[str] = "after_drop"
     needs_partition: ClassVar[bool] = False
     drop_layer: int = 2
 

@@ -16,6 +16,7 @@ class Full(Policy):
     """Run the unmodified model: one stream carrying every group from layer 0."""
 
     name: ClassVar[str] = "full"
+    budget_counts: ClassVar[str] = "none"
     needs_partition: ClassVar[bool] = False
     uses_budget: ClassVar[bool] = False
 

@@ -22,6 +22,7 @@ class NonSubjectFirst(Policy):
     """Non-subject tokens in layers ``< switch_layer``, subject tokens from there on."""
 
     name: ClassVar[str] = "non-subject-first"
+    budget_counts: ClassVar[str] = "input"
     switch_layer: int = 2
 
     def schedule(

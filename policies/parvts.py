@@ -46,6 +46,7 @@ class ParVTS(Policy):
     """Subject and non-subject streams in parallel up to layer K, fused (or carried) into the subject stream."""
 
     name: ClassVar[str] = "parvts"
+    budget_counts: ClassVar[str] = "input"
     aliases: ClassVar[tuple[str, ...]] = ("parallel",)
 
     drop_layer: int = 2

@@ -72,6 +72,7 @@ class PDrop(Policy):
     """Multi-stage drops (default at 1/4, 1/2, 3/4 of the depth, each stage keeping ``ratio`` times the last)."""
 
     name: ClassVar[str] = "pdrop"
+    budget_counts: ClassVar[str] = "average_per_layer"
     needs_partition: ClassVar[bool] = False
     budget_required: ClassVar[bool] = False  # without one, the stages keep N * ratio ** (s + 1)
     layers: tuple[int, ...] | None = None  # None: a quarter, half and three quarters of the depth

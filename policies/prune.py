@@ -20,6 +20,7 @@ class Prune(Policy):
     """Keep only the subject group (the budget's R tokens) in every layer."""
 
     name: ClassVar[str] = "prune"
+    budget_counts: ClassVar[str] = "input"
 
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None

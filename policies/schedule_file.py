@@ -58,6 +58,7 @@ class FixedSchedule(Policy):
     """
 
     name: ClassVar[str] = "schedule-file"
+    budget_counts: ClassVar[str] = "input"  # the partition's subject group, as the run that saved it
     read: ClassVar[Any] = staticmethod(read_schedule)  # how the planner reads ``path`` with the registry's kinds
     path: str = ""
     fixed: Schedule | None = None

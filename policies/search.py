@@ -20,6 +20,7 @@ class Search(CalibratedPolicy):
     """A layered policy (default parvts) whose layer is the smallest K with KL to full under a threshold."""
 
     name: ClassVar[str] = "search"
+    budget_counts: ClassVar[str] = "input"  # the base policy's, when a registry can name it (budget_counts_of)
     base: str = "parvts"
     threshold: float = 0.003
     layer_param: str = "drop_layer"

@@ -22,6 +22,7 @@ class SubjectFirst(Policy):
     """Subject tokens from layer 0; non-subject tokens join at ``insert_layer``."""
 
     name: ClassVar[str] = "subject-first"
+    budget_counts: ClassVar[str] = "input"
     insert_layer: int = 2
 
     def schedule(

@@ -46,6 +46,7 @@ class VisionZip(Policy):
     """Dominant + merged contextual tokens chosen before the LLM; the LLM sees only those."""
 
     name: ClassVar[str] = "visionzip"
+    budget_counts: ClassVar[str] = "input"
     default_partitioner: ClassVar[str] = "visionzip"
 
     def schedule(

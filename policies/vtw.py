@@ -27,6 +27,7 @@ class VTW(Policy):
     """All visual tokens until layer K, then none (default K: half the depth)."""
 
     name: ClassVar[str] = "vtw"
+    budget_counts: ClassVar[str] = "none"
     needs_partition: ClassVar[bool] = False
     uses_budget: ClassVar[bool] = False
     drop_layer: int | None = None

@@ -146,6 +146,10 @@ REFUSED = [
      "unknown fusion rule 'nosuch'", True),
     ("eval-bad-budget", ["eval", "--data", "synthetic:1:1", "--budgets", "abc"], 2, "is not a token count", True),
     ("eval-device-junk", ["eval", "--device", "junk"], 2, "is not a device", True),
+    ("eval-hard-subset-unknown-case", ["eval", "--data", "synthetic:1:1", "--policies", "prune", "--budgets", "7",
+                                       "--hard-subset", "prune@8"], 2, "--hard-subset: no case 'prune@8' in this eval", True),
+    ("eval-paired-against-unknown-case", ["eval", "--data", "synthetic:1:1", "--paired-against", "nosuch"], 2,
+     "--paired-against: no case 'nosuch' in this eval", True),
     # search-k
     ("search-k-threshold-negative", ["search-k", "--synthetic", "1", "--threshold", "-1"], 2,
      "--threshold: -1 is below the minimum, 0", True),

@@ -30,6 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ev.add_argument("--max-new-tokens", type=at_least(1), default=4)
     add_device(ev, default="cpu")
     add_output(ev, "--out", "folder", default="vtsched-out/eval", help="folder for results.json and results.csv")
+    ev.add_argument("--paired-against", default="full", metavar="CASE",
+                    help="the case every row is paired with in McNemar's test, named as in the table "
+                    "(e.g. 'prune@7', 'prune@7 [random]'; default full)")
+    ev.add_argument("--hard-subset", default=None, metavar="CASE",
+                    help="also score every row on the items this case (named as in the table) answers wrongly")
     ev.add_argument("--no-progress", action="store_true")
     add_common(ev)
 
@@ -40,23 +45,32 @@ def main(args: argparse.Namespace) -> int:
     from vtsched.core.cli.checks import check_prompt_fits
     from vtsched.core.evaluators import evaluator_for
     from vtsched.core.tools.bench import expand_cases
-    from vtsched.core.tools.evaluate import cross_partitioners, evaluate, load_items
+    from vtsched.core.errors import InputError
+    from vtsched.core.tools.evaluate import case_label, cross_partitioners, evaluate, load_items
     from vtsched.core.tools.report import write_csv, write_json
 
     registry = registry_for(args)
     served = evaluator_for(registry, args.data)
     if served is not None:
+        if args.hard_subset is not None or args.paired_against != "full":
+            raise InputError("--paired-against and --hard-subset apply to question-answer datasets, "
+                             f"not to {args.data!r} (scored by the {served[0].name!r} evaluator)")
         return _run_evaluator(args, registry, *served)
     config = model_config(args.model)
     planner = planner_for_config(config, registry)
     cases = expand_cases(planner, args.policies, args.budgets, keep_full=False)
     if args.partitioners:
         cases = cross_partitioners(planner, cases, args.partitioners, data=args.data)
+    labels = ["full", *(case_label(c) for c in cases if c.policy != "full")]
+    for option, name in (("--paired-against", args.paired_against), ("--hard-subset", args.hard_subset)):
+        if name is not None and name not in labels:
+            raise InputError(f"{option}: no case {name!r} in this eval; cases: {', '.join(labels)}")
     items = load_items(args.data, args.limit)
     check_prompt_fits(config, planner.geometry.num_visual, [item.question for item in items], "question of sample")
     scheduler = load_scheduler(args.model, registry, args.device)
     report = evaluate(scheduler, items, cases, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                      progress=not args.no_progress, data=args.data)
+                      progress=not args.no_progress, data=args.data, paired_against=args.paired_against,
+                      hard_subset=args.hard_subset)
     print(report.table())
     out = Path(args.out)
     write_json(out / "results.json", {"data": args.data, "model": args.model or "demo", "rows": report.rows(),

@@ -26,6 +26,7 @@ def main(args: argparse.Namespace) -> int:
     from vtsched.core.errors import VtschedError
     from vtsched.core.io import write_atomic
     from vtsched.core.planner import Planner
+    from vtsched.core.policy import BUDGET_COUNTS, budget_counts_of
 
     registry = registry_for(args)
     config, source = config_and_source(args, args.shape)
@@ -41,6 +42,8 @@ def main(args: argparse.Namespace) -> int:
     print_notes(request_notes(check))
     print(f"model: {source} ({geometry.num_layers} layers, {geometry.num_visual} visual tokens per image)")
     keep = budget.resolve(geometry.num_visual)
+    counts = budget_counts_of(policy, registry)
+    print(f"budget counts: {counts}: {BUDGET_COUNTS.get(counts, 'declared by the policy')}")
     if check.partitioner is not None:
         subject, *others = check.groups
         rest = " + ".join(others) if others else "nothing"

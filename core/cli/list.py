@@ -1,4 +1,5 @@
-"""``vtsched list``: every component by kind, with the plugin that provided it."""
+"""``vtsched list``: every component by kind, with the plugin that provided it; each policy with what
+its budget counts (``budget: input | after_drop | average_per_layer | none``, ``Policy.budget_counts``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def main(args: argparse.Namespace) -> int:
+    from vtsched.core.policy import budget_counts_of
     from vtsched.core.registry import KINDS
 
     registry = registry_for(args)
@@ -26,7 +28,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"{TITLES[kind]}:")
         for c in registry.entries(kind):
             alias = f" (alias {', '.join(c.aliases)})" if c.aliases else ""
-            print(f"  {c.name:<20s} {c.summary}{alias}  [{c.plugin}]")
+            counts = f"  budget: {budget_counts_of(c.obj, registry)}" if kind == "policy" else ""
+            print(f"  {c.name:<20s} {c.summary}{alias}{counts}  [{c.plugin}]")
     print("plugins:")
     for plugin, hooks in registry.plugins.items():
         print(f"  {plugin:<28s} {', '.join(hooks)}")

@@ -108,6 +108,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _record(result: Any) -> dict[str, Any]:
+    from vtsched.core.policy import budget_counts_of
+
     plan = result.plan
     return {
         "answer": result.texts[0],
@@ -118,6 +120,8 @@ def _record(result: Any) -> dict[str, Any]:
         "schedule": plan.schedule.to_dict(),
         "subject_tokens": plan.partition.members(0, plan.partition.groups[0]).tolist(),
         "prefill_flops": float(result.flops[0]),
+        "budget_counts": budget_counts_of(plan.policy),
+        "visual_tokens_input": float(result.visual_input[0]) if result.visual_input is not None else None,
         "visual_tokens_per_layer": float(result.visual_per_layer_survivor[0]),
         "carried_tokens_per_layer": float(result.carried_per_layer[0]) if result.carried_per_layer is not None else 0.0,
     }

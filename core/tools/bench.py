@@ -30,7 +30,8 @@ from vtsched.core.cost import prefill_flops, scoring_flops, vision_flops
 from vtsched.core.engine import DecodeState, Engine, Prefill
 from vtsched.core.errors import InputError
 from vtsched.core.planner import Plan
-from vtsched.core.scheduler import Scheduler
+from vtsched.core.policy import budget_counts_of
+from vtsched.core.scheduler import Scheduler, visual_input
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
 __all__ = ["expand_cases", "Case", "CaseResult", "ReferenceResult", "BenchReport", "run_bench", "parse_case",
@@ -112,6 +113,8 @@ class CaseResult:
     scoring_flops: float = 0.0
     visual_kept: float = 0.0
     visual_all: float = 0.0
+    visual_input: float = 0.0  # visual tokens entering the LLM (first layer, every stream)
+    budget_counts: str = "input"  # what the case's budget counts (Policy.budget_counts)
 
     @property
     def prefill_ms(self) -> float:
@@ -204,6 +207,7 @@ class BenchReport:
                 "case": r.case.label,
                 "policy": r.case.policy,
                 "budget": r.case.budget,
+                "budget_counts": r.budget_counts,
                 "params": dict(r.case.params),
                 "prefill_ms": r.prefill_ms,
                 "prefill_iqr_ms": r.prefill_iqr_ms,
@@ -213,6 +217,7 @@ class BenchReport:
                 "kv_cache_mb": r.kv_cache_bytes / 2**20,
                 "prefill_gflops": r.flops / 1e9,
                 "scoring_gflops": r.scoring_flops / 1e9,
+                "visual_tokens_input": r.visual_input,
                 "visual_tokens_per_layer": r.visual_kept,
                 "visual_tokens_per_layer_all_streams": r.visual_all,
                 "time_ratio_to_full": (r.prefill_ms / base.prefill_ms) if base else None,
@@ -442,6 +447,8 @@ class _Bench:
         r.scoring_flops = float(scoring_flops(stats, geometry).mean())
         r.visual_kept = float(stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor).mean())
         r.visual_all = float(stats.visual_per_layer(geometry.num_layers).mean())
+        r.visual_input = float(visual_input(stats).mean())
+        r.budget_counts = budget_counts_of(plan.policy, self.scheduler.registry)
         self.logits[r.case.label] = out.logits
         if tokens is not None:
             self.tokens[r.case.label] = tokens

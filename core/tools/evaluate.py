@@ -5,6 +5,15 @@ and is the reference. Per case: accuracy (normalised exact match), agreement wit
 answer, KL divergence of the first next-token distribution to ``full``'s, visual tokens per layer
 and prefill FLOPs, overall and split by tag and question type.
 
+Budgets differ in meaning between policies (``Policy.budget_counts``: the subject group entering
+the LLM, the tokens kept after a drop layer, an average per layer), so every row says what its
+budget counted (``budget_counts``) beside what ran: the visual tokens entering the LLM
+(``visual_tokens_input``, the first layer's, every stream), their average per layer
+(``visual_tokens_per_layer``, the surviving stream) and the prefill FLOPs. Every row carries the
+accuracy's 95% Wilson interval, McNemar's test against a reference case on the same items
+(``full`` unless ``paired_against`` names another) and, with ``hard_subset``, the accuracy on the
+items that case answers wrongly (:mod:`vtsched.core.tools.significance`).
+
 The partitioner's own cost is reported beside the LLM's, never folded into it: its wall time per
 sample (``part ms``: every ``partition`` call of the case, measured around the call) and, for a
 partitioner that counts its own compute (a ``spent_flops()`` method returning the FLOPs it has
@@ -34,6 +43,7 @@ from vtsched.core.tools.bench import Case, parse_component
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
 from vtsched.core.generation import GenerationConfig
+from vtsched.core.policy import budget_counts_of
 from vtsched.core.scheduler import Scheduler
 from vtsched.core.tools.search import next_token_kl
 
@@ -82,29 +92,60 @@ class Prediction:
     prefill_gflops: float
     partitioner_ms: float = 0.0  # the partitioner's wall time for this sample (its batch's share)
     partitioner_gflops: float = 0.0  # FLOPs the partitioner reported spending on this sample
+    budget_counts: str = "input"  # what the case's budget counts (Policy.budget_counts)
+    visual_tokens_input: float = 0.0  # visual tokens entering the LLM (its first layer, every stream)
 
 
 @dataclass
 class EvalReport:
+    """Predictions of every case, summarised per case and split by :meth:`rows`.
+
+    ``paired_against``: the case each row is paired with in McNemar's test (``full`` unless named);
+    ``hard_subset``: a case whose wrongly answered items each row is also scored on (None: none).
+    """
+
     cases: list[str]
     predictions: list[Prediction] = field(default_factory=list)
+    paired_against: str = "full"
+    hard_subset: str | None = None
 
     def rows(self) -> list[dict[str, Any]]:
-        return summarise(self.predictions, self.cases)
+        from vtsched.core.tools.significance import paired_rows
+
+        outcomes: dict[tuple[str, str], list[tuple[str, bool]]] = defaultdict(list)
+        for p in self.predictions:
+            for split in ("all", f"tag={p.tag}", f"type={p.type}"):
+                outcomes[(p.case, split)].append((p.id, p.correct))
+        return paired_rows(summarise(self.predictions, self.cases), outcomes,
+                           paired_against=self.paired_against, hard=self.hard_subset)
 
     def table(self) -> str:
-        """One line per case and split; ``GFLOPs`` is the LLM's prefill, ``part ms`` / ``part GF`` the
-        partitioner's own time and FLOPs per sample, reported apart."""
+        """One line per case and split; ``budget`` what its budget counts, ``vis in`` the visual tokens
+        entering the LLM, ``vis/layer`` their average per layer; ``GFLOPs`` is the LLM's prefill,
+        ``part ms`` / ``part GF`` the partitioner's own time and FLOPs per sample, reported apart;
+        ``95% CI`` the accuracy's Wilson interval, ``p`` McNemar's test against ``paired_against``,
+        ``hard`` the accuracy on the items ``hard_subset`` answers wrongly (and how many)."""
         rows = self.rows()
         width = max([34, *(len(r["case"]) for r in rows)])
-        header = (f"{'case':<{width}s} {'split':<24s} {'n':>5s} {'acc':>6s} {'agree':>6s} {'KL':>8s} {'vis/layer':>9s} "
-                  f"{'GFLOPs':>8s} {'part ms':>8s} {'part GF':>8s}")
+        header = (f"{'case':<{width}s} {'split':<24s} {'n':>5s} {'acc':>6s} {'95% CI':>11s} {'p':>6s} {'agree':>6s} "
+                  f"{'KL':>8s} {'budget':>17s} {'vis in':>7s} {'vis/layer':>9s} {'GFLOPs':>8s} {'part ms':>8s} "
+                  f"{'part GF':>8s}" + (f" {'hard':>12s}" if self.hard_subset is not None else ""))
         lines = [header, "-" * len(header)]
         for r in rows:
-            lines.append(f"{r['case']:<{width}s} {r['split']:<24s} {r['n']:>5d} {100 * r['accuracy']:>6.1f} "
-                         f"{100 * r['agreement']:>6.1f} {r['kl']:>8.4f} {r['visual_tokens_per_layer']:>9.1f} "
-                         f"{r['prefill_gflops']:>8.4f} {r['partitioner_ms']:>8.2f} {r['partitioner_gflops']:>8.4f}")
-        return "\n".join(lines)
+            ci = f"{100 * r['accuracy_ci_low']:.1f}-{100 * r['accuracy_ci_high']:.1f}"
+            p = "-" if r["mcnemar_p"] is None else f"{r['mcnemar_p']:.3f}"
+            line = (f"{r['case']:<{width}s} {r['split']:<24s} {r['n']:>5d} {100 * r['accuracy']:>6.1f} {ci:>11s} "
+                    f"{p:>6s} {100 * r['agreement']:>6.1f} {r['kl']:>8.4f} {r['budget_counts']:>17s} "
+                    f"{r['visual_tokens_input']:>7.1f} {r['visual_tokens_per_layer']:>9.1f} "
+                    f"{r['prefill_gflops']:>8.4f} {r['partitioner_ms']:>8.2f} {r['partitioner_gflops']:>8.4f}")
+            if self.hard_subset is not None:
+                hard = "-" if r["hard_accuracy"] is None else f"{100 * r['hard_accuracy']:.1f}"
+                line += f" {hard + ' of ' + str(r['hard_n']):>12s}"
+            lines.append(line)
+        note = f"p: McNemar's test against {self.paired_against!r} on the same items"
+        if self.hard_subset is not None:
+            note += f"; hard: accuracy on the items {self.hard_subset!r} answers wrongly"
+        return "\n".join([*lines, note])
 
 
 def summarise(predictions: Sequence[Prediction], cases: Sequence[str]) -> list[dict[str, Any]]:
@@ -120,9 +161,11 @@ def summarise(predictions: Sequence[Prediction], cases: Sequence[str]) -> list[d
             mine = groups[(case, split)]
             rows.append({
                 "case": case, "split": split, "n": len(mine),
+                "budget_counts": mine[0].budget_counts,
                 "accuracy": statistics.fmean(p.correct for p in mine),
                 "agreement": statistics.fmean(p.agrees_with_full for p in mine),
                 "kl": statistics.fmean(p.kl_to_full for p in mine),
+                "visual_tokens_input": statistics.fmean(p.visual_tokens_input for p in mine),
                 "visual_tokens_per_layer": statistics.fmean(p.visual_tokens_per_layer for p in mine),
                 "prefill_gflops": statistics.fmean(p.prefill_gflops for p in mine),
                 "partitioner_ms": statistics.fmean(p.partitioner_ms for p in mine),
@@ -292,11 +335,14 @@ def evaluate(
     max_new_tokens: int = 4,
     progress: bool = True,
     data: str | None = None,
+    paired_against: str = "full",
+    hard_subset: str | None = None,
 ) -> EvalReport:
     """Answer ``items`` under every case (``full`` first, as the reference).
 
     ``data``: the dataset's spec, handed to partitioners that read the dataset themselves (the
-    ``mask`` partitioner's masks) when their parameter is unset.
+    ``mask`` partitioner's masks) when their parameter is unset. ``paired_against`` and
+    ``hard_subset`` name cases by label (:func:`case_label`; :class:`EvalReport`).
     """
     from tqdm.auto import tqdm
 
@@ -307,7 +353,10 @@ def evaluate(
         policy = scheduler.make_policy(c.policy, dict(c.params))
         built.append((c, policy, _partitioner_for(scheduler, c, policy, data)))
     config = GenerationConfig(max_new_tokens=max_new_tokens)
-    report = EvalReport(labels)
+    for option, name in (("paired_against", paired_against), ("hard_subset", hard_subset)):
+        if name is not None and name not in labels:
+            raise InputError(f"{option}: no case {name!r} in this eval; cases: {', '.join(labels)}")
+    report = EvalReport(labels, paired_against=paired_against, hard_subset=hard_subset)
     bar = tqdm(total=len(items) * len(cases), desc="eval", disable=not progress)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -320,6 +369,8 @@ def evaluate(
             seconds, part_flops = partitioner.take() if partitioner is not None else (0.0, 0.0)
             out = scheduler.answer(batch, plan, config)
             answers, visual, flops = out.texts, out.visual_per_layer_survivor, out.flops
+            entering = out.visual_input if out.visual_input is not None else out.visual_per_layer
+            counts = budget_counts_of(plan.policy, scheduler.registry)
             logits = out.generated.prefill.logits
             if reference_logits is None or reference_answers is None:  # the first case is full
                 reference_logits, reference_answers = logits, answers
@@ -330,7 +381,7 @@ def evaluate(
                     normalise(answers[i]) == normalise(item.answer),
                     normalise(answers[i]) == normalise(reference_answers[i]),
                     float(kl[i]), float(visual[i]), float(flops[i]) / 1e9,
-                    1e3 * seconds / len(chunk), part_flops / len(chunk) / 1e9,
+                    1e3 * seconds / len(chunk), part_flops / len(chunk) / 1e9, counts, float(entering[i]),
                 ))
             bar.update(len(chunk))
     bar.close()
