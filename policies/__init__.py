@@ -13,6 +13,7 @@ from .parvts import ParVTS
 from .pdrop import PDrop
 from .prune import Prune
 from .search import Search
+from .sparsevlm import SparseVLM, SparseVLMRaters
 from .subject_first import SubjectFirst
 from .schedule_file import FixedSchedule
 from .visionzip import VisionZip
@@ -20,14 +21,15 @@ from .vtw import VTW
 
 __all__ = [
     "Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FastV", "DART", "VTW", "PDrop", "VisionZip",
-    "FixedSchedule", "Search", "FixedFusion", "SizeFusion", "AttentionFusion", "DartDuplication",
+    "SparseVLM", "FixedSchedule", "Search", "FixedFusion", "SizeFusion", "AttentionFusion", "DartDuplication",
+    "SparseVLMRaters",
 ]
 
 
 @hookimpl
 def vtsched_register_policies(register):
-    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, DART, VTW, PDrop, VisionZip, Search,
-                   FixedSchedule):
+    for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, DART, VTW, PDrop, VisionZip, SparseVLM,
+                   Search, FixedSchedule):
         register(policy)
 
 
@@ -40,3 +42,4 @@ def vtsched_register_fusion_rules(register):
 @hookimpl
 def vtsched_register_rankers(register):
     register(DartDuplication)  # dart's; the engine's own rankers register from vtsched.core.events
+    register(SparseVLMRaters)  # sparsevlm's

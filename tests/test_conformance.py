@@ -28,7 +28,7 @@ from vtsched.core.testing import (
 from vtsched.partitioners import ClsAttention, RandomTokens, UniformGrid, VisionZipPartitioner
 from vtsched.policies import (
     DART, VTW, AttentionFusion, FastV, FixedFusion, FixedSchedule, Full, NonSubjectFirst, ParVTS, PDrop, Prune, Search,
-    SizeFusion, SubjectFirst, VisionZip,
+    SizeFusion, SparseVLM, SubjectFirst, VisionZip,
 )
 from vtsched.policies.pdrop import average_tokens
 from vtsched_example import PruneAt
@@ -92,6 +92,10 @@ class TestFastV(PolicyConformance):
 class TestDART(PolicyConformance):
     policy_class = DART
     policy_params = {"drop_layer": 1}
+
+
+class TestSparseVLM(PolicyConformance):
+    policy_class = SparseVLM  # default pruning layers: 2/6/15 of 32 scaled to the depth
 
 
 class TestVTW(PolicyConformance):

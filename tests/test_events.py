@@ -376,3 +376,9 @@ class TestDartRanker(RankerConformance):
     """dart's ranker: a built-in from vtsched.policies, registered through the same hook as a plugin's."""
 
     from vtsched.policies import DartDuplication as ranker_class
+
+
+class TestSparseVLMRanker(RankerConformance):
+    """sparsevlm's ranker: the raters' attention, a built-in from vtsched.policies like dart's."""
+
+    from vtsched.policies import SparseVLMRaters as ranker_class

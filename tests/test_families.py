@@ -32,6 +32,7 @@ POLICIES = [
     ("dart", {"drop_layer": 1}, "50%"),
     ("vtw", {"drop_layer": 2}, None),
     ("pdrop", {"layers": (1, 2, 3)}, "40%"),
+    ("sparsevlm", {"layers": (0, 1, 2)}, "50%"),
     ("visionzip", {}, "50%"),
     ("search", {"base": "parvts", "threshold": 1.0}, "50%"),
 ]

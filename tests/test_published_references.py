@@ -1,7 +1,8 @@
 """Every reproduced method against a small reference written from its published algorithm.
 
 Each reference follows the method's paper and official code (FastV: pkunlp-icler/FastV, VTW,
-PyramidDrop: Cooperx521/PyramidDrop, VisionZip: dvlab-research/VisionZip, DART: ZichenWen1/DART),
+PyramidDrop: Cooperx521/PyramidDrop, VisionZip: dvlab-research/VisionZip, DART: ZichenWen1/DART,
+SparseVLM: Gumpest/SparseVLMs),
 not vtsched's code: it
 runs transformers' own decoder layers one at a time on a physically shortened sequence, ranks as
 the official code does and drops tokens by hand. Each is compared with vtsched on a tiny random
@@ -19,6 +20,7 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 from vtsched.core import GenerationConfig, Role, generate
+from vtsched.core.budget import Budget
 from vtsched.core.testing import TinyShape, random_image, tiny_llava
 from vtsched.core.testing.models import decoder_slice, layer_embeds, one_sequence
 
@@ -356,9 +358,76 @@ def test_dart_keeps_exactly_the_budget_between_the_official_counts(tiny):
         assert len(ours(s, batch, "dart", str(keep), drop_layer=2)[0]) == keep
 
 
+# -- SparseVLM --------------------------------------------------------------------------------------
+
+def sparsevlm_reference(model, sample, layers, counts, *, raters: str = "above the mean", rows: str = "raters",
+                        renumber: bool = True):
+    """SparseVLM (official ``LlamaDynamicvitModel.forward`` and ``attn_postprocess_topk``, inference, no
+    recycling): raters are the text tokens after the image whose relevance (``softmax`` over them of the
+    unscaled ``v_t @ t_t^T`` on the layer-0 embeddings, mean over the visual tokens) is above its mean;
+    after each layer l of ``layers`` (its output), l's own causal softmax attention, mean over heads, of
+    the raters' rows on the visual columns, mean over the raters, keeps the top ``counts[s]`` visual
+    tokens in their order; the sequence is renumbered 0..n-1."""
+    ref = Reference(model, sample, renumber=renumber)
+    start, n = int(sample.visual_positions[0]), sample.num_visual
+    embeds = layer_embeds(model, sample)[0]
+    relevance = (embeds[start:start + n] @ embeds[start + n:].T).softmax(-1).mean(0)
+    chosen = relevance > relevance.mean() if raters == "above the mean" else torch.ones_like(relevance, dtype=bool)
+    rater_positions = (torch.nonzero(chosen).flatten() + start + n).tolist()
+    for layer, count in zip(layers, counts):
+        ref.run_until(layer + 1)
+        hidden, ids = ref.inputs[layer]
+        queries = ([int(torch.nonzero(ref.present == p)) for p in rater_positions] if rows == "raters"
+                   else [ref.query_slot()])
+        scores = torch.stack([last_token_attention(ref.lm, layer, hidden, ids, q) for q in queries]).mean(0)
+        ref.keep_visual(scores, count)
+    return ref.finish()
+
+
+def test_sparsevlm_equals_its_published_algorithm(tiny):
+    """At 128 of 576 retained tokens the official 303/110/36, scaled to the 64 tokens here: 34/12/4, after
+    layers 0/1/2 (2/6/15 of 32 scaled to 4 layers)."""
+    model, s, batch = tiny
+    pl = plan(s, batch, "sparsevlm", Budget(ratio=128 / 576))
+    out = s.engine.prefill(batch, pl.schedule, pl.partition, use_cache=False, return_hidden=True)
+    assert [int(w.visual[0]) for w in out.stats.work] == [64, 34, 12, 4]
+    ref_kept, ref_logits = sparsevlm_reference(model, batch.samples[0], (0, 1, 2), (34, 12, 4))
+    assert kept_visual(out, batch.samples[0]) == ref_kept
+    torch.testing.assert_close(out.logits[0], ref_logits[-1], atol=ATOL, rtol=0)
+
+
+def test_sparsevlm_equals_its_published_algorithm_at_given_layers(tiny):
+    model, s, batch = tiny
+    kept, logits = ours(s, batch, "sparsevlm", Budget(ratio=192 / 576), layers="1/2")
+    ref_kept, ref_logits = sparsevlm_reference(model, batch.samples[0], (1, 2), (33, 22))  # 300/576, 200/300
+    assert kept == ref_kept
+    torch.testing.assert_close(logits, ref_logits[-1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("detail", [{"rows": "last token"}, {"raters": "every text token"}, {"renumber": False}])
+def test_sparsevlm_controls_changing_one_published_detail_differ(tiny, detail):
+    model, s, batch = tiny
+    kept, logits = ours(s, batch, "sparsevlm", Budget(ratio=128 / 576))
+    ref_kept, ref_logits = sparsevlm_reference(model, batch.samples[0], (0, 1, 2), (34, 12, 4), **detail)
+    assert ref_kept != kept or differs(logits, ref_logits[-1])
+
+
+@pytest.mark.parametrize("budget", [192, 128, 64])
+def test_sparsevlm_keeps_the_official_counts_on_576_tokens(budget):
+    """``sparse_token_list_192/128/64`` of ``score.py``, stage by stage, for LLaVA-1.5's 576 tokens."""
+    from vtsched.policies.sparsevlm import OFFICIAL_COUNTS, stage_keeps
+
+    n, counts = 576, []
+    for keep in stage_keeps(Budget(count=budget)):
+        n = min(n, keep) if isinstance(keep, int) else round(keep * n)
+        counts.append(n)
+    assert tuple(counts) == OFFICIAL_COUNTS[budget]
+    assert stage_keeps(Budget(ratio=budget / 576)) == stage_keeps(Budget(count=budget))
+
+
 # -- what each reproduced method's docstring says ------------------------------------------------------
 
-REPRODUCED = ("fastv", "vtw", "pdrop", "visionzip", "dart")
+REPRODUCED = ("fastv", "vtw", "pdrop", "visionzip", "dart", "sparsevlm")
 
 
 @pytest.mark.parametrize("name", REPRODUCED)
