@@ -227,3 +227,19 @@ def test_bench_rows_report_budget_meaning_beside_tokens_flops_and_time(tmp_path)
     assert (full["visual_tokens_input"], prune["visual_tokens_input"], fastv["visual_tokens_input"]) == (64, 7, 64)
     assert prune["visual_tokens_per_layer"] == 7.0 < fastv["visual_tokens_per_layer"] < 64.0
     assert all(r["prefill_ms"] > 0 and r["prefill_gflops"] > 0 for r in (full, prune, fastv))
+
+
+def test_sweep_rows_report_budget_meaning_beside_tokens_flops_and_time(tmp_path):
+    results = tmp_path / "r.jsonl"
+    config = tmp_path / "s.toml"
+    config.write_text(f'[sweep]\nresults = "{results.as_posix()}"\nmodels = ["demo"]\ndatasets = ["synthetic:3:1"]\n'
+                      'budgets = [7]\n[[policy]]\nname = "full"\n[[policy]]\nname = "prune"\n[[policy]]\nname = "fastv"\n')
+    assert main(["sweep", str(config), "--no-progress"]) == 0
+    rows = {r["label"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert {k: rows[k]["budget_counts"] for k in ("full", "prune@7", "fastv@7")} == {
+        "full": "none", "prune@7": "input", "fastv@7": "after_drop"}
+    assert (rows["prune@7"]["visual_tokens_input"], rows["fastv@7"]["visual_tokens_input"]) == (7.0, 64.0)
+    assert rows["fastv@7"]["visual_tokens_per_layer"] < 64.0 and rows["fastv@7"]["prefill_ms"] > 0
+    (summary,) = tmp_path.glob("*/summary.csv")
+    header = summary.read_text().splitlines()[0].split(",")
+    assert {"budget_counts", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "prefill_ms"} <= set(header)

@@ -22,8 +22,8 @@ from vtsched.core.tools.report import save_png, write_csv
 
 __all__ = ["summary_rows", "summary_table", "seed_means", "seed_table", "summary_text", "pareto_front", "write_report", "COLUMNS"]
 
-COLUMNS = ("model", "dataset", "label", "policy", "budget", "k", "partitioner", "seed", "status", "n", "accuracy",
-           "agreement_with_full", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",
+COLUMNS = ("model", "dataset", "label", "policy", "budget", "budget_counts", "k", "partitioner", "seed", "status", "n",
+           "accuracy", "agreement_with_full", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",
            "vision_ms", "wall_s", "error", "hash")
 
 
@@ -53,9 +53,10 @@ def summary_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             agreement = sum(normalise(p) == normalise(q or "") for p, q in pairs) / len(pairs) if pairs else None
         out.append({
             "model": spec["model"], "dataset": spec["dataset"], "label": r.get("label"), "policy": spec["policy"],
-            "budget": spec.get("budget"), "k": r.get("k"), "partitioner": spec.get("partitioner"),
+            "budget": spec.get("budget"), "budget_counts": r.get("budget_counts"), "k": r.get("k"), "partitioner": spec.get("partitioner"),
             "seed": spec.get("seed"), "status": r.get("status"), "n": r.get("n"), "accuracy": r.get("accuracy"),
-            "agreement_with_full": agreement, "visual_tokens_per_layer": r.get("visual_tokens_per_layer"),
+            "agreement_with_full": agreement, "visual_tokens_input": r.get("visual_tokens_input"),
+            "visual_tokens_per_layer": r.get("visual_tokens_per_layer"),
             "prefill_gflops": r.get("prefill_gflops"), "est_gflops": r.get("est_gflops"),
             "prefill_ms": r.get("prefill_ms"), "vision_ms": r.get("vision_ms"), "wall_s": r.get("wall_s"),
             "by_split": dict(r.get("by_split") or {}),

@@ -46,15 +46,19 @@ class Answers:
     gflops: list[float] = field(default_factory=list)
     prefill_s: float = 0.0
     vision_s: float = 0.0
+    visual_input: list[float] = field(default_factory=list)  # visual tokens entering the LLM, per sample
+    budget_counts: str = "input"  # what the cell's budget counts (Policy.budget_counts)
 
     def merged(self, others: Sequence[Answers]) -> Answers:
         """All answers in dataset order, times added up."""
         parts = [self, *others]
-        out = Answers(prefill_s=sum(p.prefill_s for p in parts), vision_s=sum(p.vision_s for p in parts))
+        out = Answers(prefill_s=sum(p.prefill_s for p in parts), vision_s=sum(p.vision_s for p in parts),
+                      budget_counts=self.budget_counts)
         rows = sorted((i, p, k) for p in range(len(parts)) for k, i in enumerate(parts[p].index))
         for _, p, k in rows:
             src = parts[p]
-            for name in ("index", "ids", "tags", "types", "answers", "predictions", "correct", "visual", "gflops"):
+            for name in ("index", "ids", "tags", "types", "answers", "predictions", "correct", "visual", "gflops",
+                         "visual_input"):
                 getattr(out, name).append(getattr(src, name)[k])
         return out
 
@@ -92,6 +96,7 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
 
     from vtsched.core.budget import Budget
     from vtsched.core.generation import GenerationConfig
+    from vtsched.core.policy import budget_counts_of
     from vtsched.core.tools.evaluate import normalise
 
     torch.manual_seed(int(spec["seed"]))
@@ -102,7 +107,7 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
     config = GenerationConfig(max_new_tokens=int(spec["max_new_tokens"]))
     cuda = scheduler.adapter.device.type == "cuda"
     timed = _TimedEngine(scheduler.engine, cuda)
-    out = Answers()
+    out = Answers(budget_counts=budget_counts_of(policy, scheduler.registry))
     chosen = list(range(len(items))) if indices is None else list(indices)
     for start in range(0, len(chosen), batch_size):
         index = chosen[start : start + batch_size]
@@ -115,6 +120,7 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
         plan = scheduler.plan(batch, policy, partitioner, budget)
         answered = scheduler.answer(batch, plan, config, engine=timed)
         texts, visual, flops = answered.texts, answered.visual_per_layer_survivor, answered.flops
+        entering = answered.visual_input if answered.visual_input is not None else answered.visual_per_layer
         for k, (i, item) in enumerate(zip(index, chunk)):
             out.index.append(i)
             out.ids.append(item.id)
@@ -125,6 +131,7 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
             out.correct.append(normalise(texts[k]) == normalise(item.answer))
             out.visual.append(float(visual[k]))
             out.gflops.append(float(flops[k]) / 1e9)
+            out.visual_input.append(float(entering[k]))
     out.prefill_s = timed.seconds
     return out
 
@@ -148,6 +155,8 @@ def cell_row(cell: Cell, answers: Answers, *, wall_s: float, device: str, ranks:
         **_meta(cell), "status": "ok", "error": None, "n": n,
         "accuracy": statistics.fmean(answers.correct) if n else float("nan"),
         "by_split": {k: statistics.fmean(v) for k, v in sorted(splits.items())},
+        "budget_counts": answers.budget_counts,
+        "visual_tokens_input": statistics.fmean(answers.visual_input) if answers.visual_input else float("nan"),
         "visual_tokens_per_layer": statistics.fmean(answers.visual) if n else float("nan"),
         "prefill_gflops": statistics.fmean(answers.gflops) if n else float("nan"),
         "prefill_ms": 1e3 * answers.prefill_s / n if n else float("nan"),
