@@ -44,7 +44,7 @@ class FusionInputs:
 
 @runtime_checkable
 class FusionRule(Protocol):
-    """A named way to weight streams. Instances are built from the Fuse event's ``params``."""
+    """A named way to weight streams. Instances are built from the ``fuse`` event's ``params``."""
 
     name: ClassVar[str]
     needs_attention_mass: ClassVar[bool]

@@ -52,12 +52,12 @@ def vtsched_register_partitioners(register: Register) -> None:
 
 @hookspec
 def vtsched_register_fusion_rules(register: Register) -> None:
-    """Register fusion rules for ``Fuse`` events.
+    """Register fusion rules for ``fuse`` events.
 
     Called once per registry. Call ``register(rule_cls)``; the class has ``name``, a boolean
     ``needs_attention_mass`` and ``weights(self, inputs: FusionInputs) -> Tensor`` returning
     ``(streams, batch, tokens)`` weights that are finite and sum to one over streams (the engine
-    checks both; see :mod:`vtsched.core.fusion`). It is built with the Fuse event's params as
+    checks both; see :mod:`vtsched.core.fusion`). It is built with the fuse event's params as
     keyword arguments. The return value is ignored.
     """
 
@@ -119,7 +119,7 @@ def vtsched_register_rankers(register: Register) -> None:
 
     Called once per registry. Call ``register(ranker_cls)``; the class subclasses
     :class:`~vtsched.core.events.rankers.Ranker`, is built without arguments, and has a ``name`` (what
-    ``KeepTop.ranker`` names) and ``scores(event, run, at) -> (index, scores)``: two ``(rows, T)``
+    a ``keep_top`` event's ``ranker`` names) and ``scores(event, run, at) -> (index, scores)``: two ``(rows, T)``
     tensors, the positions of the stream's tokens and their scores (higher is kept first); optionally
     ``unavailable(layer, num_layers)`` and ``probes(event, run, segment, at)`` (attention to read in
     earlier layers). The built-in ``last_token_attention`` and ``next_layer_attention`` register

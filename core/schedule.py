@@ -76,7 +76,7 @@ class Schedule:
     def layout_at(self, layer: int) -> dict[str, tuple[str, ...]]:
         """Live streams entering ``layer`` (after its events) and the groups each carries.
 
-        ``KeepTop`` keeps the group's name, so this is the *nominal* layout; the engine reports
+        A ``keep_top`` keeps the group's name, so this is the *nominal* layout; the engine reports
         the exact token counts of what ran.
         """
         return _simulate(self, upto=layer)

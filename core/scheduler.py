@@ -36,7 +36,7 @@ class RunResult:
     flops: torch.Tensor  # (batch,) decoder prefill FLOPs of what ran
     visual_per_layer: torch.Tensor  # (batch,) visual tokens per layer, all streams
     visual_per_layer_survivor: torch.Tensor  # (batch,)
-    carried_per_layer: torch.Tensor | None = None  # (batch,) carried text-token copies per layer (Carry)
+    carried_per_layer: torch.Tensor | None = None  # (batch,) carried text-token copies per layer (``carry``)
     visual_input: torch.Tensor | None = None  # (batch,) visual tokens entering the LLM (layer 0, all streams)
 
     def summary(self) -> str:

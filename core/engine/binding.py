@@ -56,7 +56,7 @@ class Bound:
         return table.gather(1, index.clamp(min=0)).masked_fill(index < 0, -1)
 
     def fused(self, index: torch.Tensor, tokens: str) -> torch.Tensor:
-        """``(rows, T)`` which slots at ``index`` are text tokens of kind ``tokens`` (a ``Fuse``/``Carry``
+        """``(rows, T)`` which slots at ``index`` are text tokens of kind ``tokens`` (a ``fuse``/``carry``
         event's ``tokens``): by role for ``"question"`` and ``"post_image"``; for ``"last"`` the
         prompt's last token (tail and carried copies are not the prompt's)."""
         roles = self.lookup(self.roles, index)

@@ -34,7 +34,7 @@ class KeyLayout:
         index: ``(batch, C)`` original positions, ``-1`` for padding.
         padded: whether any slot is padding (new tokens never are, so this stays as prefill left it).
         next_rotary: ``(batch,)`` rotary id of the next token at these layers, or ``None`` for the
-            state's own (they differ only after a renumbering ``KeepTop``).
+            state's own (they differ only after a renumbering ``keep_top``).
     """
 
     index: torch.Tensor

@@ -51,7 +51,7 @@ class LayerCache:
     ``index`` is one tensor shared by all layers of a segment (``(batch, C)``, ``-1`` = padding),
     so decoding can tell which layers share a key layout without comparing tensors.
     ``next_rotary``: ``(batch,)`` the rotary id a token after the prompt takes at this layer (it
-    differs between layers only where a ``KeepTop`` renumbered the tokens), ``None``: the prompt's.
+    differs between layers only where a ``keep_top`` renumbered the tokens), ``None``: the prompt's.
     """
 
     keys: torch.Tensor  # (batch, kv_heads, C, head_dim)

@@ -19,7 +19,7 @@ class LayerWork:
     ``queries``: tokens computed; ``keys``: tokens attended over (shared context included);
     ``packed_keys``: key columns the attention kernel scored (streams packed in one row see each
     other's columns masked); ``visual``: visual tokens among the queries; ``carried``: copies of
-    other streams' text tokens among the queries (:class:`~vtsched.core.events.carry.Carry`).
+    other streams' text tokens among the queries (a ``carry`` event).
     """
 
     start: int
@@ -111,7 +111,7 @@ class RunStats:
 
     def carried_per_layer(self, num_layers: int) -> torch.Tensor:
         """``(batch,)`` carried text-token copies per layer, averaged over layers: the extra tokens a
-        :class:`~vtsched.core.events.carry.Carry` costs, beside the visual tokens it saves."""
+        a ``carry`` event costs, beside the visual tokens it saves."""
         total = torch.zeros(self.batch_size)
         for w in self.work:
             if w.carried is not None:

@@ -468,7 +468,7 @@ class PartitionerConformance(_Kit):
 class FusionRuleConformance(_Kit):
     """Checks a fusion rule (see :mod:`vtsched.core.fusion`).
 
-    Set ``fusion_rule_class`` (and ``fusion_rule_params``, the ``Fuse`` event's parameters).
+    Set ``fusion_rule_class`` (and ``fusion_rule_params``, the ``fuse`` event's parameters).
     Checks: the class contract (``name``, boolean ``needs_attention_mass``, ``weights(inputs)``);
     on drawn :class:`FusionInputs` (attention mass only where the rule asks for it, as the
     engine does): weights of shape ``(streams, batch, tokens)``, finite, non-negative, summing

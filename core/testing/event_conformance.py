@@ -251,9 +251,7 @@ class RankerConformance(EventConformance):
 
     @property
     def event_class(self) -> type:  # type: ignore[override]
-        from vtsched.core.events import KeepTop
-
-        return KeepTop
+        return self.registry().event_kinds()["keep_top"]  # the kind that ranks
 
     def rankers(self) -> dict[str, type]:
         _expect(self.ranker_class is not None, f"{type(self).__name__}: set ranker_class")

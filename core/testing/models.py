@@ -105,7 +105,7 @@ def stream_positions(sample: Sample, visual: torch.Tensor) -> torch.Tensor:
 
 
 def fused_positions(sample: Sample, tokens: str) -> set[int]:
-    """Positions of the text tokens a ``Fuse``/``Carry`` event with ``tokens`` acts on, read from roles alone."""
+    """Positions of the text tokens a ``fuse``/``carry`` event with ``tokens`` acts on, read from roles alone."""
     from vtsched.core.tokens import Role
 
     roles = sample.roles.tolist()

@@ -29,8 +29,8 @@ from vtsched.core.fusion import FusionInputs
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.pixels import TokenBoxes, grid_boxes
 from vtsched.core.partition import NON_SUBJECT, SUBJECT
-from vtsched.core.events import BUILTIN_EVENTS, BUILTIN_RANKERS, DrawState, EndStream, Event, Layout
-from vtsched.core.schedule import Schedule, Stream
+from vtsched.core.events import BUILTIN_EVENTS, BUILTIN_RANKERS, DrawState, Event, Layout
+from vtsched.core.schedule import BUILTIN_KINDS, Schedule, Stream
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
 __all__ = [
@@ -175,7 +175,8 @@ def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: in
             event = draw(st.one_of(*options))
             event.check(layout)
             events.append(event)
-    events.extend(EndStream(num_layers, name) for name in list(layout.alive) if name != survivor)
+    end = BUILTIN_KINDS["end"]  # a schedule ends every stream but the survivor
+    events.extend(end(num_layers, name) for name in list(layout.alive) if name != survivor)
     return Schedule(num_layers, groups, streams, survivor, tuple(events))
 
 

@@ -8,7 +8,7 @@ figures drawn from it:
 
 - ``partition``: each group's tokens tinted on the image;
 - ``kept``: the tokens each stream carries in each run of layers (one panel per run and stream;
-  what survives each ``KeepTop``; carried text copies counted in the title);
+  what survives each ``keep_top``; carried text copies counted in the title);
 - ``flow``: visual tokens per stream against layer, the schedule's events marked;
 - ``fusion``: the weight each stream got per fused token, where the schedule fuses;
 - ``attention``: where each live stream's last prompt token looks at the layers asked for.
@@ -313,7 +313,7 @@ def show(
 
 
 def _fused_positions(sample: Any, tokens: str) -> list[int]:
-    """Positions of the text tokens a ``Fuse`` of kind ``tokens`` merges, in order (as the engine picks them)."""
+    """Positions of the text tokens a ``fuse`` of kind ``tokens`` merges, in order (as the engine picks them)."""
     from vtsched.core.tokens import Role
 
     roles = sample.roles

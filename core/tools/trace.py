@@ -1,7 +1,7 @@
 """Which visual tokens ran where: the tokens of every stream in every run of layers, read during a prefill.
 
 :class:`~vtsched.core.engine.stats.RunStats` counts what ran; :mod:`vtsched.core.tools.show` needs
-*which* tokens (a ``KeepTop`` keeps tokens that only the model's attention decides). The engine
+*which* tokens (a ``keep_top`` keeps tokens that only the model's attention decides). The engine
 already hands its statistics each run of layers as it packs it (``RunStats.add_segment``: the packed
 rows, each stream's column block, the role of each slot), so a :class:`TracingEngine` gives a prefill
 a :class:`TraceStats`, which records, besides the counts, each stream's visual tokens (in image
@@ -38,7 +38,7 @@ class StreamTokens:
     """The tokens one stream carried through layers ``start..end-1``, for one sample.
 
     ``visual``: visual token numbers in image order (indices into ``Sample.pixel_boxes``), sorted;
-    ``carried``: copies of other streams' text tokens it carried (``Carry``).
+    ``carried``: copies of other streams' text tokens it carried (``carry``).
     """
 
     start: int
@@ -127,7 +127,7 @@ class TracingEngine(Engine):
         stats = TraceStats(batch_size=len(batch), visual_number=numbers)
 
         def origin(index: torch.Tensor) -> torch.Tensor:
-            bound = run.bound  # read at call time: a Carry replaces the tables
+            bound = run.bound  # read at call time: a carry replaces the tables
             return index if bound.origin is None else bound.lookup(bound.origin, index)
 
         stats.origin = origin
