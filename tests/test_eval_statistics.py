@@ -243,3 +243,20 @@ def test_sweep_rows_report_budget_meaning_beside_tokens_flops_and_time(tmp_path)
     (summary,) = tmp_path.glob("*/summary.csv")
     header = summary.read_text().splitlines()[0].split(",")
     assert {"budget_counts", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "prefill_ms"} <= set(header)
+
+
+def test_eval_accepts_a_case_named_with_its_partitioner(monkeypatch, tmp_path):
+    import vtsched.core.cli.eval as eval_command
+
+    class Reached(BaseException):
+        pass
+
+    def reached(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(eval_command, "load_scheduler", reached)
+    with pytest.raises(Reached):  # the name passed the check: the command went on to load weights
+        main(["eval", "--data", "synthetic:1:1", "--policies", "prune", "--budgets", "7", "--partitioners", "random",
+              "--hard-subset", "prune@7 [random]", "--paired-against", "prune@7 [random]", "--out", str(tmp_path / "e")])
+    assert main(["eval", "--data", "synthetic:1:1", "--policies", "prune", "--budgets", "7", "--partitioners", "random",
+                 "--hard-subset", "prune@7", "--out", str(tmp_path / "e")]) == 2
