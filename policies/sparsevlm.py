@@ -147,9 +147,11 @@ class _RaterProbe:
         run.readings.rank[self.at] = (self.index, total / count.clamp(min=1)[:, None].to(probs.dtype))
 
 
-def stage_keeps(budget: Budget) -> tuple[int | float, ...]:
-    """Each stage's ``keep`` as a share of the tokens entering it (see the module docstring)."""
-    share = budget.ratio if budget.ratio is not None else budget.count / OFFICIAL_VISUAL
+def stage_keeps(budget: Budget, num_visual: int = OFFICIAL_VISUAL) -> tuple[int | float, ...]:
+    """Each stage's ``keep`` as a share of the tokens entering it (see the module docstring). A count
+    budget is a share of the image's own ``num_visual`` tokens (64 of 576 on LLaVA-1.5; 7 of 64 on the
+    demo model picks the same list)."""
+    share = budget.ratio if budget.ratio is not None else budget.count / max(num_visual, 1)
     listed = min(OFFICIAL_COUNTS, key=lambda r: (abs(r / OFFICIAL_VISUAL - share), -r))
     counts = OFFICIAL_COUNTS[listed]
     first = min(1.0, counts[0] / OFFICIAL_VISUAL * share * OFFICIAL_VISUAL / listed)
@@ -190,7 +192,7 @@ class SparseVLM(Policy):
                 or len(layers) > len(OFFICIAL_LAYERS):
             raise ScheduleError(f"sparsevlm: pruning layers {layers} must be at most 3, increasing within "
                                 f"0..{geometry.num_layers - 2}")
-        keeps = stage_keeps(budget)
+        keeps = stage_keeps(budget, geometry.num_visual)
         events = tuple(KeepTop(k + 1, "main", groups[0], keep, "sparsevlm_raters", self.renumber)
                        for k, keep in zip(layers, keeps))
         return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events,

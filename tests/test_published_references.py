@@ -425,6 +425,14 @@ def test_sparsevlm_keeps_the_official_counts_on_576_tokens(budget):
     assert stage_keeps(Budget(ratio=budget / 576)) == stage_keeps(Budget(count=budget))
 
 
+def test_sparsevlm_count_budgets_are_shares_of_the_images_own_tokens():
+    """7 of the demo model's 64 tokens picks the list 64 of 576 does (a count is not read on 576's scale)."""
+    from vtsched.policies.sparsevlm import stage_keeps
+
+    assert stage_keeps(Budget(count=7), 64) == stage_keeps(Budget(ratio=7 / 64))
+    assert stage_keeps(Budget(count=7), 64)[0] > 0.1  # not 7/576 of the image at the first stage
+
+
 # -- what each reproduced method's docstring says ------------------------------------------------------
 
 REPRODUCED = ("fastv", "vtw", "pdrop", "visionzip", "dart", "sparsevlm")
