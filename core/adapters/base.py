@@ -216,19 +216,17 @@ def llama_style_decoder(language_model: Any, lm_head: nn.Module, **extra: Any) -
     language models are; ``extra`` sets the family's fields (``rope_rows``, ``layer_position_ids``)."""
     lm = language_model
 
-    def query_rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        block = lm.layers[layer]
-        attn = block.self_attn
-        x = block.input_layernorm(hidden)
-        q = attn.q_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
-        return q * cos[:, None] + rotate_half(q) * sin[:, None]
+    def rotated_rows(projection: str) -> Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A layer's input norm, then its ``projection`` (``q_proj``/``k_proj``) per head, then the rotary embedding."""
 
-    def key_rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        block = lm.layers[layer]
-        attn = block.self_attn
-        x = block.input_layernorm(hidden)
-        k = attn.k_proj(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
-        return k * cos[:, None] + rotate_half(k) * sin[:, None]
+        def rows(layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            block = lm.layers[layer]
+            attn = block.self_attn
+            x = block.input_layernorm(hidden)
+            states = getattr(attn, projection)(x).view(*x.shape[:-1], -1, attn.head_dim).transpose(1, 2)
+            return states * cos[:, None] + rotate_half(states) * sin[:, None]
+
+        return rows
 
     return DecoderParts(
         embed_tokens=lm.embed_tokens,
@@ -237,8 +235,8 @@ def llama_style_decoder(language_model: Any, lm_head: nn.Module, **extra: Any) -
         norm=lm.norm,
         lm_head=lm_head,
         attn_implementation=lm.config._attn_implementation,
-        query_rows=query_rows,
-        key_rows=key_rows,
+        query_rows=rotated_rows("q_proj"),
+        key_rows=rotated_rows("k_proj"),
         scaling=lm.layers[0].self_attn.scaling,
         **extra,
     )

@@ -93,11 +93,7 @@ def decode_state(cache: list[LayerCache], next_position: torch.Tensor, next_rota
     for entry in cache:
         rotary = None if entry.next_rotary is None or _same(entry.next_rotary, next_rotary) else entry.next_rotary
         last = layouts[-1] if layouts else None
-        if last is None or not (
-            (last.index is entry.index or _same(last.index, entry.index))
-            and (last.next_rotary is rotary or (rotary is not None and last.next_rotary is not None
-                                                and _same(last.next_rotary, rotary)))
-        ):
+        if last is None or not (_same_or_none(last.index, entry.index) and _same_or_none(last.next_rotary, rotary)):
             layouts.append(KeyLayout(entry.index, bool((entry.index < 0).any()), rotary))
         layer_layout.append(len(layouts) - 1)
     return DecodeState(
@@ -108,6 +104,14 @@ def decode_state(cache: list[LayerCache], next_position: torch.Tensor, next_rota
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def _same_or_none(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Both ``None``, the same tensor, or equal ones (checked by identity first: layers of one segment
+    share one tensor)."""
+    if a is None or b is None:
+        return a is b
+    return a is b or _same(a, b)
 
 
 def extend(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> torch.Tensor:
