@@ -234,3 +234,16 @@ def test_cli_writes_figures_sheet_and_json(tmp_path, capsys):
     bad = run_cli("show", "--model", str(model), "--image", str(IMAGE), "--question", QUESTION,
                   "--schedule", str(tmp_path / "s3.json"), "--out", str(tmp_path / "bad"), cwd=tmp_path)
     assert bad.returncode == 2 and "groups" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+@pytest.mark.parametrize("policy", ["dart", "sparsevlm"])
+def test_policies_ranking_by_a_registered_ranker_show_too(schedulers, odd_image, policy):
+    """The tracing engine keeps the scheduler's rankers (dart's and sparsevlm's come from the registry, not
+    the engine's built-ins), and the tokens it draws in the survivor are the engine's own."""
+    scheduler = schedulers["tiny"]  # LLaVA-1.5
+    params = {"drop_layer": 1} if policy == "dart" else {}  # a drop the tiny model's layers run after
+    result = show(scheduler, odd_image, QUESTION, policy, policy_params=params, budget="0.5")
+    plan = scheduler.plan(scheduler.prepare([odd_image], [QUESTION]), scheduler.make_policy(policy, params), None,
+                          Budget.parse("0.5"))
+    last = [r for r in result.data["runs"] if r["stream"] == result.data["survivor"]][-1]
+    assert last["visual"] == survivor_tokens(scheduler, odd_image, plan)

@@ -103,7 +103,7 @@ class TracingEngine(Engine):
 
     def __init__(self, engine: Engine, attention_layers: tuple[int, ...] = ()) -> None:
         super().__init__(engine.parts, engine.fusion_rules, share_prefix=engine.share_prefix,
-                         split_above=engine.split_above)
+                         split_above=engine.split_above, rankers=engine.rankers)
         self.attention_layers = tuple(attention_layers)
         self.attention: list[list[LastTokenAttention]] = []
         self._run: Any = None
