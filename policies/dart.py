@@ -41,7 +41,7 @@ import torch
 
 from vtsched.core.budget import Budget
 from vtsched.core.events import KeepTop
-from vtsched.core.events.rankers import Ranker
+from vtsched.core.events.rankers import LayerBeforeRanker
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import Schedule, Stream
@@ -88,22 +88,14 @@ def dart_order(key_l1: torch.Tensor, states: torch.Tensor, image: torch.Tensor, 
     return order + sorted(candidates)
 
 
-class DartDuplication(Ranker):
+class DartDuplication(LayerBeforeRanker):
     """DART's duplication rule (pivots by key L1 norm at layer K-1, then the least similar tokens), as a
     ranking whose top R is what DART keeps at budget R."""
 
     name = "dart_duplication"
 
-    def unavailable(self, layer: int, num_layers: int) -> str | None:
-        return "dart reads the keys of the layer before the drop (layer >= 1)" if layer < 1 else None
-
-    def probes(self, event, run, segment, at):
-        layer = event.layer - 1
-        if not segment.start <= layer < segment.end:
-            return []
-        block = segment.block(event.stream)
-        own = slice(segment.n_context + block.start, segment.n_context + block.stop)
-        return [(layer, _KeyNorms(at, own, segment.rows.index[:, block]))]
+    def probe(self, event, run, segment, block, own, at):
+        return _KeyNorms(at, own, segment.rows.index[:, block])
 
     def scores(self, event, run, at):
         index, norms = run.readings.rank.pop(at)  # (rows, T): positions, their keys' L1 norm at K-1

@@ -56,7 +56,7 @@ import torch
 from vtsched.core.budget import Budget
 from vtsched.core.errors import ScheduleError
 from vtsched.core.events import KeepTop
-from vtsched.core.events.rankers import Ranker
+from vtsched.core.events.rankers import LayerBeforeRanker
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import Schedule, Stream
@@ -78,28 +78,20 @@ def raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return chosen if bool(chosen.any()) else torch.ones_like(chosen)
 
 
-class SparseVLMRaters(Ranker):
+class SparseVLMRaters(LayerBeforeRanker):
     """The attention the raters (text tokens chosen on the layer-0 embeddings) gave each token in the
     layer before the event, head-averaged and averaged over the raters (SparseVLM's signal), recomputed
     for those query rows from what that layer attended over."""
 
     name = "sparsevlm_raters"
 
-    def unavailable(self, layer: int, num_layers: int) -> str | None:
-        return "ranking by the raters' attention needs a layer before it (layer >= 1)" if layer < 1 else None
-
-    def probes(self, event, run, segment, at):
+    def probe(self, event, run, segment, block, own, at):
         from vtsched.core.engine.probes import QueryRows
 
-        layer = event.layer - 1
-        if not segment.start <= layer < segment.end:
-            return []
-        block = segment.block(event.stream)
         index = segment.rows.index[:, block]
         sel = torch.zeros_like(segment.row_roles, dtype=torch.bool)
-        sel[:, block] = self.rater_slots(event, run, index, layer)
-        own = slice(segment.n_context + block.start, segment.n_context + block.stop)
-        return [(layer, _RaterProbe(QueryRows.select(segment, sel, block), at, own, index))]
+        sel[:, block] = self.rater_slots(event, run, index, event.layer - 1)
+        return _RaterProbe(QueryRows.select(segment, sel, block), at, own, index)
 
     @staticmethod
     def rater_slots(event, run, index: torch.Tensor, layer: int) -> torch.Tensor:
@@ -125,9 +117,6 @@ class SparseVLMRaters(Ranker):
             tokens[b] = visual.numel()
             run.stats.add_projection(layer, tokens, int(slots.numel()))  # v_t @ t_t^T
         return out
-
-    def scores(self, event, run, at):
-        return run.readings.rank.pop(at)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vtsched.core.engine.run import PrefillRun
     from vtsched.core.events.keep_top import KeepTop
 
-__all__ = ["Ranker", "LastTokenAttention", "NextLayerAttention", "BUILTIN_RANKERS", "KNOWN_RANKERS"]
+__all__ = ["Ranker", "LayerBeforeRanker", "LastTokenAttention", "NextLayerAttention", "BUILTIN_RANKERS", "KNOWN_RANKERS"]
 
 
 class Ranker:
@@ -44,31 +44,44 @@ class Ranker:
         raise NotImplementedError
 
 
-class LastTokenAttention(Ranker):
+class LayerBeforeRanker(Ranker):
+    """Base of rankers that read what layer ``event.layer - 1`` computed (attention rows, keys) through a
+    probe: :meth:`probes` plans it in the segment that runs that layer, a subclass builds it in
+    :meth:`probe` (``block``: the stream's columns in the packed row, ``own``: its key columns), and
+    :meth:`scores` returns what the probe left in ``run.readings.rank`` under ``at``."""
+
+    def unavailable(self, layer: int, num_layers: int) -> str | None:
+        return f"{self.name} reads the layer before the event: it needs layer >= 1" if layer < 1 else None
+
+    def probes(self, event: KeepTop, run: PrefillRun, segment: Segment, at: int) -> list[tuple[int, Probe]]:
+        layer = event.layer - 1
+        if not segment.start <= layer < segment.end:
+            return []
+        block = segment.block(event.stream)
+        own = slice(segment.n_context + block.start, segment.n_context + block.stop)
+        return [(layer, self.probe(event, run, segment, block, own, at))]
+
+    def probe(self, event: KeepTop, run: PrefillRun, segment: Segment, block: slice, own: slice, at: int) -> Probe:
+        raise NotImplementedError
+
+    def scores(self, event: KeepTop, run: PrefillRun, at: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return run.readings.rank.pop(at)
+
+
+class LastTokenAttention(LayerBeforeRanker):
     """The attention the last prompt token gave each token in the layer before the event (FastV's signal),
     recomputed for that one query row from what that layer attended over."""
 
     name = "last_token_attention"
 
-    def unavailable(self, layer: int, num_layers: int) -> str | None:
-        return "ranking by attention needs a layer before it (layer >= 1)" if layer < 1 else None
-
-    def probes(self, event: KeepTop, run: PrefillRun, segment: Segment, at: int) -> list[tuple[int, Probe]]:
+    def probe(self, event: KeepTop, run: PrefillRun, segment: Segment, block: slice, own: slice, at: int) -> Probe:
         import torch
 
         from vtsched.core.engine.probes import QueryRows
 
-        layer = event.layer - 1
-        if not segment.start <= layer < segment.end:
-            return []
-        block = segment.block(event.stream)
         sel = torch.zeros_like(segment.row_roles, dtype=torch.bool)
         sel[:, block] = run.bound.fused(segment.rows.index[:, block], "last")  # every stream has the prompt's text
-        own = slice(segment.n_context + block.start, segment.n_context + block.stop)
-        return [(layer, RankProbe(QueryRows.select(segment, sel, block), at, own, segment.rows.index[:, block]))]
-
-    def scores(self, event: KeepTop, run: PrefillRun, at: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return run.readings.rank.pop(at)
+        return RankProbe(QueryRows.select(segment, sel, block), at, own, segment.rows.index[:, block])
 
 
 class NextLayerAttention(Ranker):
