@@ -39,15 +39,10 @@ from typing import ClassVar
 
 import torch
 
-from vtsched.core.budget import Budget
-from vtsched.core.events import KeepTop
 from vtsched.core.events.rankers import LayerBeforeRanker
-from vtsched.core.geometry import ModelGeometry
-from vtsched.core.policy import DEFAULT_GROUPS, Policy
-from vtsched.core.schedule import Schedule, Stream
 from vtsched.core.tokens import Role
 
-from .fastv import keep_amount
+from .fastv import FastV
 
 __all__ = ["DART", "DartDuplication", "dart_order"]
 
@@ -140,17 +135,9 @@ class _KeyNorms:
 
 
 @dataclass(frozen=True)
-class DART(Policy):
-    """All visual tokens until layer K, then the R that duplicate DART's pivots least."""
+class DART(FastV):
+    """All visual tokens until layer K, then the R that duplicate DART's pivots least (FastV's schedule,
+    ranked by ``dart_duplication``)."""
 
     name: ClassVar[str] = "dart"
-    budget_counts: ClassVar[str] = "after_drop"
-    needs_partition: ClassVar[bool] = False
-    drop_layer: int = 2
-
-    def schedule(self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS,
-                 budget: Budget | None = None) -> Schedule:
-        self.check_layer("drop_layer", self.drop_layer, geometry, minimum=1)
-        events = (KeepTop(self.drop_layer, "main", groups[0], keep_amount(budget, "dart"), "dart_duplication"),)
-        return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events,
-                        meta=(("policy", self.describe()),))
+    ranker: ClassVar[str] = "dart_duplication"

@@ -40,13 +40,14 @@ class FastV(Policy):
     name: ClassVar[str] = "fastv"
     budget_counts: ClassVar[str] = "after_drop"
     needs_partition: ClassVar[bool] = False
+    ranker: ClassVar[str] = "last_token_attention"  # what ranks the tokens at K (a subclass may change only this)
     drop_layer: int = 2
 
     def schedule(
         self, geometry: ModelGeometry, groups: tuple[str, ...] = DEFAULT_GROUPS, budget: Budget | None = None
     ) -> Schedule:
         self.check_layer("drop_layer", self.drop_layer, geometry, minimum=1)
-        keep = keep_amount(budget, "fastv")
-        events = (KeepTop(self.drop_layer, "main", groups[0], keep),)
+        keep = keep_amount(budget, self.name)
+        events = (KeepTop(self.drop_layer, "main", groups[0], keep, self.ranker),)
         return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events,
                         meta=(("policy", self.describe()),))
