@@ -113,18 +113,14 @@ def prepare_output(path: str | os.PathLike[str], kind: str = "file", what: str |
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise InputError(f"{label}: {existing} is a file, so nothing can be written under it; choose another path")
-    if not create:
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise InputError(f"{label}: folder {existing} is not writable")
-        if kind == "file" and p.exists() and not os.access(p, os.W_OK):
-            raise InputError(f"{label}: file exists and is not writable")
-        return p
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{label}: cannot create folder {folder}: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{label}: folder {folder} is not writable")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{label}: cannot create folder {folder}: {exc.strerror or exc}") from None
+        existing = folder
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{label}: folder {existing} is not writable")
     if kind == "file" and p.exists() and not os.access(p, os.W_OK):
         raise InputError(f"{label}: file exists and is not writable")
     return p
