@@ -14,19 +14,19 @@ in which the generated tokens are carried by the subject stream alone (``Engine.
 Defaults: ``K = 2``, fusion rule ``attention`` (our reading of the paper, where it is silent),
 fused tokens ``post_image``: every text token after the image, the question and the answer
 template (``ASSISTANT:``) alike. The paper speaks of fusing the question tokens, but the answer is
-read at the prompt's last token, which comes after the question: on the shipped demo model
-fusing the question alone recovers nothing of what pruning loses on non-subject questions
-(41-44% against 40.6% for prune), while fusing the post-image tokens recovers 62% of the loss
-(77.3%; docs/demo-model.md). ``fuse_tokens=question`` stays available for the paper's wording, and
-``fuse_tokens=last`` fuses the answer position alone (on the demo model it carries nearly all of
-the recovery, and all of the cost to subject questions).
+read at the prompt's last token, which comes after the question, so a fusion that leaves that token
+alone cannot change the answer's view of the image. ``fuse_tokens=question`` stays available for the
+paper's wording, and ``fuse_tokens=last`` fuses the answer position alone.
 
 ``merge`` says what reaches the subject stream at ``K``: ``fuse`` (the paper: one averaged state
 per text token), ``carry`` (the other streams' text states join the subject stream as extra
 tokens, placed just before its own copies, so later tokens attend to both views instead of one
-average; :class:`~vtsched.core.schedule.Carry`), or ``both`` (fuse, and carry the other views
-besides). Carried tokens cost ``L - K`` layers of a few dozen text tokens each; on the shipped demo
-model carrying is what keeps subject answers while recovering non-subject ones (docs/demo-model.md).
+average; :class:`~vtsched.core.events.Carry`), or ``both`` (fuse, and carry the other views
+besides). Carried tokens cost ``L - K`` layers of a few dozen text tokens each.
+
+What these options do to answers is measured, not claimed here: docs/demo-model.md holds the
+results on the shipped demo models (including where carrying recovers nothing and where ParVTS
+loses to single-stream methods at equal cost).
 """
 
 from __future__ import annotations
