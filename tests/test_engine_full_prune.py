@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vtsched.core import GenerationConfig, Partition, Role, generate
+from vtsched.core import GenerationConfig, Role, generate
 from vtsched.core.testing import TinyShape, prompts, random_image, tiny_llava, tiny_llava_shapes
 
 from .helpers import hf_inputs, hf_logits, plan, run_logits, scheduler
@@ -119,4 +119,3 @@ def test_padding_and_positions_do_not_leak_between_samples():
     together = run_logits(s, batch, "full")
     alone = run_logits(s, batch.select([0]), "full")
     torch.testing.assert_close(together[0], alone[0], atol=ATOL, rtol=0)
-    assert isinstance(Partition.single([4]), Partition)

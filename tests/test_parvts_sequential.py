@@ -159,10 +159,12 @@ def _complement_prune(s, batch, keep):
 def test_parvts_runs_streams_in_one_call_per_layer_and_shares_the_prefix():
     s = scheduler(*tiny_llava(TinyShape(layers=3, image_size=42)))
     batch = s.prepare([random_image(5)], ["what is in the corner?"])
-    calls = []
-    hooks = [layer.register_forward_pre_hook(lambda m, a, kw: calls.append(kw.get("attention_mask", a[0]) is not None
-                                                                         or True), with_kwargs=True)
-             for layer in s.adapter.language_model.layers]
+    calls = []  # rows of hidden states each decoder-layer call receives
+
+    def record_rows(module, args, kwargs):
+        calls.append(int(kwargs.get("hidden_states", args[0] if args else None).shape[1]))
+
+    hooks = [layer.register_forward_pre_hook(record_rows, with_kwargs=True) for layer in s.adapter.language_model.layers]
     try:
         out = s.engine.prefill(batch, plan(s, batch, "parvts", 2, drop_layer=2).schedule,
                                plan(s, batch, "parvts", 2, drop_layer=2).partition, use_cache=False)
@@ -179,6 +181,10 @@ def test_parvts_runs_streams_in_one_call_per_layer_and_shares_the_prefix():
     assert {w.stream for w in parallel} == {"subject", "non_subject"} and {w.stream for w in alone} == {"subject"}
     assert all(int(w.keys[0]) == int(w.queries[0]) + prefix for w in parallel)
     assert all(int(w.keys[0]) == int(w.queries[0]) for w in alone)  # prefix is now part of the stream
+    # one call per layer: the prefix alone through layers 0-1, both streams' rows together in the same
+    # layers' second call, the subject stream alone after K
+    both_streams = sum(int(w.queries[0]) for w in parallel if w.start == 0)
+    assert calls == [prefix, prefix, both_streams, both_streams, int(alone[0].queries[0])]
 
 
 def test_parvts_refuses_drop_layer_out_of_range():
