@@ -1,4 +1,4 @@
-"""Issue 4: each peer baseline's defining property, on tiny random LLaVA models."""
+"""Each peer baseline's defining property, on tiny random LLaVA models."""
 
 from __future__ import annotations
 

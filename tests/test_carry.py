@@ -1,4 +1,4 @@
-"""Issue 14: the carry event. Text states of ending streams join the survivor as extra tokens.
+"""The carry event: text states of ending streams join the survivor as extra tokens.
 
 The main property, carrying equals the streams run apart and joined by hand through the model's own
 decoder, is in the adapter kit (``test_carry_equals_the_streams_run_apart_and_joined_by_hand``, run

@@ -1,4 +1,4 @@
-"""Issue 5: FLOPs of what ran, checked against torch's flop counter and the paper's arithmetic."""
+"""FLOPs of what ran, checked against torch's flop counter and the paper's arithmetic."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 2's properties: full and prune against transformers' own code, batching, backends."""
+"""Full and prune against transformers' own code, batching, backends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 9: work the engine does once per segment or step, not once per layer; the growing decode cache."""
+"""Work the engine does once per segment or step, not once per layer; the growing decode cache."""
 
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ def test_bad_inputs_get_one_line_errors():
         with pytest.raises(InputError, match=words) as info:
             adapter.prepare(images, ["what?"])
         assert "\n" not in str(info.value)
-    with pytest.raises(Exception, match="image_size"):
+    with pytest.raises(InputError, match="image_size"):
         LlavaNextAdapter(model, processor, image_size=0)
 
 

@@ -1,4 +1,4 @@
-"""Issue 3's properties: ParVTS reductions, fusion weights, cached decoding, sequential policies."""
+"""ParVTS reductions, fusion weights, cached decoding, sequential policies."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vtsched.core import Budget, FusionInputs, GenerationConfig, Partition, generate
+from vtsched.core.errors import ScheduleError
 from vtsched.core.testing import TinyShape, prompts, random_image, tiny_llava, tiny_llava_shapes
 from vtsched.policies import ParVTS
 
@@ -189,7 +190,7 @@ def test_parvts_runs_streams_in_one_call_per_layer_and_shares_the_prefix():
 
 def test_parvts_refuses_drop_layer_out_of_range():
     s = scheduler(*tiny_llava(TinyShape(layers=2)))
-    with pytest.raises(Exception, match="drop_layer 5 outside 0..2"):
+    with pytest.raises(ScheduleError, match="drop_layer 5 outside 0..2"):
         s.make_policy("parvts", {"drop_layer": 5}).schedule(s.adapter.geometry)
 
 
