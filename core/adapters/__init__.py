@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from vtsched.core.hookspecs import hookimpl
-from vtsched.core.adapters.base import DecoderParts, ModelAdapter
+from vtsched.core.adapters.base import ModelAdapter
+from vtsched.core.engine.parts import DecoderParts
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.adapters.llava import LlavaAdapter
 from vtsched.core.adapters.llava_next import LlavaNextAdapter

@@ -9,47 +9,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from vtsched.core.engine.parts import DecoderParts
+from vtsched.core.geometry import ModelGeometry
 from vtsched.core.tokens import PromptBatch, Role
 
-from vtsched.core.geometry import ModelGeometry
-
+# DecoderParts is the engine's (core/engine/parts.py); re-exported because adapter plugins import it from here
 __all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter", "check_one_image", "decoder_sizes", "llama_style_decoder", "rotate_half"]
-
-
-@dataclass
-class DecoderParts:
-    """The pieces of the language model the engine drives, layer by layer.
-
-    ``query_rows(layer, hidden, cos, sin)`` recomputes the rotated attention queries of a few
-    tokens of one layer (``hidden``: ``(rows, q, hidden)`` layer input) so the engine can read
-    attention without switching the model to eager attention; ``key_rows(layer, hidden, cos, sin)``
-    likewise the rotated keys ``(rows, kv_heads, T, head_dim)`` a layer would compute from its input,
-    for rankers that read a layer's attention before it runs (PyramidDrop's).
-
-    ``rotary(hidden, positions)`` takes ``(rows, T)`` position ids, or ``(rope_rows, rows, T)``
-    when ``rope_rows > 1``, and returns ``(cos, sin)`` of shape ``(rows, T, head_dim)``.
-    ``layer_position_ids``: whether decoder layers are called with ``position_ids`` (the 1-D
-    rotary ids, as LLaMA's model does) or ``None`` (as Qwen2-VL's text model does for unpacked
-    sequences; its layers only read them for packed FlashAttention).
-    """
-
-    embed_tokens: nn.Module
-    layers: Sequence[nn.Module]
-    rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    norm: nn.Module
-    lm_head: nn.Module
-    attn_implementation: str
-    query_rows: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-    key_rows: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-    scaling: float
-    rope_rows: int = 1  # rows of rotary position ids: 1 (LLaMA-style), 3 (Qwen2-VL's M-RoPE)
-    layer_position_ids: bool = True  # decoder layers get the 1-D rotary ids, as the family's own model passes them
 
 
 def check_one_image(family: str, index: int, image: Any) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vtsched.core.adapters.base import DecoderParts
+from vtsched.core.engine.parts import DecoderParts
 from vtsched.core.engine.rows import Rows, pad_stack
 from vtsched.core.errors import ScheduleError
 from vtsched.core.partition import Partition

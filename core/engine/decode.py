@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vtsched.core.adapters.base import DecoderParts
+from vtsched.core.engine.parts import DecoderParts
 from vtsched.core.engine.attention import KVBuffer, build_attention_mask
 from vtsched.core.engine.layout import LayerInputs, layer_inputs
 from vtsched.core.engine.loop import call_layer

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vtsched.core.adapters.base import DecoderParts
+from vtsched.core.engine.parts import DecoderParts
 from vtsched.core.engine import decode
 from vtsched.core.engine.binding import bind, initial_rows
 from vtsched.core.engine.decode import DecodeState, decode_state
@@ -76,7 +76,7 @@ class Prefill:
 
 
 class Engine:
-    """Runs schedules on one model through its adapter's :class:`~vtsched.core.adapters.base.DecoderParts`.
+    """Runs schedules on one model through its adapter's :class:`~vtsched.core.engine.parts.DecoderParts`.
 
     Args:
         parts: the decoder pieces (from ``adapter.decoder()``).

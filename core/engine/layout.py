@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vtsched.core.adapters.base import DecoderParts
+from vtsched.core.engine.parts import DecoderParts
 from vtsched.core.engine.attention import KVTap, build_attention_mask
 from vtsched.core.engine.rows import Rows
 from vtsched.core.engine.run import Context, LayerCache, PrefillRun

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from vtsched.core.adapters.base import DecoderParts
+from vtsched.core.engine.parts import DecoderParts
 from vtsched.core.engine.attention import KVBuffer, KVTap
 from vtsched.core.engine.binding import gather
 from vtsched.core.engine.layout import LayerInputs, Segment, build_segment, layer_inputs, layout_mask

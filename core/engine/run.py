@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vtsched.core.adapters.base import DecoderParts
+from vtsched.core.engine.parts import DecoderParts
 from vtsched.core.engine.binding import Bound
 from vtsched.core.engine.rows import Rows
 from vtsched.core.engine.stats import RunStats
