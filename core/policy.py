@@ -131,7 +131,7 @@ class CalibratedPolicy(Policy):
     """A policy whose parameters are chosen on data (drop-layer search) before it runs.
 
     It never calls the scheduler: it states a :class:`Calibration` (``calibration_request()``), and the scheduler's planning
-    step (:func:`vtsched.core.tools.search.calibrate`) returns the chosen policy and its fixed
+    step (:func:`vtsched.core.calibration.calibrate`) returns the chosen policy and its fixed
     schedule. ``schedule()`` of a calibrated policy itself is refused.
     """
 

@@ -3,7 +3,7 @@
 ``image + question -> adapter.prepare -> partitioner -> Partition -> policy -> Schedule
 -> engine.prefill -> generation.decode -> text``. Planning goes through the one
 :class:`~vtsched.core.planner.Planner`; a calibrated policy (drop-layer search) is calibrated in an
-explicit step first (:func:`vtsched.core.tools.search.calibrate`), which returns a fixed schedule.
+explicit step first (:func:`vtsched.core.calibration.calibrate`), which returns a fixed schedule.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class Scheduler:
     def calibrate(self, policy: CalibratedPolicy, batch: PromptBatch, partitioner: Partitioner | None,
                   budget: Budget | None) -> Policy:
         """The policy a calibrated policy's search chooses (computed once per scheduler for a data file)."""
-        from vtsched.core.tools.search import calibrate
+        from vtsched.core.calibration import calibrate
 
         request = policy.calibration_request()
         key = (request, str(budget), partitioner.describe() if partitioner is not None else None)

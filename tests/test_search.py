@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from vtsched.core import InputError, PromptBatch
 from vtsched.core.cli import main
-from vtsched.core.tools.search import load_calibration, next_token_kl, search_drop_layer
+from vtsched.core.calibration import load_calibration, next_token_kl, search_drop_layer
 from vtsched.core.testing import TinyShape, random_image, tiny_llava
 
 from .helpers import scheduler
@@ -110,7 +110,7 @@ def test_calibration_runs_the_partitioner_with_its_own_parameters():
     """A partitioner given with parameters (a seeded random one) is searched as given, not rebuilt by name."""
     from vtsched.core import Budget
     from vtsched.core.policy import Calibration
-    from vtsched.core.tools.search import calibrate
+    from vtsched.core.calibration import calibrate
 
     s = scheduler(*tiny_llava(TinyShape(layers=2, image_size=42)))
     batch = s.prepare([random_image(6), random_image(7)], ["what?", "what is in the corner?"])
