@@ -106,8 +106,8 @@ class Scheduler:
 
     @classmethod
     def random(cls, shape: str = "demo", **kwargs: Any) -> Scheduler:
-        """A random-weight model of a named shape, any family (see :mod:`vtsched.core.demo`)."""
-        from vtsched.core.demo.shapes import build_random_llava
+        """A random-weight model of a named shape, any family (see :mod:`vtsched.core.shapes`)."""
+        from vtsched.core.shapes import build_random_llava
 
         registry = kwargs.pop("registry", None)
         adapter_options = kwargs.pop("adapter_options", None)

@@ -1,4 +1,5 @@
-"""Demo models and data: named random shapes, the procedural VQA set, demo training, the shipped model.
+"""Demo models and data: the procedural VQA set, demo training, the shipped model, and the named
+random shapes (built in :mod:`vtsched.core.shapes`, re-exported here).
 
 Nothing here is needed to schedule a real checkpoint; it exists so that every command, tutorial
 and test runs offline on a CPU.
@@ -6,9 +7,9 @@ and test runs offline on a CPU.
 
 from __future__ import annotations
 
-from vtsched.core.demo.shapes import (
-    QUESTION_WORDS, SHAPES, Shape, build_processor, build_random_llava, build_tokenizer, demo_model_path, get_shape,
-    llava_config, random_image,
+from vtsched.core.demo.shapes import QUESTION_WORDS, demo_model_path, random_image
+from vtsched.core.shapes import (
+    SHAPES, Shape, build_processor, build_random_llava, build_tokenizer, get_shape, llava_config,
 )
 
 __all__ = [

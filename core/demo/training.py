@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vtsched.core.demo.shapes import Shape, build_random_llava
+from vtsched.core.shapes import Shape, build_random_llava
 from vtsched.core.errors import InputError
 from vtsched.core.io import apply_umask
 from vtsched.core.demo.synthetic import (

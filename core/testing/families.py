@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 import torch
 from hypothesis import strategies as st
 
-from vtsched.core.demo.shapes import QUESTION_WORDS, NextShape, QwenShape, random_image
+from vtsched.core.demo.shapes import QUESTION_WORDS, random_image
+from vtsched.core.shapes import NextShape, QwenShape
 from vtsched.core.testing import models
 from vtsched.core.testing.conformance import AdapterConformance
 

@@ -24,7 +24,8 @@ import torch
 from hypothesis import strategies as st
 
 from vtsched.core.budget import Budget
-from vtsched.core.demo.shapes import QUESTION_WORDS, SHAPES, Shape, build_random_llava, random_image
+from vtsched.core.demo.shapes import QUESTION_WORDS, random_image
+from vtsched.core.shapes import SHAPES, Shape, build_random_llava
 from vtsched.core.fusion import FusionInputs
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.pixels import TokenBoxes, grid_boxes
