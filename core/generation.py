@@ -13,7 +13,7 @@ from vtsched.core.partition import Partition
 from vtsched.core.schedule import Schedule
 from vtsched.core.tokens import PromptBatch
 
-__all__ = ["GenerationConfig", "Generated", "generate"]
+__all__ = ["GenerationConfig", "Generated", "HiddenStates", "generate"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,36 @@ class GenerationConfig:
         return warpers
 
 
+@dataclass(frozen=True)
+class HiddenStates:
+    """Last-layer states that generation computed anyway, after the decoder's final norm (what
+    transformers returns as ``hidden_states[-1]``), per sample.
+
+    Attributes:
+        states: per sample, ``(n, hidden)``: the prompt positions asked for that ran in the
+            surviving stream, then every generated token in order.
+        positions: per sample, ``(n,)`` their positions in the sample as given: the prompt's own,
+            then ``length + i`` for the i-th generated token.
+    """
+
+    states: list[torch.Tensor]
+    positions: list[torch.Tensor]
+
+    def at(self, sample: int, position: int) -> torch.Tensor | None:
+        """The ``(hidden,)`` state at ``position`` of ``sample``, or ``None`` if it is not among those returned."""
+        found = torch.nonzero(self.positions[sample] == position).flatten()
+        return self.states[sample][int(found[0])] if found.numel() else None
+
+
 @dataclass
 class Generated:
-    """New tokens per sample (a stop token included, as transformers does), and the prefill."""
+    """New tokens per sample (a stop token included, as transformers does), and the prefill;
+    ``hidden_states`` when :func:`generate` was asked for them."""
 
     tokens: list[list[int]]
     prefill: Prefill
     step_logits: list[torch.Tensor] = field(default_factory=list)  # per step (batch, vocab)
+    hidden_states: HiddenStates | None = None
 
 
 def generate(
@@ -65,9 +88,20 @@ def generate(
     partition: Partition,
     config: GenerationConfig = GenerationConfig(),
     keep_logits: bool = False,
+    hidden_states: int | None = None,
 ) -> Generated:
-    """Prefill, then decode step by step; each sample stops at its own stop token."""
-    prefill = engine.prefill(batch, schedule, partition, use_cache=config.max_new_tokens > 1)
+    """Prefill, then decode step by step; each sample stops at its own stop token.
+
+    ``hidden_states=N`` also returns (:class:`HiddenStates`) the normed last-layer states of each
+    sample's last ``N`` prompt positions and of every generated token, read from what the prefill
+    and the decoding steps computed (no second pass; the last generated token is fed once more so
+    that its state exists). ``None``: none are kept.
+    """
+    if hidden_states is not None and hidden_states < 0:
+        raise VtschedError(f"hidden_states must be >= 0 (prompt positions), not {hidden_states}")
+    keep_states = hidden_states is not None
+    use_cache = config.max_new_tokens > 1 or (keep_states and config.max_new_tokens > 0)
+    prefill = engine.prefill(batch, schedule, partition, use_cache=use_cache, return_hidden=keep_states)
     logits = prefill.logits
     size = logits.shape[0]
     device = logits.device
@@ -81,6 +115,7 @@ def generate(
     tokens: list[list[int]] = [[] for _ in range(size)]
     history = torch.zeros((size, 0), dtype=torch.long, device=device)
     result = Generated(tokens, prefill)
+    fed: list[torch.Tensor] = []  # per decoding step, (batch, hidden) normed states of the token fed
     for step in range(config.max_new_tokens):
         if keep_logits:
             result.step_logits.append(logits)
@@ -95,8 +130,37 @@ def generate(
                 tokens[b].append(token)
         history = torch.cat((history, nxt[:, None]), dim=1)
         done |= torch.isin(nxt, stops)
-        if bool(done.all()) or step == config.max_new_tokens - 1:
+        last = bool(done.all()) or step == config.max_new_tokens - 1
+        if last and not keep_states:
             break
         assert prefill.state is not None
-        logits = engine.extend(prefill.state, nxt[:, None])[:, -1]
+        if keep_states:
+            with torch.inference_mode():  # the engine's tensors; the norm's weights may require grad
+                normed = engine.parts.norm(engine.extend_states(prefill.state, nxt[:, None]))
+                logits = engine.parts.lm_head(normed).float()[:, -1]  # extend's logits, from the same states
+            fed.append(normed[:, -1])
+        else:
+            logits = engine.extend(prefill.state, nxt[:, None])[:, -1]
+        if last:
+            break
+    if hidden_states is not None:
+        result.hidden_states = _hidden_states(engine, batch, prefill, hidden_states, fed, tokens)
     return result
+
+
+@torch.inference_mode()
+def _hidden_states(engine: Engine, batch: PromptBatch, prefill: Prefill, last: int, fed: list[torch.Tensor],
+                   tokens: list[list[int]]) -> HiddenStates:
+    """Per sample: the normed prefill states of the last ``last`` prompt positions that ran in the
+    surviving stream, then those of its generated tokens (``fed[i][b]``: the i-th token)."""
+    assert prefill.hidden is not None and prefill.index is not None
+    states, positions = [], []
+    for b, sample in enumerate(batch.samples):
+        index = prefill.index[b]
+        wanted = (index >= sample.length - last) & (index >= 0)
+        prompt = engine.parts.norm(prefill.hidden[b, wanted])
+        generated = [fed[i][b] for i in range(len(tokens[b]))]
+        states.append(torch.cat((prompt, *(g[None] for g in generated))) if generated else prompt)
+        tail = torch.arange(sample.length, sample.length + len(generated), device=index.device)
+        positions.append(torch.cat((index[wanted], tail)))
+    return HiddenStates(states, positions)

@@ -173,15 +173,19 @@ class Scheduler:
         return self.answer(batch, plan, generation)
 
     def answer(self, batch: PromptBatch, plan: Plan, generation: GenerationConfig | None = None, *,
-               engine: Any = None) -> RunResult:
+               engine: Any = None, hidden_states: int | None = None) -> RunResult:
         """Generate for a prepared and planned batch: texts (stop tokens dropped), FLOPs and token counts.
 
         ``engine`` stands in for ``self.engine`` (e.g. one that times its prefills).
+        ``hidden_states=N`` keeps the normed last-layer states of each sample's last ``N`` prompt
+        positions and of its generated tokens in ``result.generated.hidden_states``
+        (:class:`~vtsched.core.generation.HiddenStates`), from the same prefill and decoding steps.
         """
         config = generation or GenerationConfig()
         if not config.stop_token_ids:  # the model's own end-of-sequence tokens
             config = dataclasses.replace(config, stop_token_ids=self.adapter.stop_token_ids())
-        generated = generate(engine or self.engine, batch, plan.schedule, plan.partition, config)
+        generated = generate(engine or self.engine, batch, plan.schedule, plan.partition, config,
+                             hidden_states=hidden_states)
         stats = generated.prefill.stats
         layers = self.adapter.geometry.num_layers
         stop = set(config.stop_token_ids)

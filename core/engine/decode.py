@@ -119,6 +119,12 @@ def extend(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> 
 
     ``state`` is updated in place: each layer's cache grows by the new tokens.
     """
+    return parts.lm_head(parts.norm(extend_states(parts, state, token_ids))).float()
+
+
+def extend_states(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> torch.Tensor:
+    """As :func:`extend`, returning the new tokens' ``(batch, n, hidden)`` last-layer states before
+    the final norm (``Prefill.hidden``'s convention) instead of their logits."""
     n = token_ids.shape[1]
     steps = torch.arange(n, device=token_ids.device)
     index = state.next_position[:, None] + steps
@@ -138,4 +144,4 @@ def extend(parts: DecoderParts, state: DecodeState, token_ids: torch.Tensor) -> 
         hidden = call_layer(parts, layer, hidden, inputs[state.layer_layout[layer]], cache)
     state.next_position = state.next_position + n
     state.next_rotary = state.next_rotary + n
-    return parts.lm_head(parts.norm(hidden)).float()
+    return hidden

@@ -154,6 +154,13 @@ class Engine:
         """
         return decode.extend(self.parts, state, token_ids)
 
+    @torch.inference_mode()
+    def extend_states(self, state: DecodeState, token_ids: torch.Tensor) -> torch.Tensor:
+        """As :meth:`extend`, returning the new tokens' ``(batch, n, hidden)`` last-layer states before
+        the final norm (``Prefill.hidden``'s convention); ``parts.lm_head(parts.norm(states))`` are
+        their logits. What :func:`~vtsched.core.generation.generate` calls when it returns states."""
+        return decode.extend_states(self.parts, state, token_ids)
+
     def _start(
         self,
         batch: PromptBatch,
