@@ -95,6 +95,35 @@ def test_every_source_finds_the_same_true_masks(exported):
     assert torch.equal(single.assignment[0], partitions[0].assignment[0])
 
 
+def test_each_mask_file_is_read_once_until_it_changes(tmp_path, monkeypatch):
+    """The partitioner looks a mask up for every sample of every batch; core's mask cache decodes each
+    file once (three batches of four images: four reads, not twelve) and again only once it changed."""
+    import os
+
+    from vtsched.core.pixels import MASK_CACHE
+
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "images").mkdir()
+    for i, sample in enumerate(PROCEDURAL):
+        sample.image.save(tmp_path / "images" / f"{i}.png")
+        np.save(tmp_path / "masks" / f"{i}.npy", sample.subject_mask)
+    reads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: reads.append(str(path)) or real_load(path, *a, **k))
+    MASK_CACHE.clear()
+    part, batch, budget = MaskPartitioner(masks=str(tmp_path / "masks")), _batch(), Budget(count=7)
+    first = [part.partition(batch, budget) for _ in range(3)][0]
+    assert sorted(reads) == sorted(str(tmp_path / "masks" / f"{i}.npy") for i in range(IMAGES))
+    changed = tmp_path / "masks" / "0.npy"
+    np.save(changed, ~PROCEDURAL[0].subject_mask)  # the mask inverted: another subject
+    stamp = os.stat(changed).st_mtime_ns + 10**9
+    os.utime(changed, ns=(stamp, stamp))
+    again = part.partition(batch, budget)
+    assert reads[IMAGES:] == [str(changed)]
+    assert not torch.equal(again.assignment[0], first.assignment[0])
+    assert all(torch.equal(again.assignment[b], first.assignment[b]) for b in range(1, IMAGES))
+
+
 def test_an_empty_mask_gives_the_score_partition_and_a_full_mask_ties_every_token(tmp_path):
     batch = _batch().select([0])
     sample = batch.samples[0]
@@ -134,7 +163,7 @@ def test_no_token_score_ranks_ties_by_index():
     with pytest.warns(UserWarning, match="no token score"):
         partition = partition_from_masks([sample], [3], [empty], None, ("subject", "non_subject"))
     assert partition.members(0, "subject").tolist() == [0, 1, 2]
-    scored = dataclasses.replace(sample, extras={"scores": torch.arange(64.0)})  # an adapter's own score (Qwen)
+    scored = dataclasses.replace(sample, extras={"attention_scores": torch.arange(64.0)})  # the Qwen adapter's own
     by_own_score = partition_from_masks([scored], [3], [empty], None, ("subject", "non_subject"))
     assert by_own_score.members(0, "subject").tolist() == [61, 62, 63]
 

@@ -164,17 +164,15 @@ def test_cls_peak_prompts_at_the_top_tokens_and_box_spans_the_top_r():
 
 
 def test_without_cls_the_adapters_own_score_prompts(recwarn):
-    """Qwen-style samples: no [CLS], the adapter's score (a `scores` attribute or extras) picks the prompt."""
+    """Qwen-style samples: no [CLS], the adapter's own score (``extras["attention_scores"]``) picks the prompt."""
     part = SamPartitioner(checkpoint=str(tiny_checkpoint()))
     score = torch.arange(64.0)
     base = _sample(1)
-    qwen = dataclasses.replace(base, cls_scores=None, extras={"scores": score})
     as_cls = dataclasses.replace(base, cls_scores=score)
     attention = dataclasses.replace(base, cls_scores=None, extras={"attention_scores": score})  # the Qwen adapter's
-    a = part.partition(PromptBatch([qwen]), Budget(count=6))
     b = part.partition(PromptBatch([as_cls]), Budget(count=6))
     c = part.partition(PromptBatch([attention]), Budget(count=6))
-    assert torch.equal(a.assignment[0], b.assignment[0]) and torch.equal(c.assignment[0], b.assignment[0])
+    assert torch.equal(c.assignment[0], b.assignment[0])
     bare = dataclasses.replace(base, cls_scores=None)
     with pytest.warns(UserWarning, match="prompting at the image centre"):
         part.partition(PromptBatch([bare]), Budget(count=6))

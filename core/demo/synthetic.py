@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SyntheticSample", "QUESTIONS", "generate", "render", "export", "draw_scene", "mark_mask"]
+from vtsched.core.pixels.mask_sources import MaskSource, register_mask_scheme
+
+__all__ = ["SyntheticSample", "QUESTIONS", "generate", "render", "export", "draw_scene", "mark_mask", "mask_source",
+           "MASK_FIELDS"]
 
 IMAGE_SIZE = 112
 SUBJECT_COLOURS = {
@@ -187,3 +190,31 @@ def export(samples: Iterator[SyntheticSample], folder: str | Path) -> Path:
             record["mark_mask"] = f"marks/{image_id}.png"
         lines.append(json.dumps(record))
     return write_atomic(folder / "data.jsonl", "\n".join(lines) + "\n")
+
+
+MASK_FIELDS = {"mask": "subject_mask", "mark_mask": "mark_mask"}  # data set field -> SyntheticSample attribute
+
+
+def mask_source(spec: str, field: str = "mask", objects: str = "") -> MaskSource:
+    """The true masks of the set ``SEED:IMAGES`` generates, by image content: what the mask
+    partitioner reads for ``masks=synthetic:SEED:IMAGES`` (the subject's with ``field=mask``, the
+    corner mark's with ``field=mark_mask``), the same fields :func:`export` writes. Registered below
+    as the ``synthetic`` mask scheme, so the partitioner needs no knowledge of this set."""
+    from vtsched.core.errors import InputError
+    from vtsched.core.pixels.images import image_digest
+
+    try:
+        seed, count = spec.split(":")
+        samples = generate(int(seed), int(count), types=("subject_colour",))
+    except ValueError:
+        raise InputError(f"synthetic masks are 'synthetic:SEED:IMAGES', not 'synthetic:{spec}'") from None
+    for name in (field, objects):
+        if name and name not in MASK_FIELDS:
+            raise InputError(f"mask: the procedural set has no {name!r} mask; it has {', '.join(MASK_FIELDS)}")
+    entries = {image_digest(sample.image): (getattr(sample, MASK_FIELDS[field]),
+                                            getattr(sample, MASK_FIELDS[objects]) if objects else None)
+               for sample in samples}
+    return MaskSource(f"synthetic:{spec}", entries)
+
+
+register_mask_scheme("synthetic", mask_source)
