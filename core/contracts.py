@@ -18,10 +18,7 @@ from typing import Any
 __all__ = [
     "policy_problems", "partitioner_problems", "fusion_rule_problems", "adapter_problems", "command_problems",
     "evaluator_problems", "event_problems", "ranker_problems", "PROBLEMS_OF_KIND",
-    "KNOWN_RANKERS",
 ]
-
-from vtsched.core.events import KNOWN_RANKERS  # re-exported: what a keep_top event may name
 
 
 def _name_problems(obj: Any) -> list[str]:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vtsched.core.errors import ScheduleError
-from vtsched.core.events import BUILTIN_EVENTS, FUSED_TOKENS, KNOWN_RANKERS, Event, Layout
+from vtsched.core.events import BUILTIN_EVENTS, FUSED_TOKENS, Event, Layout
 from vtsched.core.events.base import ParamValue
 
-__all__ = ["Stream", "Event", "Schedule", "FUSED_TOKENS", "KNOWN_RANKERS", "BUILTIN_KINDS"]
+__all__ = ["Stream", "Event", "Schedule", "FUSED_TOKENS", "BUILTIN_KINDS"]
 
 BUILTIN_KINDS: dict[str, type[Event]] = {cls.kind: cls for cls in BUILTIN_EVENTS}
 """Event classes by kind when no registry is given (a registry adds its plugins': ``Registry.event_kinds()``)."""
@@ -80,9 +80,6 @@ class Schedule:
         the exact token counts of what ran.
         """
         return _simulate(self, upto=layer)
-
-    def max_parallel(self) -> int:
-        return max(len(self.layout_at(layer)) for layer in range(self.num_layers)) if self.num_layers else 1
 
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

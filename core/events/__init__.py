@@ -12,13 +12,13 @@ from vtsched.core.events.end import EndStream
 from vtsched.core.events.fuse import Fuse
 from vtsched.core.events.insert import InsertGroup
 from vtsched.core.events.keep_top import KeepTop
-from vtsched.core.events.rankers import BUILTIN_RANKERS, KNOWN_RANKERS, Ranker
+from vtsched.core.events.rankers import BUILTIN_RANKERS, Ranker
 from vtsched.core.events.remove import RemoveGroup
 from vtsched.core.hookspecs import hookimpl
 
 __all__ = [
     "Event", "Layout", "TokenCounts", "DrawState", "FUSED_TOKENS", "BUILTIN_EVENTS",
-    "RemoveGroup", "InsertGroup", "Fuse", "KeepTop", "EndStream", "Carry", "Ranker", "BUILTIN_RANKERS", "KNOWN_RANKERS",
+    "RemoveGroup", "InsertGroup", "Fuse", "KeepTop", "EndStream", "Carry", "Ranker", "BUILTIN_RANKERS",
 ]
 
 BUILTIN_EVENTS: tuple[type[Event], ...] = (RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry)

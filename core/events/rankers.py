@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vtsched.core.engine.run import PrefillRun
     from vtsched.core.events.keep_top import KeepTop
 
-__all__ = ["Ranker", "LayerBeforeRanker", "LastTokenAttention", "NextLayerAttention", "BUILTIN_RANKERS", "KNOWN_RANKERS"]
+__all__ = ["Ranker", "LayerBeforeRanker", "LastTokenAttention", "NextLayerAttention", "BUILTIN_RANKERS"]
 
 
 class Ranker:
@@ -142,5 +142,4 @@ class RankProbe:
 
 
 BUILTIN_RANKERS: dict[str, type[Ranker]] = {r.name: r for r in (LastTokenAttention, NextLayerAttention)}
-KNOWN_RANKERS = tuple(BUILTIN_RANKERS)
 """The built-in rankers (a registry adds its plugins': ``Registry.rankers()``)."""
