@@ -158,6 +158,15 @@ class Partitioner(_Parametrised, ABC):
         schedule can be explained and checked without weights. Override for more than two groups."""
         return DEFAULT_GROUPS
 
+    def selection_flops(self, num_visual: int, keep: int, geometry: ModelGeometry) -> float:
+        """FLOPs (2 per multiply-add, matmuls only) this partitioner computes to choose ``keep`` of an
+        image's ``num_visual`` tokens, beyond what every case shares (the vision tower, its attention
+        scores): the similarity, distance or kernel matrices of diversity methods. Every results row adds
+        it to the prefill's FLOPs (``prefill_gflops``), so a method's scoring is not free. Default 0: a
+        partitioner that ranks scores it is handed (``cls``, ``random``, ``downsample``'s pooling) adds
+        nothing material. Counted for one selection over the image; a per-tile selection computes less."""
+        return 0.0
+
 
 def coerce_params(cls: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}

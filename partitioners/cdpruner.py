@@ -57,6 +57,7 @@ import torch
 
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
+from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
@@ -114,6 +115,13 @@ class CDPruner(Partitioner):
     def __post_init__(self) -> None:
         if self.clip_path is not None:
             _clip_config(str(self.clip_path))  # refuse a bad path before any image is seen
+
+    def selection_flops(self, num_visual: int, keep: int, geometry: ModelGeometry) -> float:
+        """The ``(n, n)`` similarity of the features entering the LLM (``2 n^2 d``), the relevance against
+        the question (``2 n d``) and the greedy MAP's Cholesky rows (step ``i`` multiplies an ``(i, n)``
+        block: ``2 i n``, ``R (R - 1) n`` over R steps). A CLIP text tower (``clip_path``) is not counted."""
+        n, d = num_visual, geometry.hidden_size
+        return 2.0 * n * n * d + 2.0 * n * d + float(keep) * (keep - 1) * n
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
         assignment, scores = [], []

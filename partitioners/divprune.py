@@ -44,6 +44,7 @@ from typing import ClassVar, Literal
 import torch
 
 from vtsched.core.budget import Budget
+from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
@@ -95,6 +96,11 @@ class DivPrune(Partitioner):
 
     name: ClassVar[str] = "divprune"
     budget_mode: Literal["global", "per_tile"] = "global"
+
+    def selection_flops(self, num_visual: int, keep: int, geometry: ModelGeometry) -> float:
+        """The ``(n, n)`` cosine matrix of the features entering the LLM (width ``hidden_size``): ``2 n^2 d``;
+        the greedy's max-min updates are comparisons, not counted."""
+        return 2.0 * num_visual * num_visual * geometry.hidden_size
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
         assignment, scores = [], []

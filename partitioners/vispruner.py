@@ -66,13 +66,14 @@ import torch
 
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
+from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.pixels import token_scores
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
 from vtsched.partitioners.cls import selection_parts
 
-__all__ = ["VisPruner", "remove_duplicates", "vispruner_select"]
+__all__ = ["VisPruner", "remove_duplicates", "removal_rounds", "vispruner_select"]
 
 REMOVED_PER_ROUND = 8  # the official code removes at most 8 duplicates per round
 
@@ -94,6 +95,18 @@ def remove_duplicates(features: torch.Tensor, residual: torch.Tensor, count: int
         duplicated = (normed[first] @ normed[second].T).max(dim=-1).values  # each first-half token's best match
         distinct = torch.sort(-duplicated, stable=True).indices[remove:]  # drop the r most duplicated
         residual = torch.cat((first[distinct], second))
+
+
+def removal_rounds(candidates: int, count: int) -> list[int]:
+    """The remaining token counts at each round of :func:`remove_duplicates` on ``candidates`` tokens
+    keeping ``count`` (each round removes up to :data:`REMOVED_PER_ROUND`)."""
+    rounds = []
+    if count <= 0:
+        return rounds
+    while candidates - count > 0:
+        rounds.append(candidates)
+        candidates -= min(REMOVED_PER_ROUND, candidates - count)
+    return rounds
 
 
 def vispruner_select(scores: torch.Tensor, features: torch.Tensor, count: int,
@@ -119,6 +132,16 @@ class VisPruner(Partitioner):
             raise InputError(f"vispruner: important_ratio {self.important_ratio} must lie in [0, 1]")
         if self.budget_mode not in ("global", "per_tile"):
             raise InputError(f"vispruner: budget_mode {self.budget_mode!r} is neither 'global' nor 'per_tile'")
+
+    def selection_flops(self, num_visual: int, keep: int, geometry: ModelGeometry) -> float:
+        """The duplicate removal's similarity blocks: each round compares the first half of the ``m``
+        remaining tokens with the second (``2 ceil(m/2) floor(m/2) C``, ``C`` the tower features' width:
+        the tower's, times the tokens merged into one where a merger packs several), until the diverse
+        count is left (:func:`removal_rounds`)."""
+        width = geometry.vision_hidden_size * max(1, geometry.vision_tokens // max(1, geometry.num_visual))
+        important = int(keep * self.important_ratio)
+        return float(sum(2 * (-(-m // 2)) * (m // 2) * width
+                         for m in removal_rounds(num_visual - important, keep - important)))
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
         assignment, scores = [], []

@@ -306,8 +306,8 @@ def show(
         "attention": [{"layer": a.layer, "stream": a.stream, "visual": a.visual.tolist(), "total": a.total}
                       for a in engine.attention[0]],
         "prefill_gflops": float(result.flops[0]) / 1e9,
-        "visual_tokens_per_layer": float(result.visual_per_layer_survivor[0]),
-        "visual_tokens_per_layer_all_streams": float(result.visual_per_layer[0]),
+        "visual_tokens_per_layer": float(result.visual_per_layer[0]),  # every stream: the equivalent tokens
+        "visual_tokens_per_layer_survivor": float(result.visual_per_layer_survivor[0]),  # the plot's surviving stream
     }
     return Show(data, rgb, sample.pixel_boxes)
 
@@ -406,8 +406,8 @@ def _draw_flow(show: Show, fig: Any) -> None:
     ax.set_ylabel("visual tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(f"token flow: {show.data['visual_tokens_per_layer']:.1f} visual tokens per layer in the survivor, "
-                 f"{show.data['visual_tokens_per_layer_all_streams']:.1f} in all streams; "
+    ax.set_title(f"token flow: {show.data['visual_tokens_per_layer']:.1f} visual tokens per layer in all streams, "
+                 f"{show.data['visual_tokens_per_layer_survivor']:.1f} in the survivor; "
                  f"{show.data['prefill_gflops']:.3g} GFLOPs", fontsize=8)
 
 
