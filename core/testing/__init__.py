@@ -17,7 +17,7 @@ from vtsched.core.testing.models import (  # noqa: F401
 from vtsched.core.testing.conformance import (  # noqa: F401
     AdapterConformance, FusionRuleConformance, PartitionerConformance, PolicyConformance,
 )
-from vtsched.core.testing.event_conformance import EventConformance, RankerConformance  # noqa: F401
+from vtsched.core.testing.conformance import EventConformance, RankerConformance  # noqa: F401
 
 __all__ = [
     *_strategies_all,
