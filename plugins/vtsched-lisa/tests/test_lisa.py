@@ -232,7 +232,7 @@ def test_vtsched_segment_writes_mask_and_overlay(tmp_path, capsys):
 
 
 def test_vtsched_segment_without_model_or_demo_says_so(tmp_path, capsys, monkeypatch):
-    """Without --model the demo LISA answers (tests/test_lisa_demo.py); were it missing, one line says so."""
+    """Without --model the demo LISA answers (test_lisa_demo.py); were it missing, one line says so."""
     monkeypatch.setattr(lisa, "demo_lisa_path", lambda: None)
     image = tmp_path / "img.png"
     IMAGES[0].save(image)
@@ -251,12 +251,11 @@ def test_vtsched_segment_bad_checkpoint_is_one_line(tmp_path, capsys):
 
 # -- the lisa partitioner ---------------------------------------------------------------------------
 def test_lisa_partitioner_runs_with_a_llava_and_records_its_prompt(tmp_path, capsys):
-    from tests.helpers import scheduler
-    from vtsched.core.testing import TinyShape, tiny_llava
+    from vtsched.core.testing import TinyShape, bound_scheduler, tiny_llava
 
     clear_caches()
     model, processor = tiny_llava(TinyShape())
-    s = scheduler(model, processor)
+    s = bound_scheduler(model, processor)
     batch = s.prepare([IMAGES[0]], ["What colour is the big shape?"])
     part = LisaPartitioner(model=str(tiny_lisa()))
     from vtsched.core.budget import Budget
