@@ -66,7 +66,7 @@ def no_weights(monkeypatch):
     """Make loading or building a model's weights fail loudly."""
     from transformers import AutoModelForImageTextToText
 
-    import vtsched.core.demo.shapes as shapes
+    import vtsched.core.shapes as shapes  # where Scheduler.random builds random shapes
     import vtsched.core.demo.training as training
 
     def refuse(*args, **kwargs):
