@@ -57,6 +57,10 @@ def place(tmp_path_factory):
     (root / "notjson.json").write_text("{ not json")
     (root / "sweep.toml").write_text('[sweep]\nresults = "r.jsonl"\nmodels = ["demo"]\ndatasets = ["synthetic:3:1"]\n'
                                      'budgets = [4]\n[[policy]]\nname = "full"\n')
+    matched = '[sweep]\nresults = "m.jsonl"\nmodels = ["demo"]\ndatasets = ["synthetic:3:1"]\nbudgets = [7]\n'
+    (root / "sweep-match-typo.toml").write_text(matched + 'match = "tokens"\n[[policy]]\nname = "prune"\n')
+    (root / "sweep-match-unreachable.toml").write_text(
+        matched + 'match = "avg-tokens"\n[[policy]]\nname = "parvts"\nparams = { drop_layer = 2 }\n')
     (root / "calib.jsonl").write_text(json.dumps({"image": "image.png", "question": "what?"}) + "\n")
     return root
 
@@ -171,6 +175,23 @@ REFUSED = [
     ("bench-budget-too-large", ["bench", "--shape", "tiny", "--policies", "prune", "--budgets", "999"], 2,
      "exceeds the 4 visual tokens", True),
     ("bench-device-junk", ["bench", "--device", "junk"], 2, "is not a device", True),
+    # --match (issue 21 item 3): a target no budget of a method meets names the method and the nearest value
+    ("bench-match-unreachable", ["bench", "--shape", "tiny", "--policies", "parvts:drop_layer=1", "--budgets", "1",
+                                 "--match", "avg-tokens"], 2,
+     "parvts(drop_layer=1)@1 cannot meet the target 1 of budget 1; the nearest it achieves is 2.5 (its budget 1)", True),
+    ("bench-match-input-tokens-fastv", ["bench", "--shape", "tiny", "--policies", "fastv:drop_layer=1", "--budgets",
+                                        "2", "--match", "input-tokens"], 2,
+     "fastv(drop_layer=1)@2 cannot meet the target 2 of budget 2; the nearest it achieves is 4", True),
+    ("bench-match-choice", ["bench", "--match", "tokens"], 2, "argument --match: invalid choice: 'tokens'", True),
+    ("bench-partitioner-on-a-policy-without-one", ["bench", "--shape", "tiny", "--policies", "fastv+divprune"], 2,
+     "policy 'fastv' takes no partitioner", True),
+    ("eval-match-unreachable", ["eval", "--data", "synthetic:1:1", "--policies", "parvts:drop_layer=2", "--budgets",
+                                "7", "--match", "avg-tokens"], 2,
+     "parvts(drop_layer=2)@7 cannot meet the target 7 of budget 7; the nearest it achieves is 22 (its budget 1)", True),
+    ("sweep-match-typo", ["sweep", "sweep-match-typo.toml"], 2, "[sweep] match must be one of 'avg-tokens'", True),
+    ("sweep-match-unreachable", ["sweep", "sweep-match-unreachable.toml"], 2,
+     "[sweep] match = 'avg-tokens': parvts@7 [cls] cannot meet the target 7 of budget 7; the nearest it achieves is 22",
+     True),
     # train-demo
     ("train-demo-scale-negative", ["train-demo", "--scale", "-1"], 2, "--scale: -1 is outside (0, 100]", True),
     ("train-demo-scale-0", ["train-demo", "--scale", "0"], 2, "--scale: 0 is outside (0, 100]", True),

@@ -103,7 +103,10 @@ def test_lmms_eval_end_to_end_offline_equals_vtsched_eval(tmp_path):
 
     logged = [json.loads(line) for line in (out / "vtsched_requests.jsonl").read_text().splitlines()]
     generated = [r for r in logged if r["kind"] == "generate_until"]
-    assert len(generated) == 14 and all(r["visual_tokens_per_layer"] == 7.0 for r in generated)
+    # every stream counts (issue 21): parvts runs all 64 tokens through its 2 parallel layers, 7 through the other 4
+    assert len(generated) == 14 and all(r["visual_tokens_per_layer"] == (2 * 64 + 4 * 7) / 6 for r in generated)
+    assert all(r["visual_tokens_input"] == 64.0 and r["budget_counts"] == "input" and r["prefill_ms"] > 0
+               for r in generated)
     assert all(r["prefill_gflops"] > 0 for r in logged)
     assert {r["kind"] for r in logged} == {"generate_until", "loglikelihood"}
     assert "vtsched generate_until: 14 requests under parvts" in done.stdout + done.stderr

@@ -8,9 +8,13 @@ import sys
 from vtsched.core.cli.checks import add_device, add_output, at_least
 from vtsched.core.cli.common import add_common, read_config, registry_for
 
-# pdrop at budgets down to 64 of 576 needs its stages earlier than its default (see its docstring)
-DEFAULT_BENCH_POLICIES = ("prune", "parvts:drop_layer=2", "parvts:drop_layer=3", "fastv", "vtw", "pdrop:layers=2/6/12",
-                          "visionzip")
+# The main job (issue 21 item 5): every method family, the 2026 pre-LLM selection methods as prune's
+# partitioners beside random selection and plain downsampling, at matched average tokens per layer.
+# pdrop at budgets down to 64 of 576 needs its stages earlier than its default (see its docstring).
+DEFAULT_BENCH_POLICIES = ("prune", "parvts:drop_layer=2", "fastv", "pdrop:layers=2/6/12", "vtw", "visionzip", "dart",
+                          "sparsevlm", "prune+divprune", "prune+cdpruner", "prune+vispruner", "prune+random",
+                          "prune+downsample")
+DEFAULT_BENCH_MATCH = "avg-tokens"  # what the default comparison holds equal
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,7 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="cases to compare (default: every built-in policy family); full is always added")
     bench.add_argument("--budgets", nargs="+", default=None,
                        help="budgets per image (default: 192 128 64 scaled to the model's visual tokens)")
-    bench.add_argument("--repeats", type=at_least(1), default=5)
+    bench.add_argument("--match", default=None, choices=["avg-tokens", "flops", "input-tokens", "none"],
+                       help="read each budget as a target and solve every policy's own budget to meet it: average "
+                            "visual tokens per layer over all streams, prune's FLOPs at that budget, or the visual "
+                            "tokens entering the LLM (default: avg-tokens for the default policies, none with "
+                            "--policies)")
+    bench.add_argument("--repeats", type=at_least(1), default=None,
+                       help="measured runs per case (default: 3 for the default comparison, else 5)")
     bench.add_argument("--warmup", type=at_least(0), default=1)
     bench.add_argument("--batch-size", type=at_least(1), default=1)
     bench.add_argument("--decode-tokens", type=at_least(0), default=8, help="decode steps timed per case (0: skip)")
@@ -55,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     from vtsched.core.cli.checks import check_prompt_fits
     from vtsched.core.planner import Planner
     from vtsched.core.scheduler import Scheduler
-    from vtsched.core.tools.bench import expand_cases, run_bench
+    from vtsched.core.tools.bench import check_matched, expand_cases, run_bench
     from vtsched.core.tools.report import plot_time_vs_flops, write_csv, write_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")  # an asked-for device is checked
@@ -74,12 +84,19 @@ def main(args: argparse.Namespace) -> int:
     geometry = planner.geometry
     side = adapter.nominal_image_side(config)  # 336 for LLaVA-1.5, 672 for LLaVA-NeXT and Qwen2-VL
     budgets = args.budgets or default_budgets(geometry.num_visual)
-    specs = args.policies or [p for p in DEFAULT_BENCH_POLICIES if p.split(":")[0] in registry.names("policy")]
+    specs = args.policies or [p for p in DEFAULT_BENCH_POLICIES
+                               if p.split("+")[0].split(":")[0] in registry.names("policy")
+                               and ("+" not in p or p.split("+")[1] in registry.names("partitioner"))]
+    match = args.match or (None if args.policies else DEFAULT_BENCH_MATCH)
+    match = None if match == "none" else match
+    repeats = args.repeats or (5 if args.policies else 3)
     cases = expand_cases(planner, specs, budgets, keep_full=True)
+    if match:
+        check_matched(planner, cases, match)
     check_prompt_fits(config, geometry.num_visual, [" ".join(["w"] * args.question_words)], "--question-words")
     print(f"bench: {shape_name} ({geometry.num_layers} layers, hidden {geometry.hidden_size}, "
           f"{geometry.num_visual} visual tokens) on {device}, {str(dtype).replace('torch.', '')}, "
-          f"{len(cases)} cases x {args.repeats} runs", file=sys.stderr)
+          f"{len(cases)} cases x {repeats} runs", file=sys.stderr)
     if args.model:
         scheduler = Scheduler.from_pretrained(args.model, device=device, dtype=dtype, attn_implementation=args.attn,
                                               registry=registry)
@@ -89,9 +106,9 @@ def main(args: argparse.Namespace) -> int:
     words = [QUESTION_WORDS[i % len(QUESTION_WORDS)] for i in range(args.question_words)]
     images = [random_image(i, side, side) for i in range(args.batch_size)]
     questions = [" ".join(words) + "?" for _ in range(args.batch_size)]
-    report = run_bench(scheduler, images, questions, cases, repeats=args.repeats, warmup=args.warmup,
+    report = run_bench(scheduler, images, questions, cases, repeats=repeats, warmup=args.warmup,
                        decode_tokens=args.decode_tokens, shape=shape_name, progress=not args.no_progress,
-                       reference=not args.no_reference)
+                       reference=not args.no_reference, match=match)
     print(report.table())
     out = Path(args.out)
     write_json(out / "results.json", report.to_dict())

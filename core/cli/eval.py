@@ -35,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "(e.g. 'prune@7', 'prune@7 [random]'; default full)")
     ev.add_argument("--hard-subset", default=None, metavar="CASE",
                     help="also score every row on the items this case (named as in the table) answers wrongly")
+    ev.add_argument("--match", default=None, choices=["avg-tokens", "flops", "input-tokens"],
+                    help="read each budget as a target and solve every policy's own budget, per sample, to meet it: "
+                    "average visual tokens per layer over all streams, prune's FLOPs at that budget, or the visual "
+                    "tokens entering the LLM")
     ev.add_argument("--no-progress", action="store_true")
     add_common(ev)
 
@@ -44,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
 
     from vtsched.core.cli.checks import check_prompt_fits
     from vtsched.core.evaluators import evaluator_for
-    from vtsched.core.tools.bench import expand_cases
+    from vtsched.core.tools.bench import check_matched, expand_cases
     from vtsched.core.errors import InputError
     from vtsched.core.tools.evaluate import case_label, cross_partitioners, evaluate, load_items
     from vtsched.core.tools.report import write_csv, write_json
@@ -52,8 +56,8 @@ def main(args: argparse.Namespace) -> int:
     registry = registry_for(args)
     served = evaluator_for(registry, args.data)
     if served is not None:
-        if args.hard_subset is not None or args.paired_against != "full":
-            raise InputError("--paired-against and --hard-subset apply to question-answer datasets, "
+        if args.hard_subset is not None or args.paired_against != "full" or args.match:
+            raise InputError("--paired-against, --hard-subset and --match apply to question-answer datasets, "
                              f"not to {args.data!r} (scored by the {served[0].name!r} evaluator)")
         return _run_evaluator(args, registry, *served)
     config = model_config(args.model)
@@ -61,6 +65,8 @@ def main(args: argparse.Namespace) -> int:
     cases = expand_cases(planner, args.policies, args.budgets, keep_full=False)
     if args.partitioners:
         cases = cross_partitioners(planner, cases, args.partitioners, data=args.data)
+    if args.match:
+        check_matched(planner, cases, args.match)
     labels = ["full", *(case_label(c) for c in cases if c.policy != "full")]
     for option, name in (("--paired-against", args.paired_against), ("--hard-subset", args.hard_subset)):
         if name is not None and name not in labels:
@@ -70,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     scheduler = load_scheduler(args.model, registry, args.device)
     report = evaluate(scheduler, items, cases, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       progress=not args.no_progress, data=args.data, paired_against=args.paired_against,
-                      hard_subset=args.hard_subset)
+                      hard_subset=args.hard_subset, match=args.match)
     print(report.table())
     out = Path(args.out)
     write_json(out / "results.json", {"data": args.data, "model": args.model or "demo", "rows": report.rows(),

@@ -98,19 +98,41 @@ def main(args: argparse.Namespace) -> int:
     from vtsched.core.io import write_atomic
 
     request = prepare(args)
-    result = request.scheduler.run([request.image], [args.question], request.policy, partitioner=request.partitioner,
-                                   budget=request.budget, generation=request.generation)
+    result, prefill_s = _answer(request, args.question)
     print(result.texts[0])
     print(f"ran: {result.summary()}")
     if args.json:
-        write_atomic(args.json, json.dumps(_record(result), indent=2) + "\n")
+        write_atomic(args.json, json.dumps(_record(result, request.scheduler, prefill_s), indent=2) + "\n")
     return 0
 
 
-def _record(result: Any) -> dict[str, Any]:
+def _answer(request: RunRequest, question: str) -> tuple[Any, float]:
+    """What ``Scheduler.run`` does (prepare, plan, answer), with the plan (the partitioner's selection)
+    and the prefill timed: the ``prefill_ms`` every results row reports."""
+    import time
+
+    from vtsched.core.budget import Budget
+    from vtsched.core.tools.bench import TimedEngine
+
+    scheduler = request.scheduler
+    batch = scheduler.prepare([request.image], [question])
+    policy = scheduler.make_policy(request.policy, None)
+    partitioner = scheduler.make_partitioner(request.partitioner) if request.partitioner is not None else None
+    timed = TimedEngine(scheduler.engine, scheduler.adapter.device.type == "cuda")
+    start = time.perf_counter()
+    plan = scheduler.plan(batch, policy, partitioner, Budget.parse(request.budget) if request.budget is not None
+                          else None)
+    planning = time.perf_counter() - start
+    result = scheduler.answer(batch, plan, request.generation, engine=timed)
+    return result, planning + timed.seconds
+
+
+def _record(result: Any, scheduler: Any, prefill_s: float) -> dict[str, Any]:
+    from vtsched.core.cost import plan_costs
     from vtsched.core.policy import budget_counts_of
 
     plan = result.plan
+    costs = plan_costs(plan, result.generated.prefill.stats, scheduler.adapter.geometry)
     return {
         "answer": result.texts[0],
         "tokens": result.generated.tokens[0],
@@ -120,8 +142,8 @@ def _record(result: Any) -> dict[str, Any]:
         "schedule": plan.schedule.to_dict(),
         "subject_tokens": plan.partition.members(0, plan.partition.groups[0]).tolist(),
         "prefill_flops": float(result.flops[0]),
-        "budget_counts": budget_counts_of(plan.policy),
-        "visual_tokens_input": float(result.visual_input[0]) if result.visual_input is not None else None,
-        "visual_tokens_per_layer": float(result.visual_per_layer_survivor[0]),
+        "budget_counts": budget_counts_of(plan.policy, scheduler.registry),
+        **costs.row(0),
+        "prefill_ms": 1e3 * prefill_s,
         "carried_tokens_per_layer": float(result.carried_per_layer[0]) if result.carried_per_layer is not None else 0.0,
     }

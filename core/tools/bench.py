@@ -26,15 +26,16 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from vtsched.core.budget import Budget
-from vtsched.core.cost import prefill_flops, scoring_flops, vision_flops
+from vtsched.core.cost import plan_costs, vision_flops
 from vtsched.core.engine import DecodeState, Engine, Prefill
 from vtsched.core.errors import InputError
 from vtsched.core.planner import Plan
 from vtsched.core.policy import budget_counts_of
-from vtsched.core.scheduler import Scheduler, visual_input
+from vtsched.core.scheduler import Scheduler
+from vtsched.core.tools.matching import achieved
 from vtsched.core.tokens import PromptBatch, Role, Sample
 
-__all__ = ["expand_cases", "Case", "CaseResult", "ReferenceResult", "BenchReport", "run_bench", "parse_case",
+__all__ = ["expand_cases", "check_matched", "TimedEngine", "case_label", "Case", "CaseResult", "ReferenceResult", "BenchReport", "run_bench", "parse_case",
            "parse_component"]
 
 
@@ -68,11 +69,22 @@ def parse_component(spec: str, kind: str = "policy") -> tuple[str, dict[str, str
 
 
 def parse_case(text: str, budget: str | None = None) -> Case:
-    """``"parvts:drop_layer=2,fusion=fixed"`` -> Case (budget given separately); ``schedule:PATH`` as is."""
+    """``"parvts:drop_layer=2,fusion=fixed"`` -> Case (budget given separately); ``schedule:PATH`` as is.
+
+    ``POLICY[:PARAMS]+PARTITIONER[:PARAMS]`` names the case's partitioner too (``prune+divprune``: DivPrune
+    selecting before the LLM), so one command compares pre-LLM selection methods side by side."""
     if text.startswith("schedule:"):
         return Case(text.strip(), budget)
-    name, params = parse_component(text, "policy")
-    return Case(name, budget, tuple(params.items()))
+    policy, plus, partitioner = text.partition("+")
+    if plus and not partitioner.strip():
+        raise InputError(f"policy {text!r}: expected POLICY+PARTITIONER after '+'")
+    name, params = parse_component(policy, "policy")
+    return Case(name, budget, tuple(params.items()), partitioner.strip() or None)
+
+
+def case_label(case: Case) -> str:
+    """The case's label, with its partitioner when one was named: ``prune@7 [mask]``."""
+    return f"{case.label} [{case.partitioner}]" if case.partitioner else case.label
 
 
 def expand_cases(planner: Any, specs: Sequence[str], budgets: Sequence[str], *, keep_full: bool) -> list[Case]:
@@ -88,6 +100,9 @@ def expand_cases(planner: Any, specs: Sequence[str], budgets: Sequence[str], *, 
         if case.policy == "full":
             continue
         saved = getattr(policy, "saved_budget", None)
+        part_name, part_params = parse_component(case.partitioner, "partitioner") if case.partitioner else (None, {})
+        if part_name is not None and not policy.needs_partition:
+            raise InputError(f"policy {case.policy!r} takes no partitioner ({spec!r})")
         if case.policy.startswith("schedule:"):
             budget = saved if saved is not None else budgets[-1]
             planner.check(policy, Budget.parse(budget))
@@ -97,9 +112,25 @@ def expand_cases(planner: Any, specs: Sequence[str], budgets: Sequence[str], *, 
             cases.append(case)
         else:
             for b in budgets:
-                planner.check(policy, Budget.parse(b))
+                planner.check(policy, Budget.parse(b), part_name, part_params)
             cases += [Case(case.policy, b, case.params, case.partitioner) for b in budgets]
     return cases
+
+
+def check_matched(planner: Any, cases: Sequence[Case], kind: str) -> None:
+    """Refuse, before weights load, a case whose policy no budget lets meet its ``--match`` target, on an
+    image of the model's nominal visual tokens (text lengths are known once a prompt is prepared; they
+    only move a ``flops`` target a little)."""
+    from vtsched.core.tools.matching import Matcher, SampleText
+
+    matcher = Matcher(planner, kind)
+    nominal = SampleText(planner.geometry.num_visual, 0, 0)
+    for case in cases:
+        if case.budget is None:
+            continue
+        policy = planner.policy(case.policy, dict(case.params))
+        partitioner = planner.partitioner(*parse_component(case.partitioner, "partitioner")) if case.partitioner else None
+        matcher.solve(policy, partitioner, Budget.parse(case.budget), nominal, case_label(case))
 
 
 @dataclass
@@ -109,12 +140,16 @@ class CaseResult:
     decode_s: list[float] = field(default_factory=list)  # seconds for `decode_tokens` steps
     peak_bytes: list[int] = field(default_factory=list)
     kv_cache_bytes: int = 0
-    flops: float = 0.0
-    scoring_flops: float = 0.0
-    visual_kept: float = 0.0
-    visual_all: float = 0.0
-    visual_input: float = 0.0  # visual tokens entering the LLM (first layer, every stream)
+    costs: dict[str, float] = field(default_factory=dict)  # the cost columns (vtsched.core.cost.RunCosts.row)
     budget_counts: str = "input"  # what the case's budget counts (Policy.budget_counts)
+    match: str | None = None  # what --match held equal (vtsched.core.tools.matching.MATCH_KINDS)
+    match_target: float | None = None  # the target's value on the benchmark's samples (mean)
+    budget_solved: int | None = None  # the policy's own budget solved for the target (None: not matched)
+
+    @property
+    def flops(self) -> float:
+        """Prefill FLOPs, the method's scoring included (0 before a measured run)."""
+        return 1e9 * self.costs.get("prefill_gflops", 0.0)
 
     @property
     def prefill_ms(self) -> float:
@@ -195,7 +230,7 @@ class BenchReport:
         return next((r for r in self.results if r.case.policy == "full"), None)
 
     def result(self, label: str) -> CaseResult | None:
-        return next((r for r in self.results if r.case.label == label), None)
+        return next((r for r in self.results if case_label(r.case) == label), None)
 
     def rows(self) -> list[dict[str, Any]]:
         base = self.baseline()
@@ -204,9 +239,10 @@ class BenchReport:
         for r in self.results:
             decode_tps = (self.decode_tokens * self.batch_size / statistics.median(r.decode_s)) if r.decode_s else None
             rows.append({
-                "case": r.case.label,
+                "case": case_label(r.case),
                 "policy": r.case.policy,
                 "budget": r.case.budget,
+                "partitioner": r.case.partitioner,
                 "budget_counts": r.budget_counts,
                 "params": dict(r.case.params),
                 "prefill_ms": r.prefill_ms,
@@ -215,11 +251,11 @@ class BenchReport:
                 "decode_tokens_per_s": decode_tps,
                 "peak_mem_mb": (max(r.peak_bytes) / 2**20) if r.peak_bytes else None,
                 "kv_cache_mb": r.kv_cache_bytes / 2**20,
-                "prefill_gflops": r.flops / 1e9,
-                "scoring_gflops": r.scoring_flops / 1e9,
-                "visual_tokens_input": r.visual_input,
-                "visual_tokens_per_layer": r.visual_kept,
-                "visual_tokens_per_layer_all_streams": r.visual_all,
+                **r.costs,
+                "match": r.match,
+                "match_target": r.match_target,
+                "match_achieved": achieved(r.match, r.costs) if r.match and r.costs else None,
+                "budget_solved": r.budget_solved,
                 "time_ratio_to_full": (r.prefill_ms / base.prefill_ms) if base else None,
                 "speedup_vs_full": (base.prefill_ms / r.prefill_ms) if base else None,
                 "flops_ratio_to_full": (r.flops / base.flops) if base else None,
@@ -250,10 +286,10 @@ class BenchReport:
         """Each ``parvts`` case against ``prune`` at its budget: time ratio over FLOPs ratio (1.0 = as predicted)."""
         rows = []
         for r in self.results:
-            if r.case.policy not in ("parvts", "parallel"):
+            if r.case.policy not in ("parvts", "parallel") or r.case.partitioner:
                 continue
-            prune = next((p for p in self.results
-                          if p.case.policy == "prune" and p.case.budget == r.case.budget and not p.case.params), None)
+            prune = next((p for p in self.results if p.case.policy == "prune" and p.case.budget == r.case.budget
+                          and not p.case.params and not p.case.partitioner), None)
             if prune is None or not prune.flops or not prune.prefill_s:
                 continue
             time_ratio, flops_ratio = r.prefill_ms / prune.prefill_ms, r.flops / prune.flops
@@ -262,21 +298,36 @@ class BenchReport:
         return rows
 
     def table(self) -> str:
-        header = (f"{'case':<34s} {'prefill ms':>11s} {'iqr':>7s} {'x full':>7s} {'GFLOPs':>9s} {'x full':>7s} "
-                  f"{'vis/layer':>9s} {'dec tok/s':>9s}")
+        """One line per case: what its budget counts, the visual tokens entering the LLM (``vis in``), their
+        average per layer over every stream (``vis/layer``, the equivalent tokens), the prefill GFLOPs with
+        the method's scoring, the measured prefill, and each as a ratio to ``full``; with ``--match``, the
+        target, the value the case achieved and the policy's own budget solved for it."""
+        rows = self.rows()
+        matched = any(r.get("match") for r in rows)
+        width = max([30, *(len(r["case"]) for r in rows)])
+        header = (f"{'case':<{width}s} {'budget counts':>17s} {'vis in':>6s} {'vis/layer':>9s} {'GFLOPs':>8s} "
+                  f"{'x full':>6s} {'prefill ms':>10s} {'iqr':>7s} {'x full':>6s} {'dec tok/s':>9s}")
+        if matched:
+            header += f" {'target':>8s} {'achieved':>8s} {'budget':>6s}"
         lines = [f"device {self.device}, shape {self.shape}, {self.dtype}, attention {self.attn}, "
                  f"batch {self.batch_size}, median of {self.repeats} interleaved runs", header, "-" * len(header)]
-        for row in self.rows():
+        for row in rows:
             ratio = f"{row['time_ratio_to_full']:.3f}" if row["time_ratio_to_full"] is not None else "-"
             fratio = f"{row['flops_ratio_to_full']:.3f}" if row["flops_ratio_to_full"] is not None else "-"
             tps = f"{row['decode_tokens_per_s']:.1f}" if row["decode_tokens_per_s"] else "-"
-            lines.append(
-                f"{row['case']:<34s} {row['prefill_ms']:>11.2f} {row['prefill_iqr_ms']:>7.2f} {ratio:>7s} "
-                f"{row['prefill_gflops']:>9.2f} {fratio:>7s} {row['visual_tokens_per_layer']:>9.1f} {tps:>9s}"
-            )
+            line = (f"{row['case']:<{width}s} {row['budget_counts']:>17s} {row['visual_tokens_input']:>6.0f} "
+                    f"{row['visual_tokens_per_layer']:>9.1f} {row['prefill_gflops']:>8.2f} {fratio:>6s} "
+                    f"{row['prefill_ms']:>10.2f} {row['prefill_iqr_ms']:>7.2f} {ratio:>6s} {tps:>9s}")
+            if matched:
+                target = "-" if row.get("match_target") is None else f"{row['match_target']:.4g}"
+                achieved = "-" if row.get("match_achieved") is None else f"{row['match_achieved']:.4g}"
+                solved = "-" if row.get("budget_solved") is None else str(row["budget_solved"])
+                line += f" {target:>8s} {achieved:>8s} {solved:>6s}"
+            lines.append(line)
         vision_ms = self.vision_ms or 0.0
         lines.append(f"vision tower + projector (common to all cases): {vision_ms:.2f} ms, "
-                     f"{self.vision_flops / 1e9:.2f} GFLOPs per image")
+                     f"{self.vision_flops / 1e9:.2f} GFLOPs per image; GFLOPs include each method's scoring "
+                     "(probes, ranker projections, partitioner similarity matrices)")
         lines += self._reference_lines()
         return "\n".join(lines)
 
@@ -314,6 +365,27 @@ class BenchReport:
         }
 
 
+class TimedEngine:
+    """An engine with the seconds spent in ``prefill`` added up (``extend`` passes through): how ``eval``
+    and ``sweep`` measure ``prefill_ms`` while answering (CUDA synchronised around each prefill)."""
+
+    def __init__(self, engine: Any, cuda: bool) -> None:
+        self.engine, self.cuda, self.seconds = engine, cuda, 0.0
+
+    def prefill(self, *args: Any, **kwargs: Any) -> Any:
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = self.engine.prefill(*args, **kwargs)
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def extend(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine.extend(*args, **kwargs)
+
+
 class _Clock:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -344,11 +416,14 @@ def run_bench(
     shape: str = "?",
     progress: bool = True,
     reference: bool = True,
+    match: str | None = None,
 ) -> BenchReport:
     """Time ``cases`` (and, with ``reference``, transformers' own forward and generate) interleaved.
 
     References need the adapter's ``language_model`` and prompts of equal length; without them
-    the report has none.
+    the report has none. ``match`` (``--match``): each case's budget is a target its policy's own
+    budget is solved for (:mod:`vtsched.core.tools.matching`), on the benchmark's samples, before
+    anything is timed.
     """
     from tqdm.auto import tqdm
 
@@ -356,6 +431,8 @@ def run_bench(
     clock = _Clock(device)
     batch = scheduler.prepare(images, questions)
     bench = _Bench(scheduler, batch, cases, clock, decode_tokens)
+    if match is not None:
+        bench.solve(match)
     if reference:
         bench.references = _references(scheduler, batch, bench, clock)
     jobs = bench.jobs()
@@ -397,11 +474,29 @@ class _Bench:
                  decode_tokens: int) -> None:
         self.scheduler, self.batch, self.clock, self.decode_tokens = scheduler, batch, clock, decode_tokens
         self.policies = [(c, scheduler.make_policy(c.policy, dict(c.params)),
-                          scheduler.make_partitioner(c.partitioner) if c.partitioner else None) for c in cases]
+                          scheduler.make_partitioner(*parse_component(c.partitioner, "partitioner"))
+                          if c.partitioner else None) for c in cases]
         self.results = [CaseResult(c) for c in cases]
         self.references: list[_Reference] = []
         self.logits: dict[str, torch.Tensor] = {}  # engine next-token logits by case label (first measured run)
         self.tokens: dict[str, torch.Tensor] = {}  # engine greedy tokens, first one included
+
+    def solve(self, kind: str) -> None:
+        """Solve every case's budget for ``kind`` on this benchmark's batch (one budget per case: the
+        samples of a benchmark share their size; a batch whose samples solve differently is refused)."""
+        from vtsched.core.tools.matching import Matcher
+
+        matcher = Matcher(self.scheduler.planner, kind)
+        for (case, policy, partitioner), r in zip(self.policies, self.results):
+            r.match = kind
+            if case.budget is None:
+                continue
+            budgets, targets = matcher.solve_batch(policy, partitioner, Budget.parse(case.budget), self.batch,
+                                                   case_label(case))
+            if len(set(budgets)) != 1:
+                raise InputError(f"--match: {case_label(case)} solves to budgets {sorted(set(budgets))} on the "
+                                 "benchmark's samples; benchmark samples of one size (--batch-size 1)")
+            r.match_target, r.budget_solved = statistics.fmean(targets), budgets[0]
 
     def jobs(self) -> list[Callable[[bool, bool], None]]:
         """One callable per case and reference: ``job(measured, first_measured)``."""
@@ -410,7 +505,9 @@ class _Bench:
 
     def plan(self, i: int) -> Plan:
         case, policy, partitioner = self.policies[i]
-        budget = Budget.parse(case.budget) if case.budget is not None else None
+        solved = self.results[i].budget_solved
+        budget = Budget(count=solved) if solved is not None else (
+            Budget.parse(case.budget) if case.budget is not None else None)
         return self.scheduler.plan(self.batch, policy, partitioner, budget)
 
     def run_case(self, i: int, measured: bool, first: bool) -> None:
@@ -441,17 +538,11 @@ class _Bench:
         return plan, self.scheduler.engine.prefill(self.batch, plan.schedule, plan.partition, use_cache=True)
 
     def _record_first(self, r: CaseResult, plan: Plan, out: Prefill, tokens: torch.Tensor | None) -> None:
-        geometry = self.scheduler.adapter.geometry
-        stats = out.stats
-        r.flops = float(prefill_flops(stats, geometry).mean())
-        r.scoring_flops = float(scoring_flops(stats, geometry).mean())
-        r.visual_kept = float(stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor).mean())
-        r.visual_all = float(stats.visual_per_layer(geometry.num_layers).mean())
-        r.visual_input = float(visual_input(stats).mean())
+        r.costs = plan_costs(plan, out.stats, self.scheduler.adapter.geometry).row()
         r.budget_counts = budget_counts_of(plan.policy, self.scheduler.registry)
-        self.logits[r.case.label] = out.logits
+        self.logits[case_label(r.case)] = out.logits
         if tokens is not None:
-            self.tokens[r.case.label] = tokens
+            self.tokens[case_label(r.case)] = tokens
 
     def run_reference(self, ref: _Reference, measured: bool, first: bool) -> None:
         seconds, output = ref.run()
@@ -489,7 +580,7 @@ def _references(scheduler: Scheduler, batch: PromptBatch, bench: _Bench, clock: 
     rows = torch.arange(embeds.shape[0], device=embeds.device)[:, None]
     positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
     rope = _rope_positions(batch, embeds.device)  # (R, batch, T) where rotary ids are not positions
-    labels = [r.case.label for r in bench.results]
+    labels = [case_label(r.case) for r in bench.results]
     refs = []
     if "full" in labels:
         ids = positions if rope is None else rope
@@ -532,14 +623,14 @@ def _smallest_prune(bench: _Bench) -> tuple[str, torch.Tensor] | None:
     """The ``prune`` case keeping the fewest tokens, and ``(batch, T')`` positions of the tokens it keeps."""
     best: tuple[str, torch.Tensor] | None = None
     for i, r in enumerate(bench.results):
-        if r.case.policy != "prune":
+        if r.case.policy != "prune" or r.case.partitioner:
             continue
         plan = bench.plan(i)
         kept = [_kept_positions(plan, b, sample) for b, sample in enumerate(bench.batch.samples)]
         if plan.schedule.events or len({k.numel() for k in kept}) != 1:
             continue  # not a plain prune, or samples keep different counts (would need padding)
         if best is None or kept[0].numel() < best[1].shape[1]:
-            best = (r.case.label, torch.stack(kept))
+            best = (case_label(r.case), torch.stack(kept))
     return best
 
 

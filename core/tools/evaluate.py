@@ -7,9 +7,12 @@ and prefill FLOPs, overall and split by tag and question type.
 
 Budgets differ in meaning between policies (``Policy.budget_counts``: the subject group entering
 the LLM, the tokens kept after a drop layer, an average per layer), so every row says what its
-budget counted (``budget_counts``) beside what ran: the visual tokens entering the LLM
-(``visual_tokens_input``, the first layer's, every stream), their average per layer
-(``visual_tokens_per_layer``, the surviving stream) and the prefill FLOPs. Every row carries the
+budget counted (``budget_counts``) beside what ran, in the columns every results row shares
+(:mod:`vtsched.core.cost`): the visual tokens entering the LLM (``visual_tokens_input``), every
+visual token row a layer processed in every stream averaged over all layers
+(``visual_tokens_per_layer``, the field's equivalent tokens), the prefill FLOPs with the method's
+own scoring (``prefill_gflops``) and the measured prefill time per sample (``prefill_ms``: the
+partitioner's call and the LLM's prefill; decoding excluded). Every row carries the
 accuracy's 95% Wilson interval, McNemar's test against a reference case on the same items
 (``full`` unless ``paired_against`` names another) and, with ``hard_subset``, the accuracy on the
 items that case answers wrongly (:mod:`vtsched.core.tools.significance`).
@@ -39,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vtsched.core.tools.bench import Case, parse_component
+from vtsched.core.tools.bench import Case, TimedEngine, case_label, parse_component
 from vtsched.core.budget import Budget
+from vtsched.core.cost import plan_costs
 from vtsched.core.errors import InputError
 from vtsched.core.generation import GenerationConfig
 from vtsched.core.policy import budget_counts_of
@@ -94,6 +98,9 @@ class Prediction:
     partitioner_gflops: float = 0.0  # FLOPs the partitioner reported spending on this sample
     budget_counts: str = "input"  # what the case's budget counts (Policy.budget_counts)
     visual_tokens_input: float = 0.0  # visual tokens entering the LLM (its first layer, every stream)
+    prefill_ms: float = 0.0  # measured: the partitioner's call and the LLM prefill, this sample's share
+    match_target: float | None = None  # --match: the target on this sample
+    budget_solved: int | None = None  # --match: the policy's own budget solved for it
 
 
 @dataclass
@@ -108,6 +115,7 @@ class EvalReport:
     predictions: list[Prediction] = field(default_factory=list)
     paired_against: str = "full"
     hard_subset: str | None = None
+    match: str | None = None  # what --match held equal (vtsched.core.tools.matching.MATCH_KINDS)
 
     def rows(self) -> list[dict[str, Any]]:
         from vtsched.core.tools.significance import paired_rows
@@ -116,20 +124,29 @@ class EvalReport:
         for p in self.predictions:
             for split in ("all", f"tag={p.tag}", f"type={p.type}"):
                 outcomes[(p.case, split)].append((p.id, p.correct))
-        return paired_rows(summarise(self.predictions, self.cases), outcomes,
+        rows = paired_rows(summarise(self.predictions, self.cases), outcomes,
                            paired_against=self.paired_against, hard=self.hard_subset)
+        if self.match is not None:
+            from vtsched.core.tools.matching import achieved
+
+            for row in rows:
+                row["match"], row["match_achieved"] = self.match, achieved(self.match, row)
+        return rows
 
     def table(self) -> str:
         """One line per case and split; ``budget`` what its budget counts, ``vis in`` the visual tokens
-        entering the LLM, ``vis/layer`` their average per layer; ``GFLOPs`` is the LLM's prefill,
-        ``part ms`` / ``part GF`` the partitioner's own time and FLOPs per sample, reported apart;
+        entering the LLM, ``vis/layer`` every stream's visual tokens per layer averaged over all layers;
+        ``GFLOPs`` is the LLM's prefill with the method's scoring, ``ms`` the measured prefill (the
+        partitioner's call included), ``part ms`` / ``part GF`` the partitioner's own time and the FLOPs
+        a partitioner reports spending (SAM's), per sample; ``target`` / ``achieved`` with ``--match``;
         ``95% CI`` the accuracy's Wilson interval, ``p`` McNemar's test against ``paired_against``,
         ``hard`` the accuracy on the items ``hard_subset`` answers wrongly (and how many)."""
         rows = self.rows()
         width = max([34, *(len(r["case"]) for r in rows)])
         header = (f"{'case':<{width}s} {'split':<24s} {'n':>5s} {'acc':>6s} {'95% CI':>11s} {'p':>6s} {'agree':>6s} "
                   f"{'KL':>8s} {'budget':>17s} {'vis in':>7s} {'vis/layer':>9s} {'GFLOPs':>8s} {'part ms':>8s} "
-                  f"{'part GF':>8s}" + (f" {'hard':>12s}" if self.hard_subset is not None else ""))
+                  f"{'part GF':>8s} {'ms':>7s}" + (f" {'hard':>12s}" if self.hard_subset is not None else "")
+                  + (f" {'target':>8s} {'achieved':>8s}" if self.match is not None else ""))
         lines = [header, "-" * len(header)]
         for r in rows:
             ci = f"{100 * r['accuracy_ci_low']:.1f}-{100 * r['accuracy_ci_high']:.1f}"
@@ -137,12 +154,18 @@ class EvalReport:
             line = (f"{r['case']:<{width}s} {r['split']:<24s} {r['n']:>5d} {100 * r['accuracy']:>6.1f} {ci:>11s} "
                     f"{p:>6s} {100 * r['agreement']:>6.1f} {r['kl']:>8.4f} {r['budget_counts']:>17s} "
                     f"{r['visual_tokens_input']:>7.1f} {r['visual_tokens_per_layer']:>9.1f} "
-                    f"{r['prefill_gflops']:>8.4f} {r['partitioner_ms']:>8.2f} {r['partitioner_gflops']:>8.4f}")
+                    f"{r['prefill_gflops']:>8.4f} {r['partitioner_ms']:>8.2f} {r['partitioner_gflops']:>8.4f} "
+                    f"{r['prefill_ms']:>7.2f}")
             if self.hard_subset is not None:
                 hard = "-" if r["hard_accuracy"] is None else f"{100 * r['hard_accuracy']:.1f}"
                 line += f" {hard + ' of ' + str(r['hard_n']):>12s}"
+            if self.match is not None:
+                target = "-" if r["match_target"] is None else f"{r['match_target']:.4g}"
+                line += f" {target:>8s} {r['match_achieved']:>8.4g}"
             lines.append(line)
         note = f"p: McNemar's test against {self.paired_against!r} on the same items"
+        if self.match is not None:
+            note += f"; budgets solved so every row meets its target ({self.match})"
         if self.hard_subset is not None:
             note += f"; hard: accuracy on the items {self.hard_subset!r} answers wrongly"
         return "\n".join([*lines, note])
@@ -168,10 +191,19 @@ def summarise(predictions: Sequence[Prediction], cases: Sequence[str]) -> list[d
                 "visual_tokens_input": statistics.fmean(p.visual_tokens_input for p in mine),
                 "visual_tokens_per_layer": statistics.fmean(p.visual_tokens_per_layer for p in mine),
                 "prefill_gflops": statistics.fmean(p.prefill_gflops for p in mine),
+                "prefill_ms": statistics.fmean(p.prefill_ms for p in mine),
                 "partitioner_ms": statistics.fmean(p.partitioner_ms for p in mine),
                 "partitioner_gflops": statistics.fmean(p.partitioner_gflops for p in mine),
+                "match_target": _mean_or_none([p.match_target for p in mine]),
+                "budget_solved": _mean_or_none([p.budget_solved for p in mine]),
             })
     return rows
+
+
+def _mean_or_none(values: Sequence[float | int | None]) -> float | None:
+    """The mean of the values present (``None`` when none is: a row that was not matched)."""
+    present = [float(v) for v in values if v is not None]
+    return statistics.fmean(present) if present else None
 
 
 def load_items(spec: str, limit: int | None = None) -> list[EvalItem]:
@@ -266,11 +298,6 @@ def cross_partitioners(planner: Any, cases: Sequence[Case], specs: Sequence[str]
     return out
 
 
-def case_label(case: Case) -> str:
-    """The case's label, with its partitioner when one was named: ``prune@7 [mask]``."""
-    return f"{case.label} [{case.partitioner}]" if case.partitioner else case.label
-
-
 class _Timed:
     """A partitioner seen through a stopwatch: what eval hands the planner to charge partition time.
 
@@ -311,6 +338,10 @@ class _Timed:
     def group_names(self) -> tuple[str, ...]:
         return tuple(self.inner.group_names())
 
+    def selection_flops(self, num_visual: int, keep: int, geometry: Any) -> float:
+        return float(self.inner.selection_flops(num_visual, keep, geometry)) if hasattr(
+            self.inner, "selection_flops") else 0.0
+
 
 def _partitioner_for(scheduler: Scheduler, case: Case, policy: Any, data: str | None) -> _Timed | None:
     """The case's partitioner (the named one, else the policy's default), timed; None without a partition."""
@@ -337,14 +368,19 @@ def evaluate(
     data: str | None = None,
     paired_against: str = "full",
     hard_subset: str | None = None,
+    match: str | None = None,
 ) -> EvalReport:
     """Answer ``items`` under every case (``full`` first, as the reference).
 
     ``data``: the dataset's spec, handed to partitioners that read the dataset themselves (the
     ``mask`` partitioner's masks) when their parameter is unset. ``paired_against`` and
-    ``hard_subset`` name cases by label (:func:`case_label`; :class:`EvalReport`).
+    ``hard_subset`` name cases by label (:func:`case_label`; :class:`EvalReport`). ``match``
+    (``--match``, :mod:`vtsched.core.tools.matching`): each case's budget is a target, and its
+    policy's own budget is solved for it per sample; samples that solve differently run apart.
     """
     from tqdm.auto import tqdm
+
+    from vtsched.core.tools.matching import Matcher
 
     cases = [Case("full")] + [c for c in cases if c.policy != "full"]
     labels = [case_label(c) for c in cases]
@@ -356,33 +392,77 @@ def evaluate(
     for option, name in (("paired_against", paired_against), ("hard_subset", hard_subset)):
         if name is not None and name not in labels:
             raise InputError(f"{option}: no case {name!r} in this eval; cases: {', '.join(labels)}")
-    report = EvalReport(labels, paired_against=paired_against, hard_subset=hard_subset)
+    report = EvalReport(labels, paired_against=paired_against, hard_subset=hard_subset, match=match)
+    matcher = Matcher(scheduler.planner, match) if match is not None else None
     bar = tqdm(total=len(items) * len(cases), desc="eval", disable=not progress)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = scheduler.prepare([it.load() for it in chunk], [it.question for it in chunk])
-        reference_logits: Any = None
-        reference_answers: list[str] | None = None
+        reference: _Answered | None = None
         for (case, policy, partitioner), label in zip(built, labels):
-            budget = Budget.parse(case.budget) if case.budget is not None else None
-            plan = scheduler.plan(batch, policy, partitioner, budget)  # type: ignore[arg-type]
-            seconds, part_flops = partitioner.take() if partitioner is not None else (0.0, 0.0)
-            out = scheduler.answer(batch, plan, config)
-            answers, visual, flops = out.texts, out.visual_per_layer_survivor, out.flops
-            entering = out.visual_input if out.visual_input is not None else out.visual_per_layer
-            counts = budget_counts_of(plan.policy, scheduler.registry)
-            logits = out.generated.prefill.logits
-            if reference_logits is None or reference_answers is None:  # the first case is full
-                reference_logits, reference_answers = logits, answers
-            kl = next_token_kl(reference_logits, logits)
+            answered = _answer_case(scheduler, batch, case, policy, partitioner, config, matcher)
+            if reference is None:  # the first case is full
+                reference = answered
+            kl = next_token_kl(reference.logits, answered.logits)
+            counts = budget_counts_of(policy, scheduler.registry)
             for i, item in enumerate(chunk):
+                text, costs = answered.texts[i], answered.costs[i]
                 report.predictions.append(Prediction(
-                    label, item.id, item.tag, item.type, item.answer, answers[i],
-                    normalise(answers[i]) == normalise(item.answer),
-                    normalise(answers[i]) == normalise(reference_answers[i]),
-                    float(kl[i]), float(visual[i]), float(flops[i]) / 1e9,
-                    1e3 * seconds / len(chunk), part_flops / len(chunk) / 1e9, counts, float(entering[i]),
+                    label, item.id, item.tag, item.type, item.answer, text,
+                    normalise(text) == normalise(item.answer),
+                    normalise(text) == normalise(reference.texts[i]),
+                    float(kl[i]), costs["visual_tokens_per_layer"], costs["prefill_gflops"],
+                    answered.partitioner_ms[i], answered.partitioner_gflops[i], counts, costs["visual_tokens_input"],
+                    answered.prefill_ms[i], answered.targets[i], answered.solved[i],
                 ))
             bar.update(len(chunk))
     bar.close()
     return report
+
+
+@dataclass
+class _Answered:
+    """One case's answers to a batch, per sample in batch order (however the samples were planned)."""
+
+    texts: list[str]
+    logits: Any  # (batch, vocab) next-token logits
+    costs: list[dict[str, float]]  # the cost columns (vtsched.core.cost.RunCosts.row)
+    prefill_ms: list[float]
+    partitioner_ms: list[float]
+    partitioner_gflops: list[float]
+    targets: list[float | None]
+    solved: list[int | None]
+
+
+def _answer_case(scheduler: Scheduler, batch: Any, case: Case, policy: Any, partitioner: Any,
+                 config: GenerationConfig, matcher: Any) -> _Answered:
+    """Plan and answer ``batch`` under one case: as one batch, or, when ``matcher`` solves different
+    budgets for its samples, one sub-batch per solved budget (the planner takes one budget a batch)."""
+    import torch
+
+    from vtsched.core.tools.matching import split_by_budget
+
+    size = len(batch)
+    budget = Budget.parse(case.budget) if case.budget is not None else None
+    targets: list[float | None] = [None] * size
+    solved: list[int | None] = [None] * size
+    if matcher is not None and budget is not None:
+        solved_budgets, solved_targets = matcher.solve_batch(policy, partitioner, budget, batch, case_label(case))
+        solved, targets = list(solved_budgets), list(solved_targets)
+    out = _Answered([""] * size, None, [{}] * size, [0.0] * size, [0.0] * size, [0.0] * size, targets, solved)
+    logits: list[Any] = [None] * size
+    timed = TimedEngine(scheduler.engine, scheduler.adapter.device.type == "cuda")
+    for index, count in split_by_budget(solved):
+        sub = batch if len(index) == size else batch.select(index)
+        plan = scheduler.plan(sub, policy, partitioner, Budget(count=count) if count is not None else budget)
+        seconds, part_flops = partitioner.take() if partitioner is not None else (0.0, 0.0)
+        timed.seconds = 0.0
+        answered = scheduler.answer(sub, plan, config, engine=timed)
+        costs = plan_costs(plan, answered.generated.prefill.stats, scheduler.adapter.geometry)
+        for k, i in enumerate(index):
+            out.texts[i], out.costs[i], logits[i] = answered.texts[k], costs.row(k), answered.generated.prefill.logits[k]
+            out.partitioner_ms[i] = 1e3 * seconds / len(index)
+            out.partitioner_gflops[i] = part_flops / len(index) / 1e9
+            out.prefill_ms[i] = 1e3 * (seconds + timed.seconds) / len(index)
+    out.logits = torch.stack(logits)
+    return out

@@ -59,10 +59,13 @@ class Results:
 
 
 # -- reading -----------------------------------------------------------------------------------
-BENCH_COLUMNS = ("case", "prefill_ms", "prefill_iqr_ms", "ttft_ms", "decode_tokens_per_s", "peak_mem_mb",
-                 "prefill_gflops", "visual_tokens_per_layer", "visual_tokens_per_layer_all_streams",
+#: The cost columns every results row carries (vtsched.core.cost), shown alike in every table.
+ROW_COST_COLUMNS = ("budget_counts", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "prefill_ms")
+COST_HEADERS = ["budget counts", "visual tokens in", "visual tokens/layer (all streams)", "prefill GFLOPs (scoring incl.)",
+                "prefill ms"]
+BENCH_COLUMNS = ("case", *ROW_COST_COLUMNS, "prefill_iqr_ms", "ttft_ms", "decode_tokens_per_s", "peak_mem_mb",
                  "flops_ratio_to_full", "speedup_vs_full")
-EVAL_COLUMNS = ("case", "split", "n", "accuracy", "agreement", "kl", "visual_tokens_per_layer", "prefill_gflops")
+EVAL_COLUMNS = ("case", "split", "n", "accuracy", "agreement", "kl", *ROW_COST_COLUMNS)
 OTHER_FILES = {  # a key only that file has -> what wrote it
     "vtsched_show": "`vtsched show --json`", "vtsched_schedule": "a schedule (`vtsched explain --json` or `search-k`)",
     "answer": "`vtsched run --json`",
@@ -112,12 +115,12 @@ def _bench(path: Path, data: dict[str, Any]) -> Results:
     _need(path, "bench", rows, BENCH_COLUMNS)
     out = Results(path, "bench", f"bench: {data['shape']} on {data['device']}, {data.get('dtype', '')}, "
                                  f"batch {data.get('batch_size', '?')}")
+    match = _match_headers(rows)
     out.tables.append(Table("prefill cost per case", [
-        "case", "visual tokens/layer (all streams)", "prefill GFLOPs", "FLOPs vs full", "prefill ms (IQR)",
-        "speedup vs full", "TTFT ms", "decode tok/s", "peak MB"], [[
-            r["case"], f"{_num(r['visual_tokens_per_layer'], '.1f')} ({_num(r['visual_tokens_per_layer_all_streams'], '.1f')})",
-            _num(r["prefill_gflops"], ".4g"), _num(r["flops_ratio_to_full"], ".3f"),
-            f"{_num(r['prefill_ms'], '.2f')} ({_num(r['prefill_iqr_ms'], '.2f')})", _num(r["speedup_vs_full"], ".2f"),
+        "case", *COST_HEADERS, *match, "prefill IQR ms", "FLOPs vs full", "speedup vs full", "TTFT ms", "decode tok/s",
+        "peak MB"], [[
+            r["case"], *_cost_cells(r), *_match_cells(r, match), _num(r["prefill_iqr_ms"], ".2f"),
+            _num(r["flops_ratio_to_full"], ".3f"), _num(r["speedup_vs_full"], ".2f"),
             _num(r["ttft_ms"], ".2f"), _num(r["decode_tokens_per_s"], ".1f"), _num(r["peak_mem_mb"], ".1f")]
             for r in rows]))
     out.points = [(r["case"], None, r["prefill_gflops"], r["prefill_ms"]) for r in rows]
@@ -134,10 +137,11 @@ def _eval(path: Path, data: dict[str, Any]) -> Results:
     _need(path, "eval", rows, EVAL_COLUMNS)
     out = Results(path, "eval", f"eval: {data.get('model')} on {data.get('data')}")
     overall = [r for r in rows if r["split"] == "all"]
+    match = _match_headers(overall)
     out.tables.append(Table("accuracy and cost per case", [
-        "case", "n", "accuracy %", "agreement with full %", "KL to full", "visual tokens/layer", "prefill GFLOPs"],
+        "case", "n", "accuracy %", "agreement with full %", "KL to full", *COST_HEADERS, *match],
         [[r["case"], str(r["n"]), _num(r["accuracy"], ".1f", 100), _num(r["agreement"], ".1f", 100),
-          _num(r["kl"], ".4f"), _num(r["visual_tokens_per_layer"], ".1f"), _num(r["prefill_gflops"], ".4g")]
+          _num(r["kl"], ".4f"), *_cost_cells(r), *_match_cells(r, match)]
          for r in overall]))
     splits = {(r["case"], r["split"]): r["accuracy"] for r in rows if r["split"] != "all"}
     out.tables += _split_table([r["case"] for r in overall], splits)
@@ -152,12 +156,11 @@ def _sweep(path: Path) -> Results:
     latest = list(ResultsFile.read(path).latest().values())  # refuses rows of another format in one line
     rows = summary_rows(latest)
     out = Results(path, "sweep", f"sweep: {path}")
+    match = _match_headers(rows)
     out.tables.append(Table("cells", [
-        "model", "data", "cell", "n", "accuracy %", "agreement with full %", "visual tokens/layer", "prefill GFLOPs",
-        "prefill ms", "status"],
+        "model", "data", "cell", "n", "accuracy %", "agreement with full %", *COST_HEADERS, *match, "status"],
         [[Path(str(r["model"])).name, str(r["dataset"]), str(r["label"]), _cell(r["n"]), _num(r["accuracy"], ".1f", 100),
-          _num(r["agreement_with_full"], ".1f", 100), _num(r["visual_tokens_per_layer"], ".1f"),
-          _num(r["prefill_gflops"], ".4g"), _num(r["prefill_ms"], ".2f"),
+          _num(r["agreement_with_full"], ".1f", 100), *_cost_cells(r), *_match_cells(r, match),
           r["status"] + (f": {r['error']}" if r["status"] != "ok" and r.get("error") else "")] for r in rows]))
     ok = [r for r in rows if r["status"] == "ok"]
     splits = {(str(r["label"]), k): v for r in ok for k, v in r["by_split"].items()}
@@ -165,6 +168,24 @@ def _sweep(path: Path) -> Results:
     out.points = [(str(r["label"]), r["accuracy"], r["prefill_gflops"], r["prefill_ms"]) for r in ok]
     out.cells = [row for row in latest if row.get("status") == "ok"]
     return out
+
+
+def _cost_cells(row: dict[str, Any]) -> list[str]:
+    """The :data:`ROW_COST_COLUMNS` of a row, formatted ('-' where a row has none, e.g. a failed sweep cell)."""
+    return [_cell(row.get("budget_counts")), _num(row.get("visual_tokens_input"), ".1f"),
+            _num(row.get("visual_tokens_per_layer"), ".1f"), _num(row.get("prefill_gflops"), ".4g"),
+            _num(row.get("prefill_ms"), ".2f")]
+
+
+def _match_headers(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Headers of the matching columns, when any row was matched (``--match``): what, target, achieved."""
+    return ["matched on", "target", "achieved"] if any(r.get("match") for r in rows) else []
+
+
+def _match_cells(row: dict[str, Any], headers: Sequence[str]) -> list[str]:
+    if not headers:
+        return []
+    return [_cell(row.get("match")), _num(row.get("match_target"), ".4g"), _num(row.get("match_achieved"), ".4g")]
 
 
 def _split_table(cases: Sequence[str], accuracy: dict[tuple[str, str], float]) -> list[Table]:

@@ -13,6 +13,7 @@ name = "ablation"                  # results: vtsched-out/sweep/ablation/results
 models = ["demo"]                  # "demo": the shipped demo model; else checkpoint folders
 datasets = ["synthetic:1:12"]      # what `vtsched eval --data` takes; "{seed}" is replaced by the seed
 budgets = [4, 7, 16]
+# match = "avg-tokens"             # budgets as targets: each policy's own budget solved to meet them
 seeds = [0]
 partitioners = ["cls", { name = "random", grid = { seed = [0, 1] } }]
 
@@ -52,7 +53,8 @@ __all__ = ["SweepConfig", "PolicySpec", "ComponentSpec", "load_config", "parse_c
 DEMO_MODEL = "demo"  # the shipped demo model
 
 _TOP = ("sweep", "eval", "policy", "slurm")
-_SWEEP = ("name", "models", "datasets", "budgets", "seeds", "partitioners", "results", "out")
+_SWEEP = ("name", "models", "datasets", "budgets", "match", "seeds", "partitioners", "results", "out")
+_MATCH = ("avg-tokens", "flops", "input-tokens")  # vtsched.core.tools.matching.MATCH_KINDS
 _EVAL = ("max_new_tokens", "batch_size", "limit", "device", "dtype")
 _POLICY = ("name", "params", "grid", "zip", "budgets", "partitioners", "seeds")
 _COMPONENT = ("name", "params", "grid", "zip")
@@ -102,6 +104,7 @@ class SweepConfig:
     device: str = "cpu"
     dtype: str | None = None
     slurm: Mapping[str, Any] = field(default_factory=dict)
+    match: str | None = None  # budgets read as targets each policy's budget is solved for (--match)
 
 
 def load_config(path: str | Path) -> SweepConfig:
@@ -217,7 +220,11 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> SweepConf
         report = results.parent / "report"
     out = (base / str(sweep["out"])).absolute() if "out" in sweep else report
     limit = ev.get("limit")
+    match = sweep.get("match")
+    if match is not None and match not in _MATCH:
+        raise InputError(f"{_where(path)}[sweep] match must be one of {', '.join(map(repr, _MATCH))}, not {match!r}")
     return SweepConfig(
+        match=match,
         path=path, name=name,
         models=tuple(str(m) for m in _list(sweep.get("models", [DEMO_MODEL]), "models", "[sweep]", path)),
         datasets=tuple(str(d) for d in _list(sweep.get("datasets", ["synthetic:1:12"]), "datasets", "[sweep]", path)),

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from vtsched.core.budget import Budget
+from vtsched.core.cost import nominal_group_sizes
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.geometry import ModelGeometry
-from vtsched.core.events import TokenCounts
 from vtsched.core.schedule import Schedule
 from vtsched.core.tools.sweep_config import DEMO_MODEL, SweepConfig
 
@@ -186,48 +186,12 @@ def _text_lengths(info: _ModelInfo, dataset: str, limit: int | None) -> Counter[
 
 def estimate_prefill_flops(schedule: Schedule, geometry: ModelGeometry, group_sizes: Mapping[str, int], *,
                            prefix: int, suffix: int, question: int | None = None, share_prefix: bool = True) -> float:
-    """Nominal decoder prefill FLOPs of one sample under ``schedule`` (no weights: token counts only).
+    """Nominal decoder prefill FLOPs of one sample under ``schedule`` (no weights: token counts only):
+    :func:`vtsched.core.cost.nominal_run`'s, the one walk of a schedule's events over token counts."""
+    from vtsched.core.cost import nominal_run
 
-    Each stream carries the ``prefix`` text tokens before the image, its visual groups (sizes from
-    ``group_sizes``) and the ``suffix`` tokens after the image (``question`` of them the question;
-    default all); every event applies its own effect on these counts
-    (:meth:`~vtsched.core.events.Event.count`: a keep-top keeps its count or ratio, a carry adds
-    copies, ...). While streams run in parallel the prefix runs once and is attended to by each
-    (what the engine does with ``share_prefix``). Same accounting as :func:`vtsched.core.cost.prefill_flops`.
-    """
-    from vtsched.core.cost import layer_flops
-
-    text = {"question": suffix if question is None else question, "post_image": suffix, "last": 1}
-    tokens = TokenCounts({s.name: {g: group_sizes.get(g, 0) for g in s.groups} for s in schedule.streams}, text,
-                         group_sizes=group_sizes)
-    shared_until = 0
-    if share_prefix:
-        shared_until = next((k for k in range(schedule.num_layers + 1) if len(schedule.layout_at(k)) == 1),
-                            schedule.num_layers)
-    total = 0.0
-    for layer in range(schedule.num_layers):
-        for event in schedule.events_at(layer):
-            event.count(tokens)
-        for stream, groups in tokens.visual.items():
-            own = sum(groups.values()) + suffix + tokens.copies.get(stream, 0)
-            if layer < shared_until:
-                total += float(layer_flops(own, own + prefix, geometry))
-            else:
-                total += float(layer_flops(prefix + own, prefix + own, geometry))
-        if layer < shared_until:
-            total += float(layer_flops(prefix, prefix, geometry))
-    return total
-
-
-def _group_sizes(groups: Sequence[str], keep: int | None, num_visual: int) -> dict[str, int]:
-    if keep is None or len(groups) == 1:
-        return {groups[0]: num_visual} if groups else {}
-    rest = num_visual - keep
-    others = groups[1:]
-    sizes = {groups[0]: keep}
-    for i, g in enumerate(others):  # N groups: the rest split evenly (a plugin's partitioner may differ)
-        sizes[g] = rest // len(others) + (1 if i < rest % len(others) else 0)
-    return sizes
+    return nominal_run(schedule, geometry, group_sizes, prefix=prefix, suffix=suffix, question=question,
+                       share_prefix=share_prefix).prefill_flops
 
 
 def _component_error(kind: str, name: str, registry: Any, where: str) -> InputError:
@@ -334,22 +298,50 @@ def _cells_of(config: SweepConfig, info: _ModelInfo, dataset: str, spec: Any, pa
                     check = planner.check(policy, budget, part_name, pparams)
                 except VtschedError as exc:
                     error = str(exc)
+            keep = check.keep if check is not None else None
+            if config.match is not None and check is not None and budget_text is not None:
+                keep = _solve_nominal(planner, config.match, policy, part_name, pparams, budget_text, where_of(config))
             cell_spec = {
                 "model": info.name, "dataset": dataset, "policy": name, "params": resolved,
                 "partitioner": part_name, "partitioner_params": pparams,
                 "budget": budget_text, "seed": seed, "max_new_tokens": config.max_new_tokens, "limit": config.limit,
             }
+            if config.match is not None:  # only then: the hashes of unmatched cells stay what they were
+                cell_spec["match"] = config.match
             shown = {k: v for k, v in pparams.items() if k in part_written}
             label = _label(name, resolved, written, part_name, shown, show_partitioner, budget_text, seed, seeds)
             est, samples = None, 0
             if estimate and check is not None and check.schedule is not None:
                 lengths = _text_lengths(info, dataset, config.limit)
-                sizes = _group_sizes(check.schedule.groups, check.keep, info.geometry.num_visual)
+                schedule = check.schedule
+                if keep != check.keep and policy is not None:  # matched: the solved budget's schedule
+                    schedule = planner.check(policy, Budget(count=keep), part_name, pparams).schedule or schedule
+                sizes = nominal_group_sizes(schedule.groups, keep, info.geometry.num_visual)
                 samples = sum(lengths.values())
-                est = sum(n * estimate_prefill_flops(check.schedule, info.geometry, sizes, prefix=p, suffix=s)
+                est = sum(n * estimate_prefill_flops(schedule, info.geometry, sizes, prefix=p, suffix=s)
                           for (p, s), n in lengths.items()) / max(1, samples) / 1e9
             out.append(Cell(cell_hash(cell_spec, version, info.fingerprint), cell_spec, label, error, est, samples))
     return out
+
+
+def where_of(config: SweepConfig) -> str:
+    return f"{config.path.name}: " if config.path is not None else ""
+
+
+def _solve_nominal(planner: Any, kind: str, policy: Any, part_name: str | None, pparams: Mapping[str, Any],
+                   budget_text: str, where: str) -> int | None:
+    """A matched cell's budget on an image of the model's nominal visual tokens, or the config's one-line
+    error (:class:`~vtsched.core.tools.matching.MatchError`) when no budget of the policy meets the target.
+    Each batch solves again on its own samples when the cell runs."""
+    from vtsched.core.tools.matching import Matcher, MatchError, SampleText
+
+    partitioner = planner.partitioner(part_name, pparams) if part_name else None
+    try:
+        return Matcher(planner, kind).solve(policy, partitioner, Budget.parse(budget_text),
+                                            SampleText(planner.geometry.num_visual, 0, 0),
+                                            f"{policy.name}@{budget_text}" + (f" [{part_name}]" if part_name else ""))
+    except MatchError as exc:
+        raise MatchError(f"{where}{str(exc).replace(f'--match {kind}:', f'[sweep] match = {kind!r}:', 1)}") from None
 
 
 def _budget_text(value: Any) -> str:

@@ -24,7 +24,7 @@ __all__ = ["summary_rows", "summary_table", "seed_means", "seed_table", "summary
 
 COLUMNS = ("model", "dataset", "label", "policy", "budget", "budget_counts", "k", "partitioner", "seed", "status", "n",
            "accuracy", "agreement_with_full", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",
-           "vision_ms", "wall_s", "error", "hash")
+           "match", "match_target", "match_achieved", "budget_solved", "vision_ms", "wall_s", "error", "hash")
 
 
 def _budget_value(budget: Any) -> float:
@@ -59,6 +59,8 @@ def summary_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "visual_tokens_per_layer": r.get("visual_tokens_per_layer"),
             "prefill_gflops": r.get("prefill_gflops"), "est_gflops": r.get("est_gflops"),
             "prefill_ms": r.get("prefill_ms"), "vision_ms": r.get("vision_ms"), "wall_s": r.get("wall_s"),
+            "match": r.get("match"), "match_target": r.get("match_target"), "match_achieved": r.get("match_achieved"),
+            "budget_solved": r.get("budget_solved"),
             "by_split": dict(r.get("by_split") or {}),
             "error": r.get("error"), "hash": r.get("hash"),
         })

@@ -48,6 +48,8 @@ class Answers:
     vision_s: float = 0.0
     visual_input: list[float] = field(default_factory=list)  # visual tokens entering the LLM, per sample
     budget_counts: str = "input"  # what the cell's budget counts (Policy.budget_counts)
+    targets: list[float] = field(default_factory=list)  # matched cells: the target per sample
+    solved: list[int] = field(default_factory=list)  # matched cells: the policy's budget solved per sample
 
     def merged(self, others: Sequence[Answers]) -> Answers:
         """All answers in dataset order, times added up."""
@@ -60,29 +62,10 @@ class Answers:
             for name in ("index", "ids", "tags", "types", "answers", "predictions", "correct", "visual", "gflops",
                          "visual_input"):
                 getattr(out, name).append(getattr(src, name)[k])
+            for name in ("targets", "solved"):  # only matched cells have them
+                if getattr(src, name):
+                    getattr(out, name).append(getattr(src, name)[k])
         return out
-
-
-class _TimedEngine:
-    """The engine, with the seconds spent in ``prefill`` added up (``extend`` passes through)."""
-
-    def __init__(self, engine: Any, cuda: bool) -> None:
-        self.engine, self.cuda, self.seconds = engine, cuda, 0.0
-
-    def prefill(self, *args: Any, **kwargs: Any) -> Any:
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = self.engine.prefill(*args, **kwargs)
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - start
-        return out
-
-    def extend(self, *args: Any, **kwargs: Any) -> Any:
-        return self.engine.extend(*args, **kwargs)
 
 
 def _thaw(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +79,10 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
 
     from vtsched.core.budget import Budget
     from vtsched.core.generation import GenerationConfig
+    from vtsched.core.cost import plan_costs
     from vtsched.core.policy import budget_counts_of
+    from vtsched.core.tools.bench import TimedEngine
+    from vtsched.core.tools.matching import Matcher, split_by_budget
     from vtsched.core.tools.evaluate import normalise
 
     torch.manual_seed(int(spec["seed"]))
@@ -106,7 +92,8 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
     budget = Budget.parse(spec["budget"]) if spec["budget"] is not None else None
     config = GenerationConfig(max_new_tokens=int(spec["max_new_tokens"]))
     cuda = scheduler.adapter.device.type == "cuda"
-    timed = _TimedEngine(scheduler.engine, cuda)
+    timed = TimedEngine(scheduler.engine, cuda)
+    matcher = Matcher(scheduler.planner, str(spec["match"])) if spec.get("match") else None
     out = Answers(budget_counts=budget_counts_of(policy, scheduler.registry))
     chosen = list(range(len(items))) if indices is None else list(indices)
     for start in range(0, len(chosen), batch_size):
@@ -117,10 +104,22 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
         if cuda:
             torch.cuda.synchronize()
         out.vision_s += time.perf_counter() - t0
-        plan = scheduler.plan(batch, policy, partitioner, budget)
-        answered = scheduler.answer(batch, plan, config, engine=timed)
-        texts, visual, flops = answered.texts, answered.visual_per_layer_survivor, answered.flops
-        entering = answered.visual_input if answered.visual_input is not None else answered.visual_per_layer
+        solved: list[int | None] = [None] * len(chunk)
+        if matcher is not None and budget is not None:
+            solved, targets = matcher.solve_batch(policy, partitioner, budget, batch, str(spec["policy"]))
+            out.targets += targets
+            out.solved += [int(b) for b in solved if b is not None]
+        texts: list[str] = [""] * len(chunk)
+        costs: list[dict[str, float]] = [{}] * len(chunk)
+        for group, count in split_by_budget(solved):
+            sub = batch if len(group) == len(chunk) else batch.select(group)
+            t0 = time.perf_counter()
+            plan = scheduler.plan(sub, policy, partitioner, Budget(count=count) if count is not None else budget)
+            timed.seconds += time.perf_counter() - t0  # the partitioner's selection is part of the prefill's cost
+            answered = scheduler.answer(sub, plan, config, engine=timed)
+            ran = plan_costs(plan, answered.generated.prefill.stats, scheduler.adapter.geometry)
+            for k, i in enumerate(group):
+                texts[i], costs[i] = answered.texts[k], ran.row(k)
         for k, (i, item) in enumerate(zip(index, chunk)):
             out.index.append(i)
             out.ids.append(item.id)
@@ -129,9 +128,9 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
             out.answers.append(item.answer)
             out.predictions.append(texts[k])
             out.correct.append(normalise(texts[k]) == normalise(item.answer))
-            out.visual.append(float(visual[k]))
-            out.gflops.append(float(flops[k]) / 1e9)
-            out.visual_input.append(float(entering[k]))
+            out.visual.append(costs[k]["visual_tokens_per_layer"])
+            out.gflops.append(costs[k]["prefill_gflops"])
+            out.visual_input.append(costs[k]["visual_tokens_input"])
     out.prefill_s = timed.seconds
     return out
 
@@ -160,10 +159,26 @@ def cell_row(cell: Cell, answers: Answers, *, wall_s: float, device: str, ranks:
         "visual_tokens_per_layer": statistics.fmean(answers.visual) if n else float("nan"),
         "prefill_gflops": statistics.fmean(answers.gflops) if n else float("nan"),
         "prefill_ms": 1e3 * answers.prefill_s / n if n else float("nan"),
+        **_matched(cell, answers),
         "vision_ms": 1e3 * answers.vision_s / n if n else float("nan"),
         "wall_s": round(wall_s, 3), "device": device, "ranks": ranks,
         "predictions": [[i, p, c] for i, p, c in zip(answers.ids, answers.predictions, answers.correct)],
     }
+
+
+def _matched(cell: Cell, answers: Answers) -> dict[str, Any]:
+    """A matched cell's ``match``, ``match_target``, ``match_achieved`` and ``budget_solved`` (means over its
+    samples); nothing for a cell that was not matched (its row keeps the form it had)."""
+    kind = cell.spec.get("match")
+    if not kind:
+        return {}
+    from vtsched.core.tools.matching import MATCH_KINDS
+
+    column = {"visual_tokens_per_layer": answers.visual, "prefill_gflops": answers.gflops,
+              "visual_tokens_input": answers.visual_input}[MATCH_KINDS[kind]]
+    return {"match": kind, "match_target": statistics.fmean(answers.targets) if answers.targets else None,
+            "match_achieved": statistics.fmean(column) if column else None,
+            "budget_solved": statistics.fmean(answers.solved) if answers.solved else None}
 
 
 def failed_row(cell: Cell, error: str, *, device: str | None = None) -> dict[str, Any]:

@@ -10,8 +10,10 @@ vtsched's planner against the checkpoint's config before any weights load.
 ``generate_until`` batches requests (``--batch_size``) through prefill and cached decoding, greedy
 unless the task samples; ``loglikelihood`` (multiple choice) prefills the context with the
 continuation appended as the surviving stream's tail, exactly how decoded tokens are treated, and
-returns the continuation's negative log-likelihood (lmms-eval picks the smallest). Each request's visual tokens per layer and decoder
-prefill FLOPs are written to ``log_path`` (default: ``vtsched_requests.jsonl`` in lmms-eval's
+returns the continuation's negative log-likelihood (lmms-eval picks the smallest). Each request's
+cost, in the columns every vtsched results row has (``budget_counts``, ``visual_tokens_input``,
+``visual_tokens_per_layer`` over every stream, ``prefill_gflops`` with the method's scoring,
+``prefill_ms`` measured: the plan and the prefill, the batch's time shared), is written to ``log_path`` (default: ``vtsched_requests.jsonl`` in lmms-eval's
 ``--output_path``, else ``vtsched-out/lmms-eval/``) and summarised in the log.
 
 One image per request: the LLaVA-1.5 prompt has one image slot. The model never reads video, so
@@ -24,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,8 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
+
+from vtsched.core.tools.bench import TimedEngine
 
 __all__ = ["VtschedLMM"]
 
@@ -142,20 +147,20 @@ class VtschedLMM(lmms):
     def _plan(self, batch: Any) -> Any:
         return self.scheduler.plan(batch, self.policy, self.partitioner, self.budget)
 
-    def _batch_costs(self, plan: Any, stats: Any) -> tuple[Any, Any, Any]:
-        """Per sample of a batch: visual tokens per layer (survivor, all streams) and prefill FLOPs."""
-        from vtsched.core.cost import prefill_flops
+    def _batch_costs(self, plan: Any, stats: Any, seconds: float, size: int) -> tuple[Any, float]:
+        """A batch's cost columns per sample (:func:`vtsched.core.cost.plan_costs`) and each sample's share
+        of its measured prefill ``seconds``."""
+        from vtsched.core.cost import plan_costs
 
-        geometry = self.scheduler.adapter.geometry
-        return (stats.visual_per_layer(geometry.num_layers, plan.schedule.survivor),
-                stats.visual_per_layer(geometry.num_layers), prefill_flops(stats, geometry))
+        return plan_costs(plan, stats, self.scheduler.adapter.geometry), 1e3 * seconds / max(1, size)
 
-    def _record(self, kind: str, task: str, doc_id: int, costs: tuple[Any, Any, Any], b: int) -> None:
-        kept, every, flops = costs
+    def _record(self, kind: str, task: str, doc_id: int, costs: tuple[Any, float], b: int) -> None:
+        from vtsched.core.policy import budget_counts_of
+
+        row, ms = costs
         self.records.append({
             "kind": kind, "task": task, "doc_id": doc_id, "policy": self.describe(),
-            "visual_tokens_per_layer": float(kept[b]), "visual_tokens_per_layer_all_streams": float(every[b]),
-            "prefill_gflops": float(flops[b]) / 1e9,
+            "budget_counts": budget_counts_of(self.policy, self.scheduler.registry), **row.row(b), "prefill_ms": ms,
         })
 
     def _flush(self, kind: str, n: int) -> None:
@@ -203,9 +208,12 @@ class VtschedLMM(lmms):
             )
             images = [self._visual(doc_to_visual[k], doc_ids[k], tasks[k], splits[k]) for k in range(len(index))]
             batch = self.scheduler.prepare(images, [self._question(c) for c in contexts])
+            timed = TimedEngine(self.scheduler.engine, self.scheduler.adapter.device.type == "cuda")
+            start = time.perf_counter()
             plan = self._plan(batch)
-            answered = self.scheduler.answer(batch, plan, config)
-            costs = (answered.visual_per_layer_survivor, answered.visual_per_layer, answered.flops)
+            planning = time.perf_counter() - start
+            answered = self.scheduler.answer(batch, plan, config, engine=timed)
+            costs = self._batch_costs(plan, answered.generated.prefill.stats, planning + timed.seconds, len(index))
             for k, text in enumerate(answered.texts):
                 for marker in until:
                     if marker and marker in text:
@@ -236,6 +244,7 @@ class VtschedLMM(lmms):
                              for k, t in enumerate(targets)]
             images = [self._visual(doc_to_visual[k], doc_ids[k], tasks[k], splits[k]) for k in range(len(index))]
             batch = self.scheduler.prepare(images, [self._question(c) for c in contexts])
+            start = time.perf_counter()
             plan = self._plan(batch)
             tails = [torch.tensor(tokenizer(c, add_special_tokens=False)["input_ids"], dtype=torch.long)
                      for c in continuations]
@@ -245,7 +254,9 @@ class VtschedLMM(lmms):
                                                     tail=[t.to(self.device) for t in tails], use_cache=False,
                                                     return_hidden=True)
             assert prefill.all_logits is not None and prefill.index is not None
-            costs = self._batch_costs(plan, prefill.stats)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            costs = self._batch_costs(plan, prefill.stats, time.perf_counter() - start, len(index))
             for k, tail in enumerate(tails):
                 length = batch.samples[k].length
                 slots = prefill.slots(k, torch.arange(length - 1, length - 1 + len(tail)))
