@@ -35,7 +35,9 @@ import torch
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
-from vtsched.core.pixels import BACKGROUND, OBJECTS, check_mask_inputs, is_scheme_spec, mask_source, partition_from_masks
+from vtsched.core.pixels import (
+    BACKGROUND, OBJECTS, check_mask_inputs, is_scheme_spec, mask_source, partition_from_masks,
+)
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch
 
