@@ -1,6 +1,7 @@
 """The LISA plugin: a tiny random LISA saved in the published key layout loads and segments; the
-[SEG] state under prune and parvts equals a by-hand run of the shortened / fused sequences; gIoU and
-cIoU follow LISA's conventions; the ``lisa`` partitioner conforms; bad inputs are one line.
+[SEG] state under prune and parvts equals a by-hand run of the shortened / fused sequences, and a
+generated answer's [SEG] is read from the one prefill that ran; gIoU and cIoU follow LISA's
+conventions; the ``lisa`` partitioner conforms; bad inputs are one line.
 
 Skipped without the plugins (``pip install -e plugins/vtsched-segment-anything -e plugins/vtsched-lisa``).
 """
@@ -27,6 +28,7 @@ from vtsched.core.demo.synthetic import generate  # noqa: E402
 from vtsched.core.generation import GenerationConfig  # noqa: E402
 from vtsched.core.testing import PartitionerConformance  # noqa: E402
 from vtsched_lisa import LisaPartitioner, LisaSegmenter, giou_ciou, intersection_union, load_lisa  # noqa: E402
+from vtsched_lisa import commands  # noqa: E402
 from vtsched_lisa.checkpoint import KEY_MAP, published_state_dict, read_weights  # noqa: E402
 from vtsched_lisa.data import load_seg_items, reasonseg_mask  # noqa: E402
 from vtsched_lisa.partitioner import LisaPartition, clear_caches, load_segmenter  # noqa: E402
@@ -138,6 +140,43 @@ def test_seg_state_equals_the_by_hand_sequence(policy, params):
     assert result.mask.shape == (IMAGES[0].size[1], IMAGES[0].size[0])
 
 
+def test_a_generated_seg_is_read_from_the_one_prefill_that_ran(monkeypatch):
+    """--generate: the [SEG] state comes from the states generation computed (one prefill, no second
+    pass over the prompt) and equals the no-cache reference, a prefill with the answer as tail."""
+    scheduler = lisa_scheduler(str(tiny_lisa()))
+    model = scheduler.adapter.model
+    seg_id = model.config.seg_token_id
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[seg_id] = 1e4  # [SEG] the likeliest token whatever the state, so the answer has one to read
+    model.lm_head.bias = torch.nn.Parameter(bias, requires_grad=False)
+    seg = LisaSegmenter(scheduler)
+    calls = []
+    prefill = scheduler.engine.prefill
+    monkeypatch.setattr(scheduler.engine, "prefill", lambda *a, **k: calls.append(k) or prefill(*a, **k))
+    result = seg.segment([IMAGES[0]], [QUESTION], "prune", budget=4, generation=GenerationConfig(max_new_tokens=3))[0]
+    assert len(calls) == 1
+    assert result.answer is not None and "[SEG]" in result.answer and result.warning is None
+
+    batch = scheduler.adapter.prepare([IMAGES[0]], [QUESTION], reply="")
+    assert result.seg_position == batch.samples[0].length  # the first generated token
+    plan = result.plan
+    reference = prefill(batch, plan.schedule, plan.partition, use_cache=False, return_hidden=True,
+                        tail=[torch.tensor([seg_id], dtype=torch.long)])
+    slot = int(reference.slots(0, torch.tensor([result.seg_position]))[0])
+    expected = scheduler.engine.parts.norm(reference.hidden[0, slot][None])[0]
+    torch.testing.assert_close(result.seg_state, expected.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_loading_a_lisa_registers_no_sam_variant():
+    """The loader is handed the SAM variants it knows; loading changes no process-wide table."""
+    from vtsched_segment_anything.checkpoint import variants
+
+    before = set(variants())
+    model, _ = load_lisa(tiny_lisa())
+    assert model.config.sam_variant == "tiny"
+    assert set(variants()) == before and "demo-lisa" not in before
+
+
 def test_sam_embedding_is_computed_once_per_image():
     seg = segmenter()
     seg.segment([IMAGES[1]], [QUESTION], "full")
@@ -183,7 +222,7 @@ def test_reasonseg_polygons_largest_first_with_ignore():
     assert target[6, 6] and not target[9, 9]
 
 
-def test_segment_eval_on_jsonl_and_reasonseg(tmp_path, capsys):
+def test_eval_scores_a_segmentation_jsonl_and_a_reasonseg_folder(tmp_path, capsys):
     from PIL import Image
 
     image = IMAGES[0]
@@ -199,16 +238,29 @@ def test_segment_eval_on_jsonl_and_reasonseg(tmp_path, capsys):
         {"label": "target", "points": [[10, 10], [60, 10], [60, 60], [10, 60]]}]}))
     items = load_seg_items(str(reason))
     assert items[0].question == "What is the big shape in this image? Please output segmentation mask."
-    out = tmp_path / "eval.json"
-    code = main(["segment-eval", "--model", str(tiny_lisa()), "--data", str(tmp_path / "data.jsonl"),
-                 "--policies", "prune", "--budgets", "4", "--json", str(out)])
+    out = tmp_path / "eval"
+    code = main(["eval", "--model", str(tiny_lisa()), "--data", str(tmp_path / "data.jsonl"), "--policies", "prune",
+                 "--budgets", "4", "--out", str(out), "--no-progress"])
     assert code == 0
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads((out / "results.json").read_text())
+    rows = report["rows"]
+    assert report["evaluator"] == "segmentation"
     assert [r["case"] for r in rows] == ["full", "prune@4"]
     assert all(0.0 <= r["giou"] <= 1.0 and "giou[subject]" in r for r in rows)
     assert rows[1]["visual_tokens_per_layer"] == 4.0
-    assert main(["segment-eval", "--model", str(tiny_lisa()), "--data", str(reason), "--policies", "full"]) == 0
+    assert main(["eval", "--model", str(tiny_lisa()), "--data", f"segmentation:{reason}", "--policies", "prune",
+                 "--budgets", "4", "--out", str(tmp_path / "reason-out"), "--no-progress"]) == 0
     assert "SAM enc ms" in capsys.readouterr().out
+    reason_rows = json.loads((tmp_path / "reason-out" / "results.json").read_text())["rows"]
+    assert [r["n"] for r in reason_rows] == [1, 1]
+
+
+def test_segment_eval_is_no_longer_a_command(capsys):
+    """One entry point for segmentation evaluation: ``vtsched eval --data segmentation:...``."""
+    with pytest.raises(SystemExit) as exited:
+        main(["segment-eval", "--data", "segmentation:synthetic:1:1"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'segment-eval'" in capsys.readouterr().err
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -233,12 +285,28 @@ def test_vtsched_segment_writes_mask_and_overlay(tmp_path, capsys):
 
 def test_vtsched_segment_without_model_or_demo_says_so(tmp_path, capsys, monkeypatch):
     """Without --model the demo LISA answers (test_lisa_demo.py); were it missing, one line says so."""
-    monkeypatch.setattr(lisa, "demo_lisa_path", lambda: None)
+    monkeypatch.setattr(commands, "demo_lisa_path", lambda: None)
     image = tmp_path / "img.png"
     IMAGES[0].save(image)
     assert main(["segment", "--image", str(image), "--question", QUESTION]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no demo LISA" in err[0]
+
+
+def test_vtsched_segment_refuses_a_bad_output_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    """The request check answers first: an --out under a regular file is one line, no weights read."""
+    from vtsched_lisa import segment
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the LISA was loaded before the request was refused")
+
+    monkeypatch.setattr(segment, "lisa_scheduler", refuse)
+    monkeypatch.chdir(tmp_path)
+    IMAGES[0].save(tmp_path / "image.png")
+    (tmp_path / "afile").write_text("a regular file")
+    assert main(["segment", "--image", "image.png", "--question", "the shape?", "--out", "afile/seg"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "afile is a file" in err, err
 
 
 def test_vtsched_segment_bad_checkpoint_is_one_line(tmp_path, capsys):

@@ -196,17 +196,19 @@ def test_bad_segmentation_data_is_one_line(tmp_path, capsys, data, message):
     assert len(err) == 1 and message in err[0]
 
 
-def test_segment_eval_is_the_same_evaluation(tmp_path):
+def test_the_python_evaluation_is_what_vtsched_eval_runs(tmp_path):
+    """docs/lisa.md's route for a LISA loaded another way (bfloat16, CLIP elsewhere): the same rows."""
+    from vtsched_lisa.evaluation import evaluate_segmentation, segmentation_cases
+
     data = _scene_files(tmp_path / "data")
-    out = tmp_path / "r.json"
-    assert main(["segment-eval", "--model", str(tiny_lisa()), "--data", str(data), "--policies", "prune",
-                 "--budgets", "4", "--json", str(out)]) == 0
     via_eval = tmp_path / "eval"
     assert main(["eval", "--model", str(tiny_lisa()), "--data", str(data), "--policies", "prune", "--budgets", "4",
                  "--out", str(via_eval), "--no-progress"]) == 0
-    a = json.loads(out.read_text())["rows"]
+    scheduler = lisa_scheduler(str(tiny_lisa()), clip=str(tiny_lisa() / "clip"))
+    a = evaluate_segmentation(scheduler, load_seg_items(str(data)), segmentation_cases(scheduler, ["prune"], ["4"]))
     b = json.loads((via_eval / "results.json").read_text())["rows"]
-    assert [(r["case"], r["giou"], r["ciou"]) for r in a] == [(r["case"], r["giou"], r["ciou"]) for r in b]
+    assert [r["case"] for r in b] == ["full", "prune@4"]
+    assert [(r["case"], r["giou"], r["ciou"]) for r in a["rows"]] == [(r["case"], r["giou"], r["ciou"]) for r in b]
 
 
 # -- the loader's options for LISAs built on a LLaVA-1.5 ----------------------------------------------

@@ -4,9 +4,9 @@ Registered through the ``vtsched`` entry-point group (``vtsched list`` shows it 
 the ``lisa`` adapter (the engine runs LISA's LLaMA as it runs LLaVA-1.5's), the ``lisa``
 partitioner (the mask LISA predicts for the question's object is the subject group), the
 ``segmentation`` evaluator (segmentation datasets in ``vtsched eval``: gIoU and cIoU per policy and
-budget), and the commands ``vtsched segment`` (one image: mask PNG, overlay, what ran),
-``vtsched segment-eval`` (the evaluation with ``--clip`` and ``--dtype``) and
-``vtsched train-demo-lisa`` (trains the demo LISA shipped in ``vtsched_lisa/demo``).
+budget; ``vtsched eval --data segmentation:SPEC``), and the commands ``vtsched segment`` (one
+image: mask PNG, overlay, what ran) and ``vtsched train-demo-lisa`` (trains the demo LISA shipped
+in ``vtsched_lisa/demo``).
 """
 
 from __future__ import annotations
@@ -15,20 +15,13 @@ from vtsched.core.hookspecs import hookimpl
 
 from vtsched_lisa.adapter import LisaAdapter
 from vtsched_lisa.checkpoint import load_lisa
+from vtsched_lisa.demo_lisa import demo_lisa_path
 from vtsched_lisa.metrics import giou_ciou, intersection_union
 from vtsched_lisa.partitioner import LisaPartitioner
-from vtsched_lisa.segment import LisaSegmenter, Segmentation, seg_states
+from vtsched_lisa.segment import LisaSegmenter, Segmentation, seg_state
 
-__all__ = ["LisaAdapter", "LisaPartitioner", "LisaSegmenter", "Segmentation", "load_lisa", "seg_states",
+__all__ = ["LisaAdapter", "LisaPartitioner", "LisaSegmenter", "Segmentation", "load_lisa", "seg_state",
            "giou_ciou", "intersection_union", "demo_lisa_path"]
-
-
-def demo_lisa_path():
-    """The demo LISA shipped inside this package (``vtsched train-demo-lisa``), or ``None`` if it is missing."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent / "demo"
-    return path if (path / "config.json").is_file() else None
 
 
 @hookimpl
@@ -43,10 +36,9 @@ def vtsched_register_partitioners(register):
 
 @hookimpl
 def vtsched_register_commands(register):
-    from vtsched_lisa.commands import SegmentCommand, SegmentEvalCommand, TrainDemoLisaCommand
+    from vtsched_lisa.commands import SegmentCommand, TrainDemoLisaCommand
 
     register(SegmentCommand)
-    register(SegmentEvalCommand)
     register(TrainDemoLisaCommand)
 
 

@@ -22,8 +22,10 @@ Ignored on purpose: ``*.rotary_emb.inv_freq`` (transformers 4.31 saved it; it is
 in one line naming it, and so is any module key the checkpoint lacks (a checkpoint without SAM
 weights is said as such). SAM's variant (vit_h / vit_l / vit_b, or one registered with
 :func:`vtsched_segment_anything.register_variant`) is read from the shapes by the
-segment-anything plugin and built by segment-anything's own registry; the segment-anything plugin's
-tiny test SAM (``tiny``) is known as well, so a tiny LISA checkpoint loads from the command line.
+segment-anything plugin and built by segment-anything's own registry; the variants of
+:data:`vtsched_lisa.sams.LISA_SAM_VARIANTS` (the demo LISA's SAM and the segment-anything
+plugin's tiny test SAM, so a tiny LISA checkpoint loads from the command line) and any passed as
+``sam_variants`` are known as well, handed to the detection rather than registered anywhere.
 
 Two config fields go beyond LISA's published configs, both for checkpoints built on a LLaVA-1.5
 (the demo LISA, :mod:`vtsched_lisa.demo_lisa`):
@@ -49,8 +51,10 @@ from typing import Any
 import torch
 
 from vtsched.core.errors import InputError
+from vtsched_segment_anything.checkpoint import SamVariant
 
 from vtsched_lisa.model import CONVERSATIONS, PROJECTORS, SEG_TOKEN, LisaConfig, LisaModel, LisaProcessor
+from vtsched_lisa.sams import LISA_SAM_VARIANTS
 
 __all__ = ["KEY_MAP", "IGNORED", "BASE_KEY_MAP", "map_keys", "published_state_dict", "read_weights", "load_lisa",
            "find_clip", "weights_fingerprint", "base_llava_folder", "read_base_llava"]
@@ -276,18 +280,16 @@ def _seg_token_id(tokenizer: Any, folder: Path) -> int:
     return int(ids[0])
 
 
-def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu",
-              dtype: torch.dtype | None = None) -> tuple[LisaModel, LisaProcessor]:
-    """A LISA checkpoint folder as a :class:`LisaModel` and its processor, every key accounted for."""
+def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
+              sam_variants: Mapping[str, SamVariant] | None = None) -> tuple[LisaModel, LisaProcessor]:
+    """A LISA checkpoint folder as a :class:`LisaModel` and its processor, every key accounted for.
+
+    SAM's variant is detected among Meta's, the registered ones, :data:`~vtsched_lisa.sams.LISA_SAM_VARIANTS`
+    and ``sam_variants`` (name -> variant, for a SAM of another size)."""
     from transformers import AutoTokenizer
 
     from vtsched_segment_anything.checkpoint import detect_variant, variants
-    from vtsched_segment_anything.testing import register_tiny
 
-    from vtsched_lisa.demo_lisa import register_demo_sam
-
-    register_tiny()  # the plugin's 56k-parameter test SAM: tiny LISA checkpoints load from the command line too
-    register_demo_sam()  # the demo LISA's SAM
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"LISA checkpoint folder not found: {folder}" if not folder.exists()
@@ -317,7 +319,7 @@ def load_lisa(path: str | Path, *, clip: str | None = None, device: str = "cpu",
                          "(a plain LLaVA checkpoint runs with `vtsched run`)")
     if "model.language_model.embed_tokens.weight" not in state:
         raise InputError(f"{folder} has no model.embed_tokens.weight: not a LISA checkpoint")
-    known = variants()
+    known = {**variants(), **LISA_SAM_VARIANTS, **(sam_variants or {})}
     try:
         embed_dim, depth, variant = detect_variant(sam_state, known)
     except KeyError:

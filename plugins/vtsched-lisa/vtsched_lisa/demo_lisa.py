@@ -13,54 +13,33 @@ LISA adds or changes:
   LISA fine-tunes its LLaMA with LoRA);
 - ``model.text_hidden_fcs.0.{0,2}.*`` (the ``[SEG]`` projection, 192 -> 192 -> 64);
 - ``model.visual_model.*``: a SAM built from segment-anything's own classes at toy size (the
-  ``demo-lisa`` variant registered here: a 3-block, 48-wide ViT on 112-px images, 8-px patches, a
-  14x14 embedding grid, 64-wide prompts and a 2-layer two-way mask decoder).
+  ``demo-lisa`` variant of :mod:`vtsched_lisa.sams`, which the loader knows without registering it).
 """
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["DEMO_SAM", "build_demo_sam", "register_demo_sam", "demo_config", "init_demo_lisa", "save_demo_lisa",
-           "SHIPPED_PREFIXES"]
+from vtsched_lisa.checkpoint import published_state_dict, read_base_llava
+from vtsched_lisa.model import SEG_TOKEN
+from vtsched_lisa.sams import PROMPT_DIM, build_demo_sam
 
-DEMO_SAM = "demo-lisa"
-SAM_EMBED, SAM_DEPTH, SAM_IMAGE, SAM_PATCH, PROMPT_DIM = 48, 3, 112, 8, 64
+__all__ = ["demo_lisa_path", "demo_config", "init_demo_lisa", "save_demo_lisa", "SHIPPED_PREFIXES",
+           "SHIPPED_LAYER_KEYS"]
+
 # the published keys the demo LISA ships (everything else comes from the demo LLaVA)
 SHIPPED_PREFIXES = ("model.embed_tokens.", "lm_head.", "model.text_hidden_fcs.", "model.visual_model.")
 SHIPPED_LAYER_KEYS = ("self_attn.q_proj.weight", "self_attn.v_proj.weight")
 
 
-def build_demo_sam() -> torch.nn.Module:
-    """The demo LISA's SAM: segment-anything's modules at toy size, random weights (Meta's layout)."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    grid = SAM_IMAGE // SAM_PATCH
-    return Sam(
-        image_encoder=ImageEncoderViT(depth=SAM_DEPTH, embed_dim=SAM_EMBED, img_size=SAM_IMAGE, patch_size=SAM_PATCH,
-                                      num_heads=4, mlp_ratio=2, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                                      qkv_bias=True, use_rel_pos=True, window_size=7, global_attn_indexes=[SAM_DEPTH - 1],
-                                      out_chans=PROMPT_DIM),
-        prompt_encoder=PromptEncoder(embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid),
-                                     input_image_size=(SAM_IMAGE, SAM_IMAGE), mask_in_chans=8),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_DIM, mlp_dim=128,
-                                                               num_heads=4),
-                                 transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=PROMPT_DIM),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    ).eval()
-
-
-def register_demo_sam() -> Any:
-    from vtsched_segment_anything.checkpoint import register_variant
-
-    return register_variant(DEMO_SAM, SAM_EMBED, SAM_DEPTH, build_demo_sam)
+def demo_lisa_path() -> Path | None:
+    """The demo LISA shipped inside this package (``vtsched train-demo-lisa``), or ``None`` if it is missing."""
+    path = Path(__file__).resolve().parent / "demo"
+    return path if (path / "config.json").is_file() else None
 
 
 def demo_config(base: Path) -> dict[str, Any]:
@@ -93,9 +72,6 @@ def init_demo_lisa(folder: str | Path, seed: int = 0) -> Path:
     from transformers import AutoTokenizer
 
     from vtsched.core.demo import demo_model_path
-
-    from vtsched_lisa.checkpoint import read_base_llava
-    from vtsched_lisa.model import SEG_TOKEN
 
     base = demo_model_path()
     if base is None:
@@ -130,8 +106,6 @@ def save_demo_lisa(model: Any, processor: Any, folder: str | Path) -> Path:
     from safetensors.torch import save_file
 
     from vtsched.core.demo import demo_model_path
-
-    from vtsched_lisa.checkpoint import published_state_dict
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

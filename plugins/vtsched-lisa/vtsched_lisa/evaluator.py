@@ -7,7 +7,9 @@ have ``mask`` and ``question`` but no ``answer``, and a ReasonSeg folder (``NAME
 ``NAME.jpg``, no ``data.jsonl``). See :mod:`vtsched_lisa.data` for the formats.
 
 The model is ``--model`` (a LISA checkpoint folder; CLIP from ``MODEL/clip`` or the config's
-``mm_vision_tower`` folder) or, without it, the demo LISA. Every item runs teacher-forced under
+``mm_vision_tower`` folder; float32) or, without it, the demo LISA. This is the one command-line
+entry point for segmentation evaluation; a LISA loaded another way (bfloat16, CLIP elsewhere) is
+evaluated from Python with :mod:`vtsched_lisa.evaluation`. Every item runs teacher-forced under
 ``full`` and each case; a row per case gives gIoU and cIoU, overall and per tag, the LLM prefill
 time, SAM's encoder time (with how many embeddings were computed rather than reused) and SAM's
 mask decoder time, apart, with visual tokens per layer and prefill GFLOPs.
@@ -61,9 +63,9 @@ class SegmentationEvaluator(Evaluator):
 
     @classmethod
     def evaluate(cls, request: EvalRequest) -> EvalOutcome:
-        from vtsched_lisa import demo_lisa_path
-        from vtsched_lisa.commands import evaluate_segmentation, format_table, segmentation_cases
         from vtsched_lisa.data import load_seg_items
+        from vtsched_lisa.demo_lisa import demo_lisa_path
+        from vtsched_lisa.evaluation import evaluate_segmentation, format_table, segmentation_cases
         from vtsched_lisa.partitioner import load_segmenter
 
         if not request.data:

@@ -105,7 +105,7 @@ class LisaPartitioner(Partitioner):
     def _model_path(self) -> str:
         if self.model:
             return self.model
-        from vtsched_lisa import demo_lisa_path
+        from vtsched_lisa.demo_lisa import demo_lisa_path
 
         demo = demo_lisa_path()
         if demo is None:

@@ -1,20 +1,22 @@
-"""ParVTS inside LISA: prefill under a schedule, read ``[SEG]`` from the surviving stream, decode with SAM.
+"""ParVTS inside LISA: run under a schedule, read ``[SEG]`` from the surviving stream, decode with SAM.
 
 One request runs:
 
 1. the prompt (with ``reply="[SEG]."`` in teacher-forced mode, as LISA validates; or generated)
-   through the engine under the plan's schedule, asking for the surviving stream's last-layer
-   states and their original positions (``Engine.prefill(..., return_hidden=True)``);
-2. the ``[SEG]`` token's original position is found in the token ids, then *looked up* in the
-   positions of the sequence that actually ran (``Prefill.index``), never computed by offsets:
-   pruned and fused sequences are shorter than the prompt;
-3. the state gets the decoder's final norm (LISA reads ``output_hidden_states[-1]``, which is
-   after the norm), ``text_hidden_fcs`` projects it to SAM's prompt width, and it is appended to
-   SAM's (empty) sparse prompt embeddings; SAM's mask decoder runs on the image embedding, which
-   SAM's encoder computes once per image (kept by image content) whatever the policy or budget;
+   through :meth:`Scheduler.answer <vtsched.core.scheduler.Scheduler.answer>` under the plan's
+   schedule, asking it for the normed last-layer states it computes anyway
+   (``hidden_states=N``: the prompt's last ``N`` positions, from ``[SEG]`` on, and every
+   generated token; :class:`~vtsched.core.generation.HiddenStates`). No second prefill runs;
+2. the ``[SEG]`` token's original position is found in the token ids (the prompt's, then the
+   generated ones) and *looked up* among the positions of the states returned, never computed by
+   offsets: pruned and fused sequences are shorter than the prompt;
+3. the state (after the decoder's final norm, as LISA reads ``output_hidden_states[-1]``) goes
+   through ``text_hidden_fcs`` to SAM's prompt width and is appended to SAM's (empty) sparse prompt
+   embeddings; SAM's mask decoder runs on the image embedding, which SAM's encoder computes once
+   per image (kept by image content) whatever the policy or budget;
 4. ``postprocess_masks`` brings the low-resolution logits back to the original image; ``> 0``.
 
-Times are kept apart: ``llm_prefill_s`` (the engine's prefill), ``llm_decode_s`` (generation,
+Times are kept apart: ``llm_prefill_s`` (the engine's prefill), ``llm_decode_s`` (decoding,
 generated mode only), ``vision_s`` (CLIP), ``sam_encoder_s`` (0 when the embedding was cached;
 ``sam_encoder_cached`` says so) and ``sam_decoder_s``. SAM's encoder cost does not shrink with the
 token budget, so it is never folded into the LLM's.
@@ -22,7 +24,6 @@ token budget, so it is never folded into the LLM's.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -33,10 +34,8 @@ import numpy as np
 import torch
 
 from vtsched.core.budget import Budget
-from vtsched.core.cost import prefill_flops
-from vtsched.core.engine import Prefill
 from vtsched.core.errors import InputError, VtschedError
-from vtsched.core.generation import GenerationConfig, generate
+from vtsched.core.generation import GenerationConfig, HiddenStates
 from vtsched.core.pixels import image_digest, rgb_array
 from vtsched.core.planner import Plan
 from vtsched.core.policy import Partitioner, Policy
@@ -44,7 +43,7 @@ from vtsched.core.tokens import PromptBatch
 
 from vtsched_lisa.model import SEG_TOKEN, LisaModel
 
-__all__ = ["LisaSegmenter", "Segmentation", "seg_states", "lisa_scheduler", "TEACHER_REPLY"]
+__all__ = ["LisaSegmenter", "Segmentation", "seg_state", "lisa_scheduler", "TEACHER_REPLY"]
 
 TEACHER_REPLY = "[SEG]."
 EMBEDDINGS_KEPT = 16
@@ -96,35 +95,47 @@ class Segmentation:
         }
 
 
-def seg_states(prefill: Prefill, batch: PromptBatch, seg_token_id: int, norm: torch.nn.Module,
-               tails: Sequence[Sequence[int]] | None = None) -> list[tuple[int, torch.Tensor] | None]:
-    """Per sample, ``(position, state)`` of its first ``[SEG]`` token, or ``None`` if it has none.
+def seg_state(hidden: HiddenStates, sample: int, ids: torch.Tensor,
+              seg_token_id: int) -> tuple[int, torch.Tensor] | None:
+    """``(position, state)`` of the first ``[SEG]`` in ``ids`` (sample ``sample``'s prompt, then its
+    generated tokens), or ``None`` if it has none. The state is the normed last-layer one that
+    generation returned for that position; a ``[SEG]`` that did not run is refused (a schedule must
+    keep text tokens)."""
+    found = torch.nonzero(ids == seg_token_id).flatten()
+    if found.numel() == 0:
+        return None
+    position = int(found[0])
+    state = hidden.at(sample, position)
+    if state is None:
+        raise VtschedError(f"sample {sample}: the {SEG_TOKEN} token (position {position}) is not in the sequence "
+                           "that ran; a schedule must keep text tokens")
+    return position, state
 
-    The position is the token's original one (its index in the prompt, or after it in ``tails``);
-    the state is the surviving stream's last-layer state at that position, found by looking the
-    position up in the sequence that actually ran (``Prefill.slots``), with the decoder's final norm
-    applied.
-    """
-    if prefill.hidden is None or prefill.index is None:
-        raise VtschedError("seg_states needs a prefill run with return_hidden=True")
-    out: list[tuple[int, torch.Tensor] | None] = []
-    for b, sample in enumerate(batch.samples):
-        ids = sample.input_ids
-        if tails is not None:
-            ids = torch.cat((ids, torch.as_tensor(list(tails[b]), dtype=torch.long)))
-        found = torch.nonzero(ids == seg_token_id).flatten()
-        if found.numel() == 0:
-            out.append(None)
-            continue
-        position = int(found[0])
-        try:
-            slot = int(prefill.slots(b, torch.tensor([position]))[0])
-        except VtschedError:
-            raise VtschedError(f"sample {b}: the {SEG_TOKEN} token (position {position}) is not in the sequence "
-                               "that ran; a schedule must keep text tokens") from None
-        state = norm(prefill.hidden[b, slot][None])[0]
-        out.append((position, state))
-    return out
+
+def prompt_positions_from_seg(batch: PromptBatch, seg_token_id: int) -> int:
+    """How many last prompt positions reach back to every sample's first ``[SEG]`` (0 without one)."""
+    counts = [0]
+    for sample in batch.samples:
+        found = torch.nonzero(sample.input_ids == seg_token_id).flatten()
+        if found.numel():
+            counts.append(sample.length - int(found[0]))
+    return max(counts)
+
+
+class _PrefillTimer:
+    """The engine, with the seconds its ``prefill`` calls take added up (the rest passes through)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.seconds = engine, 0.0
+
+    def prefill(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = self.engine.prefill(*args, **kwargs)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
 
 
 def lisa_scheduler(path: str, *, clip: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
@@ -200,38 +211,25 @@ class LisaSegmenter:
         prompt, as LISA evaluates) unless ``generation`` is given: then the answer is generated and its
         first ``[SEG]`` decoded (an answer without one gives an empty mask and a warning)."""
         scheduler = self.scheduler
-        adapter = scheduler.adapter
         start = time.perf_counter()
-        batch = adapter.prepare(images, questions, reply="" if generation is not None else reply)
+        batch = scheduler.adapter.prepare(images, questions, reply="" if generation is not None else reply)
         vision_s = (time.perf_counter() - start) / max(1, len(images))
         policy_obj = scheduler.make_policy(policy, policy_params)
         part = scheduler.make_partitioner(partitioner) if isinstance(partitioner, str) else partitioner
         plan = scheduler.plan(batch, policy_obj, part, Budget.parse(budget) if budget is not None else None)
-        engine = scheduler.engine
         seg_id = self.model.config.seg_token_id
-        tails = None
-        decode_s = 0.0
-        answers: list[str | None] = [None] * len(batch)
-        if generation is not None:
-            config = generation if generation.stop_token_ids else dataclasses.replace(
-                generation, stop_token_ids=adapter.stop_token_ids())
-            start = time.perf_counter()
-            generated = generate(engine, batch, plan.schedule, plan.partition, config)
-            decode_s = time.perf_counter() - start
-            tails = [list(t) for t in generated.tokens]
-            stops = set(config.stop_token_ids)
-            answers = [self.scheduler.adapter.processor.tokenizer.decode([t for t in toks if t not in stops])
-                       .strip() for toks in tails]
+        timer = _PrefillTimer(scheduler.engine)
         start = time.perf_counter()
-        prefill = engine.prefill(batch, plan.schedule, plan.partition, use_cache=False, return_hidden=True,
-                                 tail=[torch.tensor(t, dtype=torch.long) for t in tails] if tails else None)
-        prefill_s = time.perf_counter() - start
-        states = seg_states(prefill, batch, seg_id, engine.parts.norm, tails)
-        stats = prefill.stats
-        layers = adapter.geometry.num_layers
-        flops = prefill_flops(stats, adapter.geometry)
-        kept = stats.visual_per_layer(layers, plan.schedule.survivor)
-        every = stats.visual_per_layer(layers)
+        # teacher-forced, [SEG] is in the prompt: its states from [SEG] on; generated, in the answer's tokens
+        answered = scheduler.answer(batch, plan, generation or GenerationConfig(max_new_tokens=0), engine=timer,
+                                    hidden_states=prompt_positions_from_seg(batch, seg_id))
+        decode_s = time.perf_counter() - start - timer.seconds if generation is not None else 0.0
+        prefill_s = timer.seconds
+        hidden = answered.generated.hidden_states
+        assert hidden is not None
+        answers: list[str | None] = list(answered.texts) if generation is not None else [None] * len(batch)
+        states = [seg_state(hidden, b, torch.cat((sample.input_ids, torch.tensor(tokens, dtype=torch.long))), seg_id)
+                  for b, (sample, tokens) in enumerate(zip(batch.samples, answered.generated.tokens))]
         results = []
         for b, image in enumerate(images):
             embedding, input_size, original_size, enc_s, cached = self.image_embedding(image)
@@ -250,6 +248,7 @@ class LisaSegmenter:
                 seg_position=None if found is None else found[0],
                 llm_prefill_s=prefill_s / len(images), llm_decode_s=decode_s / len(images), vision_s=vision_s,
                 sam_encoder_s=enc_s, sam_encoder_cached=cached, sam_decoder_s=time.perf_counter() - start,
-                flops=float(flops[b]), visual_per_layer=float(kept[b]), visual_per_layer_all=float(every[b])))
+                flops=float(answered.flops[b]), visual_per_layer=float(answered.visual_per_layer_survivor[b]),
+                visual_per_layer_all=float(answered.visual_per_layer[b])))
         return results
 

@@ -6,7 +6,8 @@ keys (``model.layers.N.*``, ``model.mm_projector.*``, ``model.visual_model.*`` i
 ``model.text_hidden_fcs.0.*``, ``lm_head.*``; no CLIP), the tokenizer with ``[SEG]``,
 ``<im_start>``, ``<im_end>`` added, and a tiny CLIP vision tower in ``FOLDER/clip`` (LISA
 checkpoints omit CLIP; the loader looks there first). SAM is the segment-anything plugin's tiny
-SAM (64-px input, 16-wide prompts), whose variant this registers.
+SAM (64-px input, 16-wide prompts), a variant the LISA loader knows (:mod:`vtsched_lisa.sams`), so
+nothing is registered.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ def save_tiny_lisa(folder: str | Path, seed: int = 0, *, sam: bool = True, seg_t
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig
 
     from vtsched.core.demo import build_tokenizer
-    from vtsched_segment_anything.testing import build_tiny_sam, register_tiny
+    from vtsched_segment_anything.testing import build_tiny_sam
 
-    register_tiny()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()

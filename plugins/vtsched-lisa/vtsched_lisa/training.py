@@ -5,7 +5,7 @@ tower, projector and LLaMA weights stay as they are): a ``[SEG]`` token (its emb
 rows), LoRA on the LLaMA's query and value projections (rank :attr:`TrainConfig.lora_rank`,
 merged into the weights when saved, as LISA merges its LoRA), the ``text_hidden_fcs``
 projection and a SAM built from segment-anything's classes at toy size
-(:func:`vtsched_lisa.demo_lisa.build_demo_sam`), trained from scratch together.
+(:func:`vtsched_lisa.sams.build_demo_sam`), trained from scratch together.
 
 Each training image (seed ``TRAIN_SEED + seed``; held-out evaluation uses seeds 1-3) gets one of
 two questions, teacher-forced with the reply ``[SEG].`` exactly as the adapter builds prompts:

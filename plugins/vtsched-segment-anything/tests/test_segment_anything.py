@@ -1,5 +1,6 @@
 """The segment-anything plugin: a tiny SAM saved in Meta's checkpoint layout loads back through the
-partitioner; prompts come from the model's token scores; masks are cached; bad checkpoints are one line.
+partitioner; prompts come from the model's token scores; masks are cached; bad checkpoints are one
+line; registering a variant is idempotent.
 
 Skipped without the plugin (the README's test command installs it: -e plugins/vtsched-segment-anything).
 """
@@ -30,7 +31,9 @@ from vtsched.core.tokens import PromptBatch, Role, Sample  # noqa: E402
 from vtsched_segment_anything import SamPartitioner, clear_caches, load_sam  # noqa: E402
 from vtsched_segment_anything.checkpoint import detect_variant, variants  # noqa: E402
 from vtsched_segment_anything.partitioner import MASKS, _choose  # noqa: E402
-from vtsched_segment_anything.testing import TINY, build_tiny_sam, register_tiny, save_tiny_checkpoint  # noqa: E402
+from vtsched_segment_anything.testing import (  # noqa: E402
+    TINY, TINY_VARIANT, build_tiny_sam, register_tiny, save_tiny_checkpoint,
+)
 
 
 IMAGES = [s.image for s in generate(5, 3, types=("subject_colour",))]
@@ -91,6 +94,14 @@ def test_the_tiny_checkpoint_is_metas_layout_and_loads_back_exactly():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert not any(p.requires_grad for p in model.parameters())
     assert detect_variant(state, variants()) == (32, 2, TINY)
+
+
+def test_registering_a_variant_again_is_a_no_op_and_another_under_its_name_is_refused():
+    assert register_tiny() == register_tiny() == TINY_VARIANT
+    with pytest.raises(ValueError, match="'tiny' is already registered as tiny"):
+        sam_plugin.register_variant(TINY, 48, 3, build_tiny_sam)
+    with pytest.raises(ValueError, match="built-in SAM variant name"):
+        sam_plugin.register_variant("vit_b", 32, 2, build_tiny_sam)
 
 
 def _fake_meta_state(embed_dim: int, depth: int) -> dict[str, torch.Tensor]:

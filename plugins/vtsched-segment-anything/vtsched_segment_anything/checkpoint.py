@@ -68,12 +68,15 @@ def _meta_variants() -> dict[str, SamVariant]:
 
 def register_variant(name: str, embed_dim: int, depth: int, build: Callable[[], torch.nn.Module]) -> SamVariant:
     """Make ``variant=NAME`` (and detection of an encoder ``embed_dim`` wide with ``depth`` blocks)
-    build with ``build()``; Meta's names cannot be replaced."""
+    build with ``build()``. Idempotent: registering the same variant again returns it; another
+    variant under a registered name, or one of Meta's names, is refused."""
     if name in ("vit_h", "vit_l", "vit_b", "default", "auto"):
         raise ValueError(f"{name!r} is a built-in SAM variant name")
     variant = SamVariant(name, embed_dim, depth, build)
-    _CUSTOM[name] = variant
-    return variant
+    known = _CUSTOM.setdefault(name, variant)
+    if known != variant:
+        raise ValueError(f"SAM variant {name!r} is already registered as {known.describe()}")
+    return known
 
 
 def variants() -> dict[str, SamVariant]:

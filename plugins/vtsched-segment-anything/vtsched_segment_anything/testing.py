@@ -2,8 +2,10 @@
 
 ``save_tiny_checkpoint(path)`` writes a ``.pth`` state dict exactly as Meta's checkpoints are laid
 out (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``; 56k parameters, 64-px input)
-and registers the ``tiny`` variant, so ``SamPartitioner(checkpoint=path)`` loads it through the
-same path as a real vit_h / vit_l / vit_b file.
+and registers the ``tiny`` variant (:data:`TINY_VARIANT`, with :func:`register_tiny`: registering
+it again is a no-op), so ``SamPartitioner(checkpoint=path)`` loads it through the same path as a real vit_h /
+vit_l / vit_b file; a caller that takes variants as an argument (the LISA loader) is handed
+:data:`TINY_VARIANT` instead.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from vtsched_segment_anything.checkpoint import SamVariant, register_variant
 
-__all__ = ["TINY", "build_tiny_sam", "register_tiny", "save_tiny_checkpoint"]
+__all__ = ["TINY", "TINY_VARIANT", "build_tiny_sam", "register_tiny", "save_tiny_checkpoint"]
 
 TINY = "tiny"
 TINY_EMBED, TINY_DEPTH = 32, 2
@@ -39,8 +41,12 @@ def build_tiny_sam() -> torch.nn.Module:
     ).eval()
 
 
+TINY_VARIANT = SamVariant(TINY, TINY_EMBED, TINY_DEPTH, build_tiny_sam)
+
+
 def register_tiny() -> SamVariant:
-    return register_variant(TINY, TINY_EMBED, TINY_DEPTH, build_tiny_sam)
+    """Make ``variant=tiny`` (and detection of its shapes) known to :func:`~.checkpoint.load_sam`."""
+    return register_variant(TINY_VARIANT.name, TINY_VARIANT.embed_dim, TINY_VARIANT.depth, TINY_VARIANT.build)
 
 
 def save_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
