@@ -280,15 +280,6 @@ def test_catalogue_as_a_process(argv, phrase, place):
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.skipif(not shutil.which(str(VENV_BIN / "vtsched")), reason="the vtsched console script is not installed")
-def test_segment_plugin_command_refuses_a_bad_output_first(place, capsys, monkeypatch, no_weights):
-    pytest.importorskip("vtsched_lisa")
-    monkeypatch.chdir(place)
-    got, out, err = _cli(["segment", "--image", "image.png", "--question", "the shape?", "--out", "afile/seg"], place,
-                         capsys)
-    assert got == 2 and err.strip().count("\n") == 0 and "afile is a file" in err, err
-
-
 # -- the sweep: resume after a torn line, a damaged line named, failed cells and --strict -------------
 SWEEP = ('[sweep]\nresults = "results.jsonl"\nmodels = ["demo"]\ndatasets = ["synthetic:3:1"]\nbudgets = [4]\n'
          '[eval]\nmax_new_tokens = 1\n[[policy]]\nname = "full"\n[[policy]]\nname = "parvts"\n'

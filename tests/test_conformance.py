@@ -31,7 +31,6 @@ from vtsched.policies import (
     SizeFusion, SparseVLM, SubjectFirst, VisionZip,
 )
 from vtsched.policies.pdrop import average_tokens
-from vtsched_example import PruneAt
 
 
 # -- policies ----------------------------------------------------------------------------------
@@ -140,13 +139,6 @@ class TestScheduleFile(PolicyConformance):
 
     def group_sets(self, policy):
         return st.just(policy.groups)  # the saved schedule's own groups
-
-
-class TestPruneAtExamplePlugin(PolicyConformance):
-    """The installed example plugin (plugins/vtsched-example), as a third party would test it."""
-
-    policy_class = PruneAt
-    policy_params = {"drop_layer": 1}
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ What is checked against something independent of the code drawing it:
 - the tinted pixels of every kept-token panel are exactly the pixels whose centres lie in the boxes
   (``Sample.pixel_boxes``) of the tokens that stream carried, tinted by their group's colour, and every
   other pixel is faded: recomputed here pixel by pixel from the boxes;
-- which tokens a stream carried: the partition's groups for static schedules (prune, parvts, the
-  example plugin's prune-at) and, for the survivor's last run, the positions the engine's own
+- which tokens a stream carried: the partition's groups for static schedules (prune, parvts, and
+  ``drop-at``, a policy registered here through the plugin hook as a third party's is) and, for the survivor's last run, the positions the engine's own
   prefill returns (``Prefill.index``), so FastV's attention-chosen tokens are the engine's;
 - the last prompt token's attention, read under SDPA, equals transformers' eager attention weights
   of the same model (LLaVA and Qwen2.5-VL's M-RoPE), in float64.
@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
+from vtsched.core import RemoveGroup, Schedule, Stream, hookimpl
 from vtsched.core.budget import Budget
 from vtsched.core.cli import main
 from vtsched.core.demo import build_random_llava, demo_model_path, random_image
 from vtsched.core.errors import InputError
 from vtsched.core.io import load_image
+from vtsched.core.policy import DEFAULT_GROUPS, Policy
+from vtsched.core.registry import build_registry, make_plugin_manager
 from vtsched.core.scheduler import Scheduler
 from vtsched.core.testing import default_registry, processor_inputs
 from vtsched.core.tools.show import FADE, GROUP_COLOURS, TINT, show
@@ -39,8 +44,30 @@ POLICIES = {  # name -> (params, budget)
     "prune": ({}, "0.5"),
     "parvts": ({"drop_layer": 1}, "0.5"),
     "fastv": ({"drop_layer": 1}, "0.5"),
-    "prune-at": ({"drop_layer": 1}, "0.5"),  # plugins/vtsched-example
+    "drop-at": ({"drop_layer": 1}, "0.5"),  # a plugin's policy (below)
 }
+
+
+@dataclass(frozen=True)
+class DropAt(Policy):
+    """A plugin's policy: every visual token until layer K, then only the subject group."""
+
+    name: ClassVar[str] = "drop-at"
+    drop_layer: int = 1
+
+    def schedule(self, geometry, groups=DEFAULT_GROUPS, budget=None) -> Schedule:
+        events = tuple(RemoveGroup(self.drop_layer, "main", g) for g in groups[1:])
+        return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events)
+
+
+class PolicyPlugin:
+    """Registers ``drop-at`` through the hook a third-party plugin implements."""
+
+    __name__ = "test-plugin"
+
+    @hookimpl
+    def vtsched_register_policies(self, register):
+        register(DropAt)
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +83,7 @@ def odd_image():
 
 @pytest.fixture(scope="module")
 def schedulers():
-    registry = default_registry()
-    if "prune-at" not in registry.names("policy"):
-        pytest.skip("the example plugin (plugins/vtsched-example) is not installed: pip install -e plugins/vtsched-example")
+    registry = build_registry(make_plugin_manager(load_entrypoints=False, extra=[PolicyPlugin()]))
     return {shape: Scheduler(*build_random_llava(shape), registry=registry) for shape in FAMILIES}
 
 
@@ -122,7 +147,7 @@ def test_tinted_pixels_are_the_kept_tokens_boxes(schedulers, odd_image, shape, p
         np.testing.assert_array_equal(drawn, expected, err_msg=f"{shape} {policy} {record}")
         # which tokens: what each policy's schedule says the stream carries
         after = record["start"] >= (k or 0)
-        if policy == "prune" or (policy in ("parvts", "prune-at") and after) or record["stream"] == "subject":
+        if policy == "prune" or (policy in ("parvts", "drop-at") and after) or record["stream"] == "subject":
             assert record["visual"] == subject, record
         elif policy == "parvts":
             assert record["stream"] == "non_subject" and record["visual"] == sorted(set(everything) - set(subject))
