@@ -39,8 +39,9 @@ class Bound:
         lengths: ``(batch,)`` prompt length (tail included).
         rope: ``(R, batch, T_max)`` rotary ids, or ``None`` when a token's rotary id is its position.
         next_rotary: ``(batch,)`` rotary id of the first token after the prompt.
-        origin: ``(batch, T_max)`` each slot's position in the sample as given, or ``None`` while that
-            is the slot itself (it differs once tokens are carried: :mod:`.carry` renumbers slots).
+        origin: ``(batch, T_max)`` each slot's position in the sample as given (``-1`` for tokens an
+            event made), or ``None`` while that is the slot itself (it differs once an event inserts
+            slots: :mod:`.copies`).
     """
 
     embeds: torch.Tensor
@@ -66,6 +67,12 @@ class Bound:
         slots = torch.arange(prompt.shape[1], device=prompt.device).expand_as(prompt)
         last = torch.where(prompt, slots, -1).amax(1)  # (batch,) slot of each sample's last prompt token
         return (index == last[:, None]) & (index >= 0)
+
+    def given(self) -> torch.Tensor:
+        """``(batch, T_max)`` which slots hold tokens of the prompt as given (tail included; a carried copy
+        copies one). Tokens an event made have no position in the sample (``origin`` -1: a ``recycle``'s
+        merged tokens) and are not: they have no layer-0 embedding for an ``insert`` to start from."""
+        return self.roles >= 0 if self.origin is None else self.origin >= 0
 
     def rotary_positions(self, index: torch.Tensor) -> torch.Tensor:
         """Rotary ids of the slots at ``(rows, T)`` positions ``index``: ``(rows, T)``, or ``(R, rows, T)``

@@ -48,8 +48,9 @@ class Prefill:
         logits: ``(batch, vocab)`` next-token logits at each sample's last token.
         hidden: ``(batch, T, hidden)`` last-layer states of the surviving stream, before the final
             norm (when asked); ``all_logits`` are their logits.
-        index: ``(batch, T)`` positions of those states in the sample as given, ``-1`` for padding and
-            for copies carried from other streams (when asked): a position names one token, its own copy.
+        index: ``(batch, T)`` positions of those states in the sample as given, ``-1`` for padding, for
+            copies carried from other streams and for tokens an event made (a ``recycle``'s merges)
+            (when asked): a position names one token, its own copy.
         state: the decode cache (when asked).
         stats: token counts of what ran, per layer and stream.
     """

@@ -16,7 +16,11 @@ __all__ = ["InsertGroup"]
 
 @dataclass(frozen=True, slots=True)
 class InsertGroup(Event):
-    """Add ``group``'s tokens to ``stream`` before ``layer``, entering with their layer-0 embeddings."""
+    """Add ``group``'s tokens to ``stream`` before ``layer``, entering with their layer-0 embeddings.
+
+    Only the image's own tokens enter: tokens another stream's ``recycle`` merged into the group have
+    no layer-0 embedding (and the dry run counts the group's size).
+    """
 
     kind: ClassVar[str] = "insert"
     layer: int
@@ -38,7 +42,7 @@ class InsertGroup(Event):
     def apply(self, run: PrefillRun, at: int) -> None:
         from vtsched.core.engine.binding import gather
 
-        member = run.bound.groups == run.partition.group_id(self.group)
+        member = (run.bound.groups == run.partition.group_id(self.group)) & run.bound.given()  # not merged tokens
         run.streams[self.stream] = run.streams[self.stream].merge(gather(run.bound, member))
 
     @classmethod

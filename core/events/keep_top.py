@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vtsched.core.engine.probes import Probe
     from vtsched.core.engine.run import PrefillRun
 
-__all__ = ["KeepTop"]
+__all__ = ["KeepTop", "kept_count"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +79,8 @@ class KeepTop(Event):
 
     def count(self, tokens: TokenCounts) -> None:
         carried = tokens.visual[self.stream]
-        n = carried.get(self.group, 0)
         keep = self.keep[0] if isinstance(self.keep, tuple) else self.keep  # one sample's amount
-        carried[self.group] = min(n, keep) if isinstance(keep, int) else int(round(keep * n))
+        carried[self.group] = kept_count(keep, carried.get(self.group, 0))
 
     def per_sample(self, each: Sequence[Event]) -> Event | None:
         """Events differing only in a single ``keep`` each merge into one with a ``keep`` per sample."""
@@ -97,6 +96,16 @@ class KeepTop(Event):
 
     def apply(self, run: PrefillRun, at: int) -> None:
         """Keep the group's tokens that the ranker scored highest (stable on ties)."""
+        keep, _scores, _in_group = self.choose(run, at)
+        run.streams[self.stream] = run.streams[self.stream].keep(keep)
+        if self.renumber:
+            self._renumber(run)
+
+    def choose(self, run: PrefillRun, at: int) -> tuple[Any, Any, Any]:
+        """``(keep, scores, in_group)``, each ``(rows, T_s)`` over the stream's slots: which slots stay (every
+        slot outside the group, and the group's top ``keep`` by the ranker, stable on ties), the ranker's
+        score of each group slot (``-inf`` elsewhere, and for group slots it did not score) and which
+        slots are the group's. What a variant that also uses the dropped tokens (``recycle``) starts from."""
         import torch
 
         rows, bound = run.streams[self.stream], run.bound
@@ -110,14 +119,11 @@ class KeepTop(Event):
         amounts = self.keep if isinstance(self.keep, tuple) else (self.keep,) * rows.num_rows
         if len(amounts) != rows.num_rows:
             raise ScheduleError(f"{self.describe()}: {len(amounts)} per-sample amounts for {rows.num_rows} samples")
-        for b, amount in enumerate(amounts):
-            n = int(in_group[b].sum())
-            k = min(n, amount) if isinstance(amount, int) else int(round(amount * n))
-            top = torch.sort(-scores[b], stable=True).indices[:k]
+        for b, amount in enumerate(amounts):  # among the group's slots only: a slot the ranker did not score
+            group = torch.nonzero(in_group[b]).flatten()  # (-inf) must not tie with the slots outside it
+            top = group[torch.sort(-scores[b, group], stable=True).indices[:kept_count(amount, group.numel())]]
             keep[b, top] = True
-        run.streams[self.stream] = rows.keep(keep)
-        if self.renumber:
-            self._renumber(run)
+        return keep, scores, in_group
 
     def _scores(self, run: PrefillRun, at: int) -> tuple[Any, Any]:
         """The ranker's ``(index, scores)``, refused in one line naming it when malformed."""
@@ -143,15 +149,18 @@ class KeepTop(Event):
         Only the rotary ids change: positions (the causal order, the mask) stay. Layers already run keep
         the keys they cached with the old ids; :class:`~vtsched.core.engine.layout.Segment` records each
         layer's next rotary id, so decoded tokens continue after the tokens of each layer's own cache.
-        Defined for one stream, no shared prefix apart and no carried copies. Multi-row rotary ids
+        Defined for one stream, no shared prefix apart and no carried copies (a copy shares its token's
+        rotary id; there is no order to number them in). Tokens an event made in the stream (a
+        ``recycle``'s merges) are ordinary slots and are numbered with the rest. Multi-row rotary ids
         (Qwen2-VL's M-RoPE) are grid coordinates, not indices: there is nothing to renumber.
         """
         import torch
+        from vtsched.core.tokens import Role
 
         bound, rows = run.bound, run.streams[self.stream]
         if run.parts.rope_rows > 1:
             return
-        if len(run.streams) > 1 or run.context is not None or bound.origin is not None:
+        if len(run.streams) > 1 or run.context is not None or bool((bound.roles == Role.CARRIED).any()):
             raise ScheduleError(f"{self.describe()}: renumbering needs one stream, no shared prefix apart and no "
                                 "carried copies")
         valid = rows.valid
@@ -173,6 +182,11 @@ class KeepTop(Event):
         keep = st.one_of(st.integers(0, 8), st.floats(0.0, 1.0, exclude_min=True, allow_subnormal=False))
         return st.builds(lambda sg, k, r: cls(state.layer, sg[0], sg[1], k, r),
                          st.sampled_from(carried), keep, st.sampled_from(rankers))
+
+
+def kept_count(keep: int | float, n: int) -> int:
+    """How many of a group's ``n`` tokens a ``keep`` amount keeps: a count (at most ``n``) or a ratio of ``n``."""
+    return min(n, keep) if isinstance(keep, int) else int(round(keep * n))
 
 
 def _valid_keep(keep: object) -> bool:
