@@ -13,15 +13,17 @@ from vtsched.core.events.fuse import Fuse
 from vtsched.core.events.insert import InsertGroup
 from vtsched.core.events.keep_top import KeepTop
 from vtsched.core.events.rankers import BUILTIN_RANKERS, Ranker
+from vtsched.core.events.recycle import Recycle
 from vtsched.core.events.remove import RemoveGroup
 from vtsched.core.hookspecs import hookimpl
 
 __all__ = [
     "Event", "Layout", "TokenCounts", "DrawState", "FUSED_TOKENS", "BUILTIN_EVENTS",
-    "RemoveGroup", "InsertGroup", "Fuse", "KeepTop", "EndStream", "Carry", "Ranker", "BUILTIN_RANKERS",
+    "RemoveGroup", "InsertGroup", "Fuse", "KeepTop", "EndStream", "Carry", "Recycle", "Ranker",
+    "BUILTIN_RANKERS",
 ]
 
-BUILTIN_EVENTS: tuple[type[Event], ...] = (RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry)
+BUILTIN_EVENTS: tuple[type[Event], ...] = (RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry, Recycle)
 
 
 @hookimpl
