@@ -6,45 +6,64 @@ Raters are chosen once, on the layer-0 embeddings: each visual token's dot produ
 tokens after the image, softmaxed over those text tokens and averaged over the visual tokens, give each
 text token a relevance; the raters are the text tokens whose relevance is above the mean. After each
 pruning layer l, the attention the raters gave the visual tokens in layer l (head-averaged, then
-averaged over the raters) ranks them and the top ``c_s`` of stage s stay; the sequence's rotary ids are
-renumbered ``0..n-1``. The ``sparsevlm_raters`` ranker reads those few query rows (the raters) from
+averaged over the raters) ranks them and the top ``c_s`` of stage s stay; the top 30% of the others
+are clustered and merged into a few new tokens that stay beside them (token recycling); the sequence's
+rotary ids are renumbered ``0..n-1``. The ``sparsevlm_raters`` ranker reads those few query rows (the raters) from
 layer l's input and the keys it attended over, on any attention backend: the model is never switched to
 eager attention and no layer runs twice.
 
 Reproduced (the official code, Gumpest/SparseVLMs: ``LlamaDynamicvitModel.forward`` in
-``llava/model/language_model/modelling_sparse_llama.py`` and ``attn_postprocess_topk`` with its
-``layer_dict`` and per-budget lists in ``score.py``, read from a public copy of the repository):
+``llava/model/language_model/modelling_sparse_llama.py``, ``attn_postprocess_topk`` with its
+``layer_dict`` and per-budget lists in ``score.py`` and ``cluster_and_merge`` in ``utils.py``, read
+from a public copy of the repository):
 
 - the raters (``m_v_t = v_t @ t_t^T``, unscaled, softmax over the text tokens after the image, mean
-  over the visual tokens, raters where ``m_v_t > m_v_t.mean()``), on the layer-0 embeddings;
+  over the visual tokens, raters where ``m_v_t > m_v_t.mean()``), on the layer-0 embeddings of the
+  image's own tokens;
 - the pruning layers ``pruning_loc`` 2, 6, 15 (``layer_dict``) on a 32-layer model: the ranking is
   layer l's own attention (softmax over every causal key, mean over heads, rows of the raters, the
-  visual columns, mean over the raters) and the pruning acts on layer l's output, so here a
-  ``keep_top`` at layer l + 1 ranked by layer l;
+  visual columns, mean over the raters) and the pruning acts on layer l's output, so here an event at
+  layer l + 1 ranked by layer l;
 - the schedule of kept tokens per stage: 300/200/110 for 192 retained tokens, 303/110/36 for 128 and
   66/30/17 for 64 (``sparse_token_list_192/128/64``), as shares of LLaVA-1.5's 576 visual tokens;
-- the position ids after each stage (``position_ids[:, :n]``: renumbered ``0..n-1``), with the kept
-  tokens in their order.
+  each stage keeps a count, not a share of what enters it (the merged tokens do not raise it);
+- token recycling at every stage (a :class:`~vtsched.core.events.recycle.Recycle` event): of the
+  ``d`` pruned visual tokens, the ``int(0.3 d) + 1`` the raters scored highest (``relation_vis_text``)
+  are clustered with DPC-KNN into ``int(m / 10) + 1`` clusters, on layer l's output states
+  (``layer_outputs[0]``); each cluster is the plain mean of its members (every token weighs one; the
+  attention-weighted variant in ``cluster_and_merge`` is commented out there), divided by
+  ``count + 1e-6`` as there; the merged tokens sit after the kept visual tokens, in cluster-centre
+  order, count as visual tokens from then on, and the next stages rank and prune (and recycle) them
+  with the rest (``v_token_num = kept + cluster_num``). DPC-KNN as in ``cluster_and_merge``:
+  distances ``||x_i - x_j|| / sqrt(C)``, density ``exp(-mean d^2)`` over the ``cluster_num`` nearest
+  tokens (self included), parent distance to the nearest denser token (the largest distance for the
+  densest), centres the top ``density * parent distance``, every token to its nearest centre;
+- the position ids after each stage (``position_ids[:, :n]``: renumbered ``0..n-1``, merged tokens
+  included), with the kept tokens in their order; in decoding each layer continues after its own
+  cache's length, as the official flash-attention path does.
 
 Differs:
 
-- token recycling is not reproduced: the official code clusters the top 30% (by the raters' scores)
-  of the pruned tokens (DPC-KNN, ``cluster_and_merge``, ``int(n / 10) + 1`` clusters) and inserts the
-  merged tokens after the kept visual tokens, and the following stages rank those too. Here pruned
-  tokens leave; a stage keeps exactly its count.
+- DPC-KNN's density ties: the official code adds uniform noise of 1e-6 to the densities, which is
+  neither reproducible nor batch-independent; here a tie goes to the token the raters scored higher
+  (so densities closer than 1e-6 may order differently than one official run would). Distances come
+  from the Gram matrix in float32 at least (the official code forms every difference in the model's
+  dtype: equal up to rounding), and the Gram matmul counts as scoring FLOPs.
 - the official ``score.py`` hard-codes the 128 list whatever the budget; here the budget chooses the
   list (192, 128, 64, as counts or as ``R / 576`` ratios). Another budget scales the first stage of the
   nearest list by ``R / R_list`` (the later stages keep the list's ratios to the stage before). The
-  counts scale with the image's tokens (a share of the current count per stage), and the official cap
+  counts scale with the image's tokens (each image's own, solved per sample), and the official cap
   ``min(c_s, v - 1)`` (never all of ``v``) is not applied. The budget names the official setting
   (``budget_counts`` ``average_per_layer``, the paper's "retained tokens"); it is not solved for: on
-  32 layers and 576 tokens, without recycling, the visual tokens per layer average 202.8, 140.8 and
-  79.2 at 192, 128 and 64.
+  32 layers and 576 tokens the visual tokens per layer, merged tokens included, average 206.5, 145.4
+  and 82.25 at 192, 128 and 64 (202.75, 140.8 and 79.2 with ``recycle=false``, which drops the pruned
+  tokens instead).
 - on a model that is not 32 layers deep the pruning layers scale with the depth (``layers`` sets them).
 - when no text token is above the mean relevance (one text token, or all equal), every text token
   after the image rates (the official code would average no rows); the official code runs batch size
-  1, here each sample chooses its raters on its own; the raters are chosen again at each stage from
-  the same layer-0 embeddings (same raters), their ``2 * N_v * N_t * d`` FLOPs declared each time.
+  1, here each sample chooses its raters and clusters on its own; the raters are chosen again at each
+  stage from the same layer-0 embeddings (same raters), their ``2 * N_v * N_t * d`` FLOPs declared
+  each time.
 """
 
 from __future__ import annotations
@@ -55,14 +74,14 @@ from typing import ClassVar
 import torch
 from vtsched.core.budget import Budget
 from vtsched.core.errors import ScheduleError
-from vtsched.core.events import KeepTop
+from vtsched.core.events import KeepTop, Recycle
 from vtsched.core.events.rankers import LayerBeforeRanker
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import Schedule, Stream
 from vtsched.core.tokens import Role
 
-__all__ = ["OFFICIAL_COUNTS", "OFFICIAL_LAYERS", "SparseVLM", "SparseVLMRaters", "raters"]
+__all__ = ["OFFICIAL_COUNTS", "OFFICIAL_LAYERS", "SparseVLM", "SparseVLMRaters", "raters", "stage_counts"]
 
 OFFICIAL_VISUAL = 576  # LLaVA-1.5's visual tokens, what the official lists count
 OFFICIAL_DEPTH = 32
@@ -103,7 +122,8 @@ class SparseVLMRaters(LayerBeforeRanker):
         out = torch.zeros_like(text)
         rows = index.shape[0]
         for b in range(rows):
-            visual = torch.nonzero((bound.roles[b] == Role.VISUAL) & (bound.groups[b] == group)).flatten()
+            own = (bound.roles[b] == Role.VISUAL) & (bound.groups[b] == group) & bound.given()[b]  # not merged ones
+            visual = torch.nonzero(own).flatten()
             slots = torch.nonzero(text[b]).flatten()
             if slots.numel() == 0:
                 continue
@@ -136,6 +156,17 @@ class _RaterProbe:
         run.readings.rank[self.at] = (self.index, total / count.clamp(min=1)[:, None].to(probs.dtype))
 
 
+def stage_counts(budget: Budget, num_visual: int = OFFICIAL_VISUAL) -> tuple[int, ...]:
+    """How many visual tokens each stage keeps of an image's ``num_visual``: :func:`stage_keeps`' shares
+    applied in turn (what the stages keep when pruned tokens are dropped). Counts, not shares, so the
+    tokens a stage recycles do not raise what the next one keeps (the official lists are counts)."""
+    counts, n = [], num_visual
+    for keep in stage_keeps(budget, num_visual):
+        n = min(n, keep) if isinstance(keep, int) else int(round(keep * n))
+        counts.append(n)
+    return tuple(counts)
+
+
 def stage_keeps(budget: Budget, num_visual: int = OFFICIAL_VISUAL) -> tuple[int | float, ...]:
     """Each stage's ``keep`` as a share of the tokens entering it (see the module docstring). A count
     budget is a share of the image's own ``num_visual`` tokens (64 of 576 on LLaVA-1.5; 7 of 64 on the
@@ -152,13 +183,14 @@ def stage_keeps(budget: Budget, num_visual: int = OFFICIAL_VISUAL) -> tuple[int 
 @dataclass(frozen=True)
 class SparseVLM(Policy):
     """Raters' attention prunes the visual tokens after layers 2, 6 and 15 (on 32 layers), to the
-    official counts for 192, 128 or 64 retained tokens."""
+    official counts for 192, 128 or 64 retained tokens, recycling part of the pruned ones."""
 
     name: ClassVar[str] = "sparsevlm"
     budget_counts: ClassVar[str] = "average_per_layer"
     needs_partition: ClassVar[bool] = False
     layers: tuple[int, ...] | None = None  # the pruning layers (ranked by their attention); None: 2/6/15 scaled
     renumber: bool = True  # the official position ids; False keeps the original rotary ids
+    recycle: bool = True  # the official token recycling; False drops the pruned tokens
 
     def pruning_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         """The given ``layers``, else 2/6/15 scaled to the depth (kept increasing, before the last layer)."""
@@ -181,8 +213,8 @@ class SparseVLM(Policy):
                 or len(layers) > len(OFFICIAL_LAYERS):
             raise ScheduleError(f"sparsevlm: pruning layers {layers} must be at most 3, increasing within "
                                 f"0..{geometry.num_layers - 2}")
-        keeps = stage_keeps(budget, geometry.num_visual)
-        events = tuple(KeepTop(k + 1, "main", groups[0], keep, "sparsevlm_raters", self.renumber)
-                       for k, keep in zip(layers, keeps))
+        kind = Recycle if self.recycle else KeepTop
+        events = tuple(kind(k + 1, "main", groups[0], keep, "sparsevlm_raters", self.renumber)
+                       for k, keep in zip(layers, stage_counts(budget, geometry.num_visual)))
         return Schedule(geometry.num_layers, groups, (Stream("main", groups),), "main", events,
                         meta=(("policy", self.describe()),))

@@ -388,7 +388,7 @@ def test_sparsevlm_equals_its_published_algorithm(tiny):
     """At 128 of 576 retained tokens the official 303/110/36, scaled to the 64 tokens here: 34/12/4, after
     layers 0/1/2 (2/6/15 of 32 scaled to 4 layers)."""
     model, s, batch = tiny
-    pl = plan(s, batch, "sparsevlm", Budget(ratio=128 / 576))
+    pl = plan(s, batch, "sparsevlm", Budget(ratio=128 / 576), recycle=False)  # recycling: test_sparsevlm_recycle.py
     out = s.engine.prefill(batch, pl.schedule, pl.partition, use_cache=False, return_hidden=True)
     assert [int(w.visual[0]) for w in out.stats.work] == [64, 34, 12, 4]
     ref_kept, ref_logits = sparsevlm_reference(model, batch.samples[0], (0, 1, 2), (34, 12, 4))
@@ -398,7 +398,7 @@ def test_sparsevlm_equals_its_published_algorithm(tiny):
 
 def test_sparsevlm_equals_its_published_algorithm_at_given_layers(tiny):
     model, s, batch = tiny
-    kept, logits = ours(s, batch, "sparsevlm", Budget(ratio=192 / 576), layers="1/2")
+    kept, logits = ours(s, batch, "sparsevlm", Budget(ratio=192 / 576), layers="1/2", recycle=False)
     ref_kept, ref_logits = sparsevlm_reference(model, batch.samples[0], (1, 2), (33, 22))  # 300/576, 200/300
     assert kept == ref_kept
     torch.testing.assert_close(logits, ref_logits[-1], atol=ATOL, rtol=0)
@@ -407,7 +407,7 @@ def test_sparsevlm_equals_its_published_algorithm_at_given_layers(tiny):
 @pytest.mark.parametrize("detail", [{"rows": "last token"}, {"raters": "every text token"}, {"renumber": False}])
 def test_sparsevlm_controls_changing_one_published_detail_differ(tiny, detail):
     model, s, batch = tiny
-    kept, logits = ours(s, batch, "sparsevlm", Budget(ratio=128 / 576))
+    kept, logits = ours(s, batch, "sparsevlm", Budget(ratio=128 / 576), recycle=False)
     ref_kept, ref_logits = sparsevlm_reference(model, batch.samples[0], (0, 1, 2), (34, 12, 4), **detail)
     assert ref_kept != kept or differs(logits, ref_logits[-1])
 
