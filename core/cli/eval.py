@@ -33,8 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ev.add_argument("--paired-against", default="full", metavar="CASE",
                     help="the case every row is paired with in McNemar's test, named as in the table "
                     "(e.g. 'prune@7', 'prune@7 [random]'; default full)")
-    ev.add_argument("--hard-subset", default=None, metavar="CASE",
-                    help="also score every row on the items this case (named as in the table) answers wrongly")
+    ev.add_argument("--hard-subset", nargs="?", const="downsample", default=None, metavar="CASE",
+                    help="also score every row on the items this case (named as in the table) answers wrongly; "
+                    "a partitioner's name (alone: downsample) means prune with it at each row's own budget or "
+                    "target, added to the eval if missing")
     ev.add_argument("--match", default=None, choices=["avg-tokens", "flops", "input-tokens"],
                     help="read each budget as a target and solve every policy's own budget, per sample, to meet it: "
                     "average visual tokens per layer over all streams, prune's FLOPs at that budget, or the visual "
@@ -50,7 +52,9 @@ def main(args: argparse.Namespace) -> int:
     from vtsched.core.evaluators import evaluator_for
     from vtsched.core.tools.bench import check_matched, expand_cases
     from vtsched.core.errors import InputError
-    from vtsched.core.tools.evaluate import case_label, cross_partitioners, evaluate, load_items
+    from vtsched.core.tools.evaluate import (
+        case_label, cross_partitioners, evaluate, hard_references, load_items, with_hard_reference,
+    )
     from vtsched.core.tools.report import write_csv, write_json
 
     registry = registry_for(args)
@@ -65,12 +69,17 @@ def main(args: argparse.Namespace) -> int:
     cases = expand_cases(planner, args.policies, args.budgets, keep_full=False)
     if args.partitioners:
         cases = cross_partitioners(planner, cases, args.partitioners, data=args.data)
+    cases = with_hard_reference(registry, cases, args.hard_subset)
     if args.match:
         check_matched(planner, cases, args.match)
     labels = ["full", *(case_label(c) for c in cases if c.policy != "full")]
-    for option, name in (("--paired-against", args.paired_against), ("--hard-subset", args.hard_subset)):
-        if name is not None and name not in labels:
-            raise InputError(f"{option}: no case {name!r} in this eval; cases: {', '.join(labels)}")
+    if args.paired_against not in labels:
+        raise InputError(f"--paired-against: no case {args.paired_against!r} in this eval; cases: {', '.join(labels)}")
+    if args.hard_subset is not None:
+        try:
+            hard_references(args.hard_subset, cases)
+        except InputError as error:
+            raise InputError("--hard-subset" + str(error).removeprefix("hard_subset")) from None
     items = load_items(args.data, args.limit)
     check_prompt_fits(config, planner.geometry.num_visual, [item.question for item in items], "question of sample")
     scheduler = load_scheduler(args.model, registry, args.device)

@@ -52,7 +52,7 @@ from vtsched.core.scheduler import Scheduler
 from vtsched.core.tools.search import next_token_kl
 
 __all__ = ["EvalItem", "Prediction", "EvalReport", "normalise", "load_items", "evaluate", "summarise",
-           "cross_partitioners", "parse_partitioner", "case_label"]
+           "cross_partitioners", "parse_partitioner", "case_label", "hard_references", "with_hard_reference"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = re.compile(r"[^\w\s-]")
@@ -108,13 +108,16 @@ class EvalReport:
     """Predictions of every case, summarised per case and split by :meth:`rows`.
 
     ``paired_against``: the case each row is paired with in McNemar's test (``full`` unless named);
-    ``hard_subset``: a case whose wrongly answered items each row is also scored on (None: none).
+    ``hard_subset``: what the user named as the hard subset's reference (None: none), and
+    ``hard_references`` that reference resolved per case (:func:`hard_references`; empty: the
+    named case for every row).
     """
 
     cases: list[str]
     predictions: list[Prediction] = field(default_factory=list)
     paired_against: str = "full"
     hard_subset: str | None = None
+    hard_references: dict[str, str | None] = field(default_factory=dict)
     match: str | None = None  # what --match held equal (vtsched.core.tools.matching.MATCH_KINDS)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -125,7 +128,8 @@ class EvalReport:
             for split in ("all", f"tag={p.tag}", f"type={p.type}"):
                 outcomes[(p.case, split)].append((p.id, p.correct))
         rows = paired_rows(summarise(self.predictions, self.cases), outcomes,
-                           paired_against=self.paired_against, hard=self.hard_subset)
+                           paired_against=self.paired_against,
+                           hard=(self.hard_references or self.hard_subset) if self.hard_subset is not None else None)
         if self.match is not None:
             from vtsched.core.tools.matching import achieved
 
@@ -298,6 +302,47 @@ def cross_partitioners(planner: Any, cases: Sequence[Case], specs: Sequence[str]
     return out
 
 
+def _prune_with(partitioner: str, budget: str | None) -> Case:
+    return Case("prune", budget, (), partitioner)
+
+
+def hard_references(hard: str, cases: Sequence[Case]) -> dict[str, str | None]:
+    """Per case label, the case whose wrongly answered items make that row's hard subset.
+
+    ``hard`` is either a case's label (``prune@7 [random]``: one reference for every row) or a
+    partitioner's name (``downsample``, what ``--hard-subset`` alone means): then each row's reference
+    is ``prune`` with that partitioner at the row's own budget (its target under ``--match``), the
+    cheap reference at the same cost that VTC-Bench separates methods by; a row without a budget
+    (``full``, ``vtw``) has no reference. :func:`with_hard_reference` adds the reference cases.
+    Raises :class:`InputError` (one line) when the reference is not among ``cases``.
+    """
+    labels = list(dict.fromkeys(["full", *(case_label(c) for c in cases)]))
+    if hard in labels:
+        return {label: hard for label in labels}
+    budgets = list(dict.fromkeys(c.budget for c in cases if c.budget is not None))
+    missing = [case_label(_prune_with(hard, b)) for b in budgets if case_label(_prune_with(hard, b)) not in labels]
+    if not budgets or missing:
+        raise InputError(f"hard_subset: no case {hard!r} in this eval; cases: {', '.join(labels)} (name a case, "
+                         f"or a partitioner whose prune case runs at every budget)")
+    return {case_label(c): (case_label(_prune_with(hard, c.budget)) if c.budget is not None else None)
+            for c in [Case("full"), *cases]}
+
+
+def with_hard_reference(registry: Any, cases: Sequence[Case], hard: str | None) -> list[Case]:
+    """``cases``, plus ``prune`` with partitioner ``hard`` at each budget when ``hard`` names a
+    partitioner (not a case) and that case is not already there: the hard subset's references."""
+    out = list(cases)
+    if hard is None or hard in {case_label(c) for c in cases} or hard not in registry.names("partitioner"):
+        return out
+    have = {case_label(c) for c in cases}
+    for budget in dict.fromkeys(c.budget for c in cases if c.budget is not None):
+        reference = _prune_with(hard, budget)
+        if case_label(reference) not in have:
+            out.append(reference)
+            have.add(case_label(reference))
+    return out
+
+
 class _Timed:
     """A partitioner seen through a stopwatch: what eval hands the planner to charge partition time.
 
@@ -389,10 +434,10 @@ def evaluate(
         policy = scheduler.make_policy(c.policy, dict(c.params))
         built.append((c, policy, _partitioner_for(scheduler, c, policy, data)))
     config = GenerationConfig(max_new_tokens=max_new_tokens)
-    for option, name in (("paired_against", paired_against), ("hard_subset", hard_subset)):
-        if name is not None and name not in labels:
-            raise InputError(f"{option}: no case {name!r} in this eval; cases: {', '.join(labels)}")
-    report = EvalReport(labels, paired_against=paired_against, hard_subset=hard_subset, match=match)
+    if paired_against not in labels:
+        raise InputError(f"paired_against: no case {paired_against!r} in this eval; cases: {', '.join(labels)}")
+    report = EvalReport(labels, paired_against=paired_against, hard_subset=hard_subset, match=match,
+                        hard_references=hard_references(hard_subset, cases) if hard_subset is not None else {})
     matcher = Matcher(scheduler.planner, match) if match is not None else None
     bar = tqdm(total=len(items) * len(cases), desc="eval", disable=not progress)
     for start in range(0, len(items), batch_size):

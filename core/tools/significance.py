@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["wilson", "mcnemar", "paired_rows", "EXACT_BELOW", "Z95"]
@@ -51,8 +51,12 @@ def mcnemar(b: int, c: int) -> tuple[float, str]:
 
 
 def paired_rows(rows: Sequence[dict[str, Any]], outcomes: dict[tuple[str, str], list[tuple[str, bool]]], *,
-                paired_against: str = "full", hard: str | None = None) -> list[dict[str, Any]]:
+                paired_against: str = "full", hard: str | Mapping[str, str | None] | None = None,
+                ) -> list[dict[str, Any]]:
     """``rows`` (one per case and split) with the interval, the paired test and the hard subset added.
+
+    ``hard``: the case whose wrongly answered items make the hard subset, one for every row, or per
+    row's case (a mapping; a case mapped to None gets no hard subset).
 
     ``outcomes[(case, split)]``: ``(item id, correct)`` in item order, the same order for every case
     (every case answers the same items), so the k-th outcome of two cases is the same item.
@@ -71,11 +75,14 @@ def paired_rows(rows: Sequence[dict[str, Any]], outcomes: dict[tuple[str, str], 
             c = sum(m and not r for (_, r), (_, m) in zip(reference, mine))
             p, method = mcnemar(b, c)
             extra |= {"ref_right_case_wrong": b, "ref_wrong_case_right": c, "mcnemar_p": p, "mcnemar_method": method}
-        if hard is not None:
-            wrong = [m for (_, r), (_, m) in zip(_same_items(outcomes.get((hard, row["split"]), []), mine, hard), mine)
-                     if not r]
-            extra |= {"hard_subset": hard, "hard_n": len(wrong),
+        reference_case = hard.get(row["case"]) if isinstance(hard, Mapping) else hard
+        if reference_case is not None:
+            wrong = [m for (_, r), (_, m) in zip(_same_items(outcomes.get((reference_case, row["split"]), []), mine,
+                                                             reference_case), mine) if not r]
+            extra |= {"hard_subset": reference_case, "hard_n": len(wrong),
                       "hard_accuracy": sum(wrong) / len(wrong) if wrong else None}
+        elif hard is not None:
+            extra |= {"hard_subset": None, "hard_n": None, "hard_accuracy": None}
         out.append({**row, **extra})
     return out
 
