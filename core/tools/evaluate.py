@@ -162,7 +162,7 @@ class EvalReport:
                     f"{r['prefill_ms']:>7.2f}")
             if self.hard_subset is not None:
                 hard = "-" if r["hard_accuracy"] is None else f"{100 * r['hard_accuracy']:.1f}"
-                line += f" {hard + ' of ' + str(r['hard_n']):>12s}"
+                line += f" {hard + ' of ' + str(r['hard_n']) if r['hard_n'] is not None else '-':>12s}"
             if self.match is not None:
                 target = "-" if r["match_target"] is None else f"{r['match_target']:.4g}"
                 line += f" {target:>8s} {r['match_achieved']:>8.4g}"
