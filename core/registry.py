@@ -30,6 +30,8 @@ BUILTIN_PLUGINS = (
     "vtsched.core.events",
     "vtsched.policies",
     "vtsched.partitioners",
+    # the procedural data set: its masks answer ``masks=synthetic:...`` wherever a registry is built
+    "vtsched.core.demo.synthetic",
 )
 KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command", "evaluator", "event", "ranker")
 _HOOK_OF_KIND = {

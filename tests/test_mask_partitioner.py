@@ -297,3 +297,17 @@ def test_next_and_qwen_adapters_boxes_carry_the_true_mask(family):
         assert not (~sample.pixel_boxes.has_pixels)[partition.members(b, "subject")].any()  # no newline token
     result = s.run(images, ["What colour is the big shape?"] * 2, "parvts", partitioner=part, budget=Budget(count=3))
     assert len(result.texts) == 2
+
+
+def test_synthetic_masks_are_found_by_a_fresh_process_that_only_builds_a_registry():
+    """``masks=synthetic:...`` must not depend on something else having imported the procedural set
+    first (``vtsched run --partitioner mask`` imports nothing of it): a fresh interpreter builds the
+    registry and asks for the scheme, as the mask partitioner does."""
+    import subprocess
+    import sys
+
+    code = ("from vtsched.core.registry import build_registry, make_plugin_manager; build_registry(make_plugin_manager(load_entrypoints=False)); "
+            "from vtsched.core.pixels import mask_source; print(len(mask_source('synthetic:1:2').entries))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+    assert int(done.stdout.strip()) == 2
