@@ -1,4 +1,4 @@
-"""Issue 9, item 5: every built-in component through the conformance kit, and the kit catching
+"""Every built-in component through the conformance kit, and the kit catching
 deliberately broken components (a kit that cannot fail would prove nothing)."""
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from vtsched.core.testing import (
     AdapterConformance, FusionRuleConformance, PartitionerConformance, PolicyConformance, geometries,
     prompt_batches, random_image, schedules,
 )
+from vtsched.core.testing.families import tiny_qwen, tiny_qwen_shapes
 from vtsched.partitioners import ClsAttention, RandomTokens, UniformGrid, VisionZipPartitioner
+from vtsched.partitioners.attention import AttentionReceived
 from vtsched.policies import (
     DART, VTW, AttentionFusion, FastV, FixedFusion, FixedSchedule, Full, NonSubjectFirst, ParVTS, PDrop, Prune, Search,
     SizeFusion, SparseVLM, SubjectFirst, VisionZip,
@@ -207,6 +209,27 @@ class TestUniformPartitioner(PartitionerConformance):
 
 class TestVisionZipPartitioner(PartitionerConformance):
     partitioner_class = VisionZipPartitioner
+
+
+class TestAttentionReceivedPartitioner(PartitionerConformance):
+    """``attention`` reads the vision tower's attention scores that only the Qwen adapters give: the
+    synthetic batches carry their [CLS] scores (ties included) there, and the model check runs on Qwen."""
+
+    partitioner_class = AttentionReceived
+
+    def prompt_batches(self, *, distinct_visual: bool = False):
+        def with_attention_scores(batch):
+            for sample in batch.samples:
+                sample.extras["attention_scores"] = sample.cls_scores
+            return batch
+
+        return super().prompt_batches(distinct_visual=distinct_visual).map(with_attention_scores)
+
+    def model_shapes(self):
+        return tiny_qwen_shapes(max_layers=2)
+
+    def build_tiny_model(self, shape, *, dtype=torch.float64, attn_implementation="sdpa"):
+        return tiny_qwen(shape, dtype, attn_implementation)
 
 
 # -- fusion rules ------------------------------------------------------------------------------
