@@ -201,3 +201,25 @@ def test_every_policy_from_the_cli(name, checkpoints, image_file, capsys):
                      "what colour is the small square?", *args, "--max-new-tokens", "2", "--no-plugins"])
         last = capsys.readouterr().out.strip().splitlines()[-1]
         assert code == 0 and last.startswith("ran: policy "), (name, args, last)
+
+
+# the 2026 pre-LLM selections (issue 21) and the random reference, on every family
+PRE_LLM = ("divprune", "cdpruner", "vispruner", "downsample", "random")
+
+
+@pytest.mark.parametrize("name", PRE_LLM)
+def test_every_pre_llm_partitioner_keeps_exactly_its_budget_on_every_family(family, name):
+    """Each partitioner passes the kit's partition check on a batch the family's adapter prepared, and
+    ``prune`` on it runs exactly the budget's tokens per sample (images of different token counts)."""
+    from vtsched.core.testing import PartitionerConformance
+
+    family_name, s = family
+    batch = s.prepare(IMAGES, QUESTIONS)
+    budget = Budget.parse("40%")
+    partitioner = s.make_partitioner(name)
+    kit = type("Kit", (PartitionerConformance,), {"partitioner_class": type(partitioner)})()
+    kit.check_partition(batch, budget, partitioner.partition(batch, budget))
+    result = s.run(IMAGES, QUESTIONS, "prune", partitioner=name, budget=budget,
+                   generation=GenerationConfig(max_new_tokens=1))
+    counts = [sample.num_visual for sample in batch.samples]
+    assert result.visual_per_layer_survivor.tolist() == [round(0.4 * n) for n in counts], (family_name, counts)
