@@ -287,7 +287,7 @@ SWEEP = ('[sweep]\nresults = "results.jsonl"\nmodels = ["demo"]\ndatasets = ["sy
 
 
 def test_sweep_resumes_after_a_torn_line_in_one_invocation(tmp_path, capsys):
-    from vtsched.core.tools.sweep_results import read_rows
+    from vtsched.core.tools.sweep.results import read_rows
 
     (tmp_path / "sweep.toml").write_text(SWEEP)
     results = tmp_path / "results.jsonl"

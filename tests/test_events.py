@@ -20,7 +20,7 @@ from vtsched.core.schedule import Schedule, Stream
 from vtsched.core.testing import TinyShape, random_image, tiny_llava
 from vtsched.core.testing.strategies import schedules
 from vtsched.core.tokens import Role
-from vtsched.core.tools.sweep_plan import estimate_prefill_flops
+from vtsched.core.tools.sweep.plan import estimate_prefill_flops
 
 from .helpers import scheduler
 

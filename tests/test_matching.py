@@ -277,8 +277,8 @@ params = {{ drop_layer = 1 }}
 
 def test_sweep_match_key_solves_cells_and_leaves_unmatched_hashes_alone(tmp_path):
     from vtsched.core.registry import build_registry
-    from vtsched.core.tools.sweep_config import load_config
-    from vtsched.core.tools.sweep_plan import resolve_cells
+    from vtsched.core.tools.sweep.config import load_config
+    from vtsched.core.tools.sweep.plan import resolve_cells
 
     plain, matched = tmp_path / "plain.toml", tmp_path / "matched.toml"
     plain.write_text(SWEEP.format(results=tmp_path / "plain.jsonl", match=""))

@@ -197,7 +197,7 @@ def test_the_dry_run_counts_the_merged_tokens_and_later_stages_rank_them(tiny):
     tokens per layer (merged ones included) are what the events' counts say."""
     from vtsched.core.cost import prefill_flops
     from vtsched.core.tokens import Role
-    from vtsched.core.tools.sweep_plan import estimate_prefill_flops
+    from vtsched.core.tools.sweep.plan import estimate_prefill_flops
 
     _, s, batch = tiny
     out, plan = _logits(s, batch, Budget(ratio=128 / 576))

@@ -21,10 +21,10 @@ import pytest
 from vtsched.core.cli import main
 from vtsched.core.errors import InputError
 from vtsched.core.tools.sweep import run_sweep
-from vtsched.core.tools.sweep_config import expand_params, load_config, parse_config
-from vtsched.core.tools.sweep_plan import estimate_prefill_flops, shard_cells
-from vtsched.core.tools.sweep_report import pareto_front, seed_means, seed_table, summary_rows
-from vtsched.core.tools.sweep_results import FORMAT, ResultsFile, SweepLock, append_row, read_rows
+from vtsched.core.tools.sweep.config import expand_params, load_config, parse_config
+from vtsched.core.tools.sweep.plan import estimate_prefill_flops, shard_cells
+from vtsched.core.tools.sweep.report import pareto_front, seed_means, seed_table, summary_rows
+from vtsched.core.tools.sweep.results import FORMAT, ResultsFile, SweepLock, append_row, read_rows
 
 from .helpers import registry
 
@@ -105,7 +105,7 @@ def test_grid_and_zip_expand():
 def test_cells_resolve_dedupe_and_hash(tmp_path):
     config = load_config(write_config(tmp_path, CONFIG.replace("budgets = [4]", "budgets = [4, 4, 7]")
                                       + '\n[[policy]]\nname = "vtw"\n'))
-    from vtsched.core.tools.sweep_plan import resolve_cells
+    from vtsched.core.tools.sweep.plan import resolve_cells
 
     cells = resolve_cells(config, registry())
     labels = [c.label for c in cells]
@@ -202,7 +202,7 @@ def test_a_second_sweep_on_the_same_results_is_refused(tmp_path, capsys):
 
 def test_a_killed_sweep_leaves_no_stale_lock(tmp_path):
     results = tmp_path / "r.jsonl"
-    code = f"from vtsched.core.tools.sweep_results import SweepLock; SweepLock({str(results)!r}).acquire(); print('held', flush=True); import time; time.sleep(60)"
+    code = f"from vtsched.core.tools.sweep.results import SweepLock; SweepLock({str(results)!r}).acquire(); print('held', flush=True); import time; time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     with pytest.raises(InputError, match="another sweep"):
@@ -379,7 +379,7 @@ def test_text_lengths_split_each_familys_prompt_at_its_own_image_marker():
     """Qwen's template marks the image with <|image_pad|>, not <image>: estimates must not crash on it."""
     from vtsched.core.adapters import LlavaAdapter
     from vtsched.core.adapters.qwen2_vl import Qwen2VLAdapter
-    from vtsched.core.tools.sweep_plan import _ModelInfo, _text_lengths
+    from vtsched.core.tools.sweep.plan import _ModelInfo, _text_lengths
 
     for adapter in (LlavaAdapter, Qwen2VLAdapter):
         counts = _text_lengths(_ModelInfo("/no/tokenizer/here", "-", None, None, adapter), "synthetic:1:1", None)

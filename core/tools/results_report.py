@@ -150,8 +150,8 @@ def _eval(path: Path, data: dict[str, Any]) -> Results:
 
 
 def _sweep(path: Path) -> Results:
-    from vtsched.core.tools.sweep_report import summary_rows
-    from vtsched.core.tools.sweep_results import ResultsFile
+    from vtsched.core.tools.sweep.report import summary_rows
+    from vtsched.core.tools.sweep.results import ResultsFile
 
     latest = list(ResultsFile.read(path).latest().values())  # refuses rows of another format in one line
     rows = summary_rows(latest)
@@ -214,7 +214,7 @@ def trade_off_figure(results: Results, x: int, xlabel: str) -> Any:
     """Accuracy against ``points[x]`` (2: GFLOPs, 3: prefill ms), the Pareto front joined; ``None`` if unmeasured."""
     from matplotlib.figure import Figure
 
-    from vtsched.core.tools.sweep_report import pareto_front
+    from vtsched.core.tools.sweep.report import pareto_front
 
     points = [(p[0], p[x], p[1]) for p in results.points if p[x] is not None and p[1] is not None]
     if not points:

@@ -122,7 +122,7 @@ class EventConformance(Kit):
 
     def test_dry_run_flops_equal_the_executed_prefill(self) -> None:
         from vtsched.core.cost import prefill_flops
-        from vtsched.core.tools.sweep_plan import estimate_prefill_flops
+        from vtsched.core.tools.sweep.plan import estimate_prefill_flops
 
         def check(schedule: Schedule, shape: Any, inputs: tuple[list[Any], list[str]], seed: int) -> None:
             schedule = self._with_event(schedule)

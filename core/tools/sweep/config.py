@@ -183,7 +183,7 @@ def _component(raw: Any, section: str, path: Path | None, known: Sequence[str] =
 
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> SweepConfig:
     """Check a config's structure (keys, types, empty lists); names and parameters are checked when
-    cells are resolved against a model (:func:`vtsched.core.tools.sweep.resolve_cells`)."""
+    cells are resolved against a model (:func:`vtsched.core.tools.sweep.plan.resolve_cells`)."""
     _check_keys(data, _TOP, "the config (top level)", path)
     sweep = _table(data.get("sweep", {}), "[sweep]", "the config", path)
     _check_keys(sweep, _SWEEP, "[sweep]", path)

@@ -1,12 +1,8 @@
-"""``vtsched sweep``: ablations over models, datasets, policies, partitioners, budgets and seeds.
+"""The coordinator: :func:`run_sweep` takes the results file's lock, decides which cells run, hands
+them to an executor (or answers this rank's shard under torchrun), follows the results file for
+progress, and writes the report over every cell of the config.
 
-A sweep config (:mod:`.sweep_config`) expands into cells (:mod:`.sweep_plan`), each hashed from its
-fully resolved configuration. Cells run on an executor (:mod:`.launch`: this process, one process
-per device, or Slurm arrays through submitit) or data-parallel under torchrun / accelerate launch
-(every rank runs this function and answers its shard of the samples). Each finished cell is one
-JSON line appended to the results file (:mod:`.sweep_results`); running the same sweep again skips
-finished cells, ``retry_failed`` reruns failed ones. At the end: a summary table, a CSV and plots
-(:mod:`.sweep_report`) over the cells of this config.
+Also here: the ``--dry-run`` table and the command line's overrides of a config's paths and device.
 """
 
 from __future__ import annotations
@@ -20,14 +16,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vtsched.core.errors import InputError, VtschedError
-from vtsched.core.tools.launch import InlineExecutor, Job, make_executor
-from vtsched.core.tools.sweep_config import SweepConfig, load_config
-from vtsched.core.tools.sweep_plan import Cell, resolve_cells, shard_cells
-from vtsched.core.tools.sweep_report import summary_rows, summary_table, summary_text, write_report
-from vtsched.core.tools.sweep_results import ResultsFile, SweepLock, drop_torn_tail, read_rows
-from vtsched.core.tools.sweep_run import Ranks, run_cells
+from vtsched.core.tools.sweep.launch import InlineExecutor, Job, make_executor
+from vtsched.core.tools.sweep.config import SweepConfig, load_config
+from vtsched.core.tools.sweep.plan import Cell, resolve_cells, shard_cells
+from vtsched.core.tools.sweep.report import summary_rows, summary_table, summary_text, write_report
+from vtsched.core.tools.sweep.results import ResultsFile, SweepLock, drop_torn_tail, read_rows
+from vtsched.core.tools.sweep.run import Ranks, run_cells
 
-__all__ = ["run_sweep", "SweepOutcome", "load_config", "dry_run_table", "Progress"]
+__all__ = ["run_sweep", "SweepOutcome", "dry_run_table", "Progress", "with_overrides"]
 
 
 @dataclass

@@ -10,7 +10,7 @@ Data-parallel evaluation of one configuration under ``torchrun`` / ``accelerate 
 an executor: every rank runs the sweep itself (:func:`vtsched.core.tools.sweep.run_sweep` sees the
 launcher's environment) and answers its shard of the samples.
 
-Every worker appends its rows to the results file itself (:func:`~.sweep_results.append_row`); the
+Every worker appends its rows to the results file itself (:func:`~.results.append_row`); the
 coordinator follows that file for the progress bar, so all executors report progress alike.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vtsched.core.errors import InputError, VtschedError
-from vtsched.core.tools.sweep_plan import Cell
+from vtsched.core.tools.sweep.plan import Cell
 
 __all__ = ["Job", "Executor", "InlineExecutor", "LocalExecutor", "SubmititExecutor", "make_executor", "run_shard",
            "EXECUTORS"]
@@ -60,7 +60,7 @@ class Executor(Protocol):
 
 def run_shard(payload: dict[str, Any]) -> int:
     """A worker: run one shard's cells (``{"cells": [...], "job": {...}}``); the rows written."""
-    from vtsched.core.tools.sweep_run import run_cells
+    from vtsched.core.tools.sweep.run import run_cells
 
     job = Job(**payload["job"])
     if job.threads:
@@ -79,7 +79,7 @@ class InlineExecutor:
     name: str = "inline"
 
     def run(self, shards: Sequence[Sequence[Cell]], job: Job, poll: Callable[[], None]) -> None:
-        from vtsched.core.tools.sweep_run import run_cells
+        from vtsched.core.tools.sweep.run import run_cells
 
         cells = [c for shard in shards for c in shard]
         run_cells(cells, job.results, device=job.device, batch_size=job.batch_size, dtype=job.dtype,
@@ -121,7 +121,7 @@ class LocalExecutor:
                 logs.append(log)
                 with log.open("wb") as handle:
                     self.procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "vtsched.core.tools.launch", str(shard_file)],
+                        [sys.executable, "-m", "vtsched.core.tools.sweep.launch", str(shard_file)],
                         stdout=handle, stderr=subprocess.STDOUT, env=env))
             while any(p.poll() is None for p in self.procs):
                 time.sleep(self.poll_s)
@@ -242,7 +242,7 @@ def _die_with_parent() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vtsched.core.tools.launch SHARD.json``: what a local worker process runs."""
+    """``python -m vtsched.core.tools.sweep.launch SHARD.json``: what a local worker process runs."""
     args = list(sys.argv[1:] if argv is None else argv)
     _die_with_parent()
     payload = json.loads(Path(args[0]).read_text())

@@ -27,7 +27,7 @@ from vtsched.core.cost import nominal_group_sizes
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.schedule import Schedule
-from vtsched.core.tools.sweep_config import DEMO_MODEL, SweepConfig
+from vtsched.core.tools.sweep.config import DEMO_MODEL, SweepConfig
 
 __all__ = [
     "Cell", "resolve_cells", "model_path", "model_fingerprint", "estimate_prefill_flops", "shard_cells",

@@ -166,7 +166,7 @@ def _without_k(label: str) -> str:
     """A cell's label without its K (the x axis of the accuracy-against-K plot)."""
     import re
 
-    from vtsched.core.tools.sweep_plan import LAYER_PARAMS
+    from vtsched.core.tools.sweep.plan import LAYER_PARAMS
 
     for name in LAYER_PARAMS:
         label = re.sub(rf"\b{name}=\d+,?", "", label)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vtsched.core.errors import VtschedError
-from vtsched.core.tools.sweep_plan import Cell, layer_param, model_path
-from vtsched.core.tools.sweep_results import FORMAT, append_row
+from vtsched.core.tools.sweep.plan import Cell, layer_param, model_path
+from vtsched.core.tools.sweep.results import FORMAT, append_row
 
 __all__ = ["Answers", "evaluate_cell", "cell_row", "failed_row", "run_cells", "Ranks", "one_line"]
 
