@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="measured runs per case (default: 3 for the default comparison, else 5)")
     bench.add_argument("--warmup", type=at_least(0), default=1)
     bench.add_argument("--batch-size", type=at_least(1), default=1)
-    bench.add_argument("--decode-tokens", type=at_least(0), default=8, help="decode steps timed per case (0: skip)")
+    bench.add_argument("--decode-tokens", type=at_least(0), default=None,
+                       help="decode steps timed per case (0: skip; default: 4 for the default comparison, else 8)")
     bench.add_argument("--question-words", type=at_least(1), default=40, help="length of the benchmark question")
     add_device(bench, default=None, help="cuda if available, else cpu")
     bench.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -89,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
                                and ("+" not in p or p.split("+")[1] in registry.names("partitioner"))]
     match = args.match or (None if args.policies else DEFAULT_BENCH_MATCH)
     match = None if match == "none" else match
-    repeats = args.repeats or (5 if args.policies else 3)
+    repeats = args.repeats or (5 if args.policies else 3)  # the default comparison trims repeats, not methods
+    decode_tokens = args.decode_tokens if args.decode_tokens is not None else (8 if args.policies else 4)
     cases = expand_cases(planner, specs, budgets, keep_full=True)
     if match:
         check_matched(planner, cases, match)
@@ -107,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     images = [random_image(i, side, side) for i in range(args.batch_size)]
     questions = [" ".join(words) + "?" for _ in range(args.batch_size)]
     report = run_bench(scheduler, images, questions, cases, repeats=repeats, warmup=args.warmup,
-                       decode_tokens=args.decode_tokens, shape=shape_name, progress=not args.no_progress,
+                       decode_tokens=decode_tokens, shape=shape_name, progress=not args.no_progress,
                        reference=not args.no_reference, match=match)
     print(report.table())
     out = Path(args.out)
