@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Role", "Sample", "PromptBatch"]
+__all__ = ["Role", "Sample", "PromptBatch", "VideoLayout"]
 
 
 class Role:
@@ -27,17 +27,74 @@ class Role:
     FUSED = {"question": (QUESTION,), "post_image": (QUESTION, SUFFIX)}
 
 
+@dataclass(frozen=True)
+class VideoLayout:
+    """How a video's visual tokens fall into frames: what a policy or partitioner reads to see groups per frame.
+
+    A *frame* here is one step of the model's temporal grid, not one source frame: Qwen2-VL and
+    Qwen2.5-VL embed two consecutive sampled frames together (a temporal patch pair), so a clip
+    of 8 sampled frames has ``frames == 4``. The tokens are frame-major and raster order within a
+    frame (``rows x cols`` merged tokens each), as the vision tower's merger emits them: token ``i``
+    is frame ``i // (rows * cols)``, row ``(i // cols) % rows``, column ``i % cols``.
+
+    Attributes:
+        frames: temporal steps the model sees.
+        rows, cols: the merged token grid of each frame.
+        times: ``(frames,)`` seconds into the clip at which each step's first sampled frame lies.
+        source_frames: per step, the source clip's frame indices it embeds (the last one repeated
+            where the processor padded an odd count).
+    """
+
+    frames: int
+    rows: int
+    cols: int
+    times: tuple[float, ...] = ()
+    source_frames: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if min(self.frames, self.rows, self.cols) < 1:
+            raise ValueError(f"a video layout needs at least one frame, row and column, got "
+                             f"{self.frames} x {self.rows} x {self.cols}")
+        for name in ("times", "source_frames"):
+            if getattr(self, name) and len(getattr(self, name)) != self.frames:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {self.frames} frames")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def num_visual(self) -> int:
+        return self.frames * self.tokens_per_frame
+
+    def frame_of_token(self) -> torch.Tensor:
+        """``(num_visual,)`` long: the frame of each visual token."""
+        return torch.arange(self.frames).repeat_interleave(self.tokens_per_frame)
+
+    def tokens_of_frame(self, frame: int) -> torch.Tensor:
+        """Visual-token indices (sorted) of ``frame``."""
+        if not 0 <= frame < self.frames:
+            raise ValueError(f"frame {frame} outside 0..{self.frames - 1}")
+        return torch.arange(frame * self.tokens_per_frame, (frame + 1) * self.tokens_per_frame)
+
+    def by_frame(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` ``(num_visual, ...)`` viewed ``(frames, tokens_per_frame, ...)``."""
+        return values.reshape(self.frames, self.tokens_per_frame, *values.shape[1:])
+
+
 @dataclass
 class Sample:
-    """One prompt with one image.
+    """One prompt with one image (or one video, on families that take video: see ``video``).
 
     Attributes:
         input_ids: ``(T,)`` token ids, the image already expanded to one token per visual feature.
         roles: ``(T,)`` :class:`Role` codes.
         visual_features: ``(num_visual, hidden)`` projected features, in image-token order.
         cls_scores: ``(num_visual,)`` head-averaged CLS->patch attention of the vision feature layer.
-        grid: ``(rows, cols)`` of the patch grid (``rows * cols == num_visual``).
-        image: the input image, for partitioners that look at pixels (segmentation).
+        grid: ``(rows, cols)`` of the patch grid (``rows * cols == num_visual``); ``None`` for a video
+            (its per-frame grid is in ``video``).
+        image: the input image, for partitioners that look at pixels (segmentation); the
+            :class:`~vtsched.core.pixels.video.Video` for a video prompt.
         pixel_boxes: where each visual token's pixels came from in the original image
             (:class:`~vtsched.core.pixels.TokenBoxes`), set by adapters that know their
             preprocessing; mask-based partitioners map masks through it.
@@ -51,6 +108,9 @@ class Sample:
             ``(R, T)`` for multi-row rotary embeddings (Qwen2-VL's M-RoPE: temporal, height, width);
             ``None`` means a token's rotary position is its place in the sequence (LLaVA). A
             token's place in the sequence (causal order, masks, cache order) is always its index.
+        video: for a video prompt, how its visual tokens fall into frames (:class:`VideoLayout`);
+            ``None`` for a still image. Temporal partitioners read it to compare frames and to
+            split a budget across them.
     """
 
     input_ids: torch.Tensor
@@ -62,11 +122,14 @@ class Sample:
     extras: dict[str, Any] = field(default_factory=dict)
     pixel_boxes: Any = None
     rope_positions: torch.Tensor | None = None
+    video: VideoLayout | None = None
 
     def __post_init__(self) -> None:
         n_visual = int((self.roles == Role.VISUAL).sum())
         if n_visual != self.visual_features.shape[0]:
             raise ValueError(f"{n_visual} image tokens but {self.visual_features.shape[0]} visual features")
+        if self.video is not None and self.video.num_visual != n_visual:
+            raise ValueError(f"the video layout has {self.video.num_visual} tokens, the prompt {n_visual} visual tokens")
         if self.rope_positions is not None and self.rope_positions.shape[-1] != self.input_ids.numel():
             raise ValueError(f"rotary positions for {self.rope_positions.shape[-1]} tokens, the prompt has "
                              f"{self.input_ids.numel()}")

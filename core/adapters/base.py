@@ -33,7 +33,8 @@ def check_one_image(family: str, index: int, image: Any) -> None:
                          "supported for now")
     shape = getattr(image, "shape", None)
     if shape is not None and len(shape) >= 4:
-        raise InputError(f"prompt {index} is a video ({tuple(shape)}); video inputs are not supported, give one image")
+        raise InputError(f"prompt {index} is an array of frames ({tuple(shape)}); give one image, or a video as a "
+                         "vtsched.core.pixels.Video (read_video) to a family that takes video")
 
 
 def decoder_sizes(text: Any) -> dict[str, int]:
@@ -61,6 +62,9 @@ class ModelAdapter(ABC):
     # The partitioner a policy whose default is ``cls`` uses on this family: ``cls`` where the
     # vision tower has a [CLS] token, the family's own score otherwise (``attention`` on Qwen2-VL).
     default_partitioner: ClassVar[str] = "cls"
+    # Whether ``prepare`` takes a :class:`~vtsched.core.pixels.video.Video` in place of an image
+    # (the family's processor has a video path and its positions a time axis: Qwen2-VL, Qwen2.5-VL).
+    takes_video: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any = None, **options: Any) -> None:
         # Any: modules are reached through family-specific attribute names that torch's
@@ -75,15 +79,23 @@ class ModelAdapter(ABC):
 
     def check_prompts(self, images: Sequence[Any], questions: Sequence[str]) -> None:
         """Refuse, in one line each, what no family can prepare: no processor, images and questions that
-        do not pair up, a missing image, a video or several images in one prompt, an empty question."""
+        do not pair up, a missing image, several images in one prompt, a video where the family takes
+        still images only (or frames not given as a :class:`~vtsched.core.pixels.video.Video`), an
+        empty question."""
         from vtsched.core.errors import InputError
+        from vtsched.core.pixels.video import Video
 
         if self.processor is None:
             raise InputError("this model was loaded without a processor; save one next to the weights")
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions")
         for b, (image, question) in enumerate(zip(images, questions)):
-            check_one_image(self.name, b, image)
+            if isinstance(image, Video):
+                if not self.takes_video:
+                    raise InputError(f"prompt {b} is a video; {self.name} takes still images only "
+                                     "(video: the qwen2_vl and qwen2_5_vl families)")
+            else:
+                check_one_image(self.name, b, image)
             if not isinstance(question, str) or not question.strip():
                 raise InputError(f"question {b} is empty: ask something about the image")
     @classmethod

@@ -35,13 +35,15 @@ from vtsched.core.adapters.base import (
 )
 from vtsched.core.errors import InputError
 from vtsched.core.geometry import ModelGeometry
-from vtsched.core.pixels import TokenBoxes, grid_boxes
-from vtsched.core.tokens import PromptBatch, Role, Sample
+from vtsched.core.pixels import TokenBoxes, grid_boxes, video_boxes
+from vtsched.core.pixels.video import Video
+from vtsched.core.tokens import PromptBatch, Role, Sample, VideoLayout
 
 __all__ = ["Qwen2VLAdapter", "Qwen2_5_VLAdapter", "NOMINAL_IMAGE_SIDE", "attention_received"]
 
 NOMINAL_IMAGE_SIDE = 672  # explain/bench count tokens for a 672x672 image (576 merged tokens)
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
+VIDEO_PAD = "<|video_pad|>"
 QUERY_CHUNK = 1024  # query rows scored at once (bounds the score matrix for large images)
 
 
@@ -74,6 +76,7 @@ class Qwen2VLAdapter(ModelAdapter):
     )
     image_placeholder: ClassVar[str] = IMAGE_PAD
     default_partitioner: ClassVar[str] = "attention"
+    takes_video: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, processor: Any = None, **options: Any) -> None:
         super().__init__(model, processor, **options)
@@ -194,43 +197,84 @@ class Qwen2VLAdapter(ModelAdapter):
 
     # -- prompts -----------------------------------------------------------------------------
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> PromptBatch:
+        """One sample per prompt; a prompt's visual input is a still image or a
+        :class:`~vtsched.core.pixels.video.Video` (its frames through the processor's video path)."""
         self.check_prompts(images, questions)
         template = self.prompt_template
         if template.count(VISION_START + IMAGE_PAD + VISION_END) != 1:
             raise InputError(f"{self.name}: the prompt template has no {VISION_START}{IMAGE_PAD}{VISION_END} "
                              "span for the image; a Qwen prompt needs exactly one")
         for b, question in enumerate(questions):
-            if any(token in question for token in (IMAGE_PAD, VISION_START, VISION_END, "<|video_pad|>")):
+            if any(token in question for token in (IMAGE_PAD, VISION_START, VISION_END, VIDEO_PAD)):
                 raise InputError(f"question {b} contains a vision token; give the image separately, one per prompt")
-        processed = self.processor.image_processor(list(images), return_tensors="pt")
-        grid_thw = processed["image_grid_thw"]
-        encoded = self.encode_images(processed["pixel_values"], grid_thw)
-        samples = []
-        for b, (question, image) in enumerate(zip(questions, images)):
-            sample = self._sample(question, encoded[b]["features"], grid_thw[b])
-            sample.image = image
-            sample.extras["attention_scores"] = encoded[b]["scores"]
-            sample.extras["patch_keys"] = encoded[b]["keys"]
-            sample.extras["vision_features"] = encoded[b]["tower"]
-            size = getattr(image, "size", None)
-            if isinstance(size, tuple) and len(size) == 2 and sample.grid is not None:
-                sample.pixel_boxes = TokenBoxes(grid_boxes(size, *sample.grid), size)
-            samples.append(sample)
-        return PromptBatch(samples)
+        stills = [b for b, image in enumerate(images) if not isinstance(image, Video)]
+        samples: dict[int, Sample] = {}
+        if stills:
+            processed = self.processor.image_processor([images[b] for b in stills], return_tensors="pt")
+            grid_thw = processed["image_grid_thw"]
+            encoded = self.encode_images(processed["pixel_values"], grid_thw)
+            for i, b in enumerate(stills):
+                sample = self._sample(questions[b], encoded[i]["features"], grid_thw[i])
+                size = getattr(images[b], "size", None)
+                if isinstance(size, tuple) and len(size) == 2 and sample.grid is not None:
+                    sample.pixel_boxes = TokenBoxes(grid_boxes(size, *sample.grid), size)
+                samples[b] = self._with_signals(sample, images[b], encoded[i])
+        for b, video in enumerate(images):
+            if isinstance(video, Video):
+                samples[b] = self._video_sample(questions[b], video)
+        return PromptBatch([samples[b] for b in range(len(images))])
 
-    def _sample(self, question: str, features: torch.Tensor, grid_thw: torch.Tensor) -> Sample:
-        """Token ids (the image pad expanded to one token per merged feature), roles, M-RoPE ids."""
+    @staticmethod
+    def _with_signals(sample: Sample, image: Any, encoded: Mapping[str, torch.Tensor]) -> Sample:
+        sample.image = image
+        sample.extras["attention_scores"] = encoded["scores"]
+        sample.extras["patch_keys"] = encoded["keys"]
+        sample.extras["vision_features"] = encoded["tower"]
+        return sample
+
+    def video_inputs(self, video: Video) -> dict[str, torch.Tensor]:
+        """The processor's video inputs for ``video``'s frames as sampled (no resampling):
+        ``pixel_values_videos``, ``video_grid_thw`` and the seconds each temporal step spans,
+        ``second_per_grid_ts`` (temporal patch size / the sampled rate, as the Qwen2.5-VL processor
+        derives it from the clip's metadata)."""
+        processor = self.processor.video_processor
+        out = processor(videos=[video.frames], return_tensors="pt", do_sample_frames=False)
+        seconds = processor.temporal_patch_size / video.sampled_fps
+        return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"],
+                "second_per_grid_ts": torch.tensor([seconds])}
+
+    def _video_sample(self, question: str, video: Video) -> Sample:
+        """A prompt whose visual span is a video: ``<|video_pad|>`` tokens, frame-major merged tokens,
+        M-RoPE time ids from the model's own ``get_rope_index``, boxes and the frame layout."""
+        inputs = self.video_inputs(video)
+        grid_thw = inputs["video_grid_thw"]
+        encoded = self.encode_images(inputs["pixel_values_videos"], grid_thw)[0]
+        sample = self._sample(question, encoded["features"], grid_thw[0], video=True,
+                              second_per_grid=inputs["second_per_grid_ts"])
+        frames, rows, cols = int(grid_thw[0, 0]), *(int(v) // self.visual.spatial_merge_size for v in grid_thw[0, 1:])
+        step = self.processor.video_processor.temporal_patch_size
+        padded = list(video.indices) + [video.indices[-1]] * (frames * step - video.num_frames)
+        source = tuple(tuple(padded[t * step:(t + 1) * step]) for t in range(frames))
+        sample.video = VideoLayout(frames, rows, cols, tuple(s[0] / video.fps for s in source), source)
+        sample.pixel_boxes = video_boxes(video.size, frames, rows, cols)
+        return self._with_signals(sample, video, encoded)
+
+    def _sample(self, question: str, features: torch.Tensor, grid_thw: torch.Tensor, *, video: bool = False,
+                second_per_grid: torch.Tensor | None = None) -> Sample:
+        """Token ids (the image or video pad expanded to one token per merged feature), roles, M-RoPE ids."""
         tokenizer = self.processor.tokenizer
+        pad = VIDEO_PAD if video else IMAGE_PAD
         head, tail = self.prompt_template.split(self.image_placeholder)
         n = features.shape[0]
-        q_start = len(head) + len(IMAGE_PAD) * n + tail.index("{question}")
-        text = head + IMAGE_PAD * n + tail.replace("{question}", question)
+        q_start = len(head) + len(pad) * n + tail.index("{question}")
+        text = head + pad * n + tail.replace("{question}", question)
         q_end = q_start + len(question)
         enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
         ids = torch.tensor(enc["input_ids"], dtype=torch.long)
-        visual = ids == self.model.config.image_token_id
+        config = self.model.config
+        visual = ids == (config.video_token_id if video else config.image_token_id)
         if int(visual.sum()) != n:
-            raise InputError(f"{self.name}: the prompt has {int(visual.sum())} image tokens for {n} visual features")
+            raise InputError(f"{self.name}: the prompt has {int(visual.sum())} vision tokens for {n} visual features")
         roles = torch.full_like(ids, Role.SUFFIX)
         first = int(torch.nonzero(visual)[0])
         roles[:first] = Role.PREFIX
@@ -238,12 +282,15 @@ class Qwen2VLAdapter(ModelAdapter):
             if t > first and b > a and a < q_end and b > q_start:
                 roles[t] = Role.QUESTION
         roles[visual] = Role.VISUAL
+        grids: dict[str, Any] = ({"video_grid_thw": grid_thw[None].to(self.device),
+                                  "second_per_grid_ts": second_per_grid} if video
+                                 else {"image_grid_thw": grid_thw[None].to(self.device)})
         positions, _ = self.model.model.get_rope_index(
-            ids[None].to(self.device), mm_token_type_ids=visual[None].int().to(self.device),
-            image_grid_thw=grid_thw[None].to(self.device),
+            ids[None].to(self.device), mm_token_type_ids=(visual[None].int() * (2 if video else 1)).to(self.device),
+            **grids,
         )
         merge = self.visual.spatial_merge_size
-        grid = (int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
+        grid = None if video else (int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
         sample = Sample(ids, roles, features, None, grid, rope_positions=positions[:, 0].cpu())
         sample.extras["question_embeddings"] = self.question_embeddings(ids, roles)
         return sample

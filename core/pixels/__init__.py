@@ -10,12 +10,13 @@ path adapters, partitioners and plugins use):
 - :mod:`~vtsched.core.pixels.mask_files`: PNG/NPY masks, read once each (:class:`MaskCache`);
 - :mod:`~vtsched.core.pixels.mask_sources`: finding an image's masks (files, folders, JSONL
   data sets, data sets in memory by a registered scheme);
-- :mod:`~vtsched.core.pixels.images`: images keyed by content, and as RGB arrays.
+- :mod:`~vtsched.core.pixels.images`: images keyed by content, and as RGB arrays;
+- :mod:`~vtsched.core.pixels.video`: video files read with PyAV, frames sampled uniformly or at a rate.
 """
 
 from __future__ import annotations
 
-from vtsched.core.pixels.boxes import TokenBoxes, grid_boxes, processed_window
+from vtsched.core.pixels.boxes import TokenBoxes, grid_boxes, processed_window, video_boxes
 from vtsched.core.pixels.coverage import (
     BACKGROUND, OBJECTS, check_mask_inputs, coverage_ranking, mask_coverage, mask_groups, partition_from_masks,
     select_by_coverage, token_scores,
@@ -23,10 +24,12 @@ from vtsched.core.pixels.coverage import (
 from vtsched.core.pixels.images import image_digest, rgb_array
 from vtsched.core.pixels.mask_files import MASK_CACHE, MASK_SUFFIXES, MaskCache, as_mask, check_mask_size, load_mask
 from vtsched.core.pixels.mask_sources import MaskSource, is_scheme_spec, mask_source, register_mask_scheme
+from vtsched.core.pixels.video import Video, read_video, sample_indices
 
 __all__ = [
     "TokenBoxes", "grid_boxes", "processed_window", "mask_coverage", "select_by_coverage", "coverage_ranking",
     "token_scores", "mask_groups", "load_mask", "as_mask", "image_digest", "rgb_array", "check_mask_inputs",
     "partition_from_masks", "MASK_SUFFIXES", "OBJECTS", "BACKGROUND", "check_mask_size", "MaskCache", "MASK_CACHE",
-    "MaskSource", "mask_source", "register_mask_scheme", "is_scheme_spec",
+    "MaskSource", "mask_source", "register_mask_scheme", "is_scheme_spec", "video_boxes", "Video", "read_video",
+    "sample_indices",
 ]

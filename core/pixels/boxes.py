@@ -11,6 +11,10 @@ A box is ``(x0, y0, x1, y1)`` in original-image pixel coordinates, continuous (p
 is the unit square ``[x, x+1) x [y, y+1)``). A box may reach outside the image where the
 preprocessing padded: the padded part counts as covered by nothing. A token with no pixels (a
 LLaVA-NeXT newline token) has a NaN box.
+
+For a video, the same mapping holds per frame: every token also names the frame it came from
+(``TokenBoxes.frames``, the model's temporal step), and its box is a rectangle of that frame
+(:func:`video_boxes`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TokenBoxes", "grid_boxes", "processed_window"]
+__all__ = ["TokenBoxes", "grid_boxes", "processed_window", "video_boxes"]
 
 
 @dataclass(frozen=True)
@@ -29,15 +33,20 @@ class TokenBoxes:
     Attributes:
         boxes: ``(num_visual, 4)`` float64 ``x0, y0, x1, y1`` in original-image pixels; NaN rows
             for tokens without pixels.
-        image_size: ``(width, height)`` of the original image.
+        image_size: ``(width, height)`` of the original image (of each frame, for a video).
+        frames: for a video, ``(num_visual,)`` long, the frame (temporal step) each token came
+            from; ``None`` for a still image.
     """
 
     boxes: torch.Tensor
     image_size: tuple[int, int]
+    frames: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
             raise ValueError(f"boxes must be (num_visual, 4), got {tuple(self.boxes.shape)}")
+        if self.frames is not None and tuple(self.frames.shape) != (self.boxes.shape[0],):
+            raise ValueError(f"frames must be ({self.boxes.shape[0]},), got {tuple(self.frames.shape)}")
 
     @property
     def num_visual(self) -> int:
@@ -70,6 +79,15 @@ def grid_boxes(
     left, right = xs[:-1].repeat(rows), xs[1:].repeat(rows)
     top, bottom = ys[:-1].repeat_interleave(cols), ys[1:].repeat_interleave(cols)
     return torch.stack((left, top, right, bottom), dim=-1)
+
+
+def video_boxes(frame_size: tuple[int, int], frames: int, rows: int, cols: int,
+                *, window: tuple[float, float, float, float] | None = None) -> TokenBoxes:
+    """Boxes of a video's tokens: a ``rows x cols`` grid over ``window`` of every frame, frame-major
+    (the order Qwen2-VL's merger emits), each token tagged with its frame."""
+    per_frame = grid_boxes(frame_size, rows, cols, window=window)
+    return TokenBoxes(per_frame.repeat(frames, 1), frame_size,
+                      torch.arange(frames).repeat_interleave(rows * cols))
 
 
 def processed_window(

@@ -46,8 +46,10 @@ SHAPES: dict[str, Shape | NextShape | QwenShape] = {
         # at 672x672) with the narrow 32-layer language model of llava-1.5-cpu.
         NextShape("llava-next-cpu", 336, 14, 64, 4, 4, 128, 384, 32, 6, 6, 1032),
         NextShape("llava-next-7b", 336, 14, 1024, 24, 16, 4096, 4096, 32, 32, 32, 11008),
-        QwenShape("qwen2-vl-tiny", "2", 56, 32, 2, 2, 64, 64, 2, 4, 2, 128, max_pixels=28 * 28 * 16),
-        QwenShape("qwen2.5-vl-tiny", "2.5", 56, 32, 2, 2, 64, 64, 2, 4, 2, 128, window=56, max_pixels=28 * 28 * 16),
+        QwenShape("qwen2-vl-tiny", "2", 56, 32, 2, 2, 64, 64, 2, 4, 2, 128, max_pixels=28 * 28 * 16,
+                  video_min_pixels=56 * 56, video_max_pixels=28 * 28 * 16),
+        QwenShape("qwen2.5-vl-tiny", "2.5", 56, 32, 2, 2, 64, 64, 2, 4, 2, 128, window=56, max_pixels=28 * 28 * 16,
+                  video_min_pixels=56 * 56, video_max_pixels=28 * 28 * 16),
         # Qwen2.5-VL's token geometry (28-px merged tokens: 576 at 672x672, windows of 112 px, full
         # attention every 8th block) with a narrow 28-layer language model a CPU times in seconds.
         QwenShape("qwen2.5-vl-cpu", "2.5", 672, 64, 8, 4, 128, 384, 28, 6, 2, 1032),

@@ -21,7 +21,9 @@ class QwenShape:
     smart-resized image (a 672x672 image: 24x24 = 576 tokens). ``image_size`` is the nominal
     input side for explain and bench; ``max_pixels`` caps the processor's resize. Qwen2.5-VL's
     window attention groups ``window`` px (4x4 merged tokens at 112) and runs full attention in the
-    blocks ``full_blocks`` (default: every 8th block, ending with the last).
+    blocks ``full_blocks`` (default: every 8th block, ending with the last). Videos are resized per
+    frame within ``video_min_pixels``..``video_max_pixels`` (the transformers defaults, which the
+    Qwen2-VL checkpoints ship: 128 to 768 merged tokens a frame).
     """
 
     name: str
@@ -41,6 +43,8 @@ class QwenShape:
     min_pixels: int = 56 * 56
     full_blocks: tuple[int, ...] | None = None
     rope_theta: float = 1e6
+    video_min_pixels: int = 128 * 28 * 28
+    video_max_pixels: int = 768 * 28 * 28
     family: ClassVar[str] = "qwen2_vl"
 
     @property
@@ -71,8 +75,11 @@ class QwenShape:
 
         image_processor = Qwen2VLImageProcessorPil(min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         cls = Qwen2_5_VLProcessor if self.version == "2.5" else Qwen2VLProcessor
+        # cap_pixels_per_frame: qwen-vl-utils' per-frame cap, which transformers makes the default
+        video_processor = Qwen2VLVideoProcessor(min_pixels=self.video_min_pixels, max_pixels=self.video_max_pixels,
+                                                cap_pixels_per_frame=True)
         return cls(image_processor=image_processor, tokenizer=tokenizer or build_qwen_tokenizer(),
-                   video_processor=Qwen2VLVideoProcessor())
+                   video_processor=video_processor)
 
     def config(self, tokenizer=None):
         from transformers import Qwen2_5_VLConfig, Qwen2VLConfig

@@ -28,7 +28,8 @@ from vtsched.core.testing.conformance import AdapterConformance
 
 __all__ = [
     "TinyNextShape", "TinyQwenShape", "tiny_llava_next_shapes", "tiny_qwen_shapes", "tiny_llava_next", "tiny_qwen",
-    "family_prompts", "LlavaNextAdapterConformance", "QwenAdapterConformance",
+    "family_prompts", "LlavaNextAdapterConformance", "QwenAdapterConformance", "QwenVideoAdapterConformance",
+    "qwen_video_reference_inputs",
 ]
 
 
@@ -66,7 +67,8 @@ class TinyQwenShape:
         full = (self.vision_layers - 2, ) if self.vision_layers > 2 else (self.vision_layers - 1,)
         return QwenShape("tiny-qwen", self.version, 56, 32, self.vision_layers, 2, 64, hidden, self.layers,
                          self.heads, self.kv_heads, 2 * hidden, window=56, max_pixels=28 * 28 * 20,
-                         full_blocks=full if self.version == "2.5" else None, rope_theta=1e4)
+                         full_blocks=full if self.version == "2.5" else None, rope_theta=1e4,
+                         video_min_pixels=56 * 56, video_max_pixels=28 * 28 * 6)
 
 
 @st.composite
@@ -161,3 +163,38 @@ class QwenAdapterConformance(AdapterConformance):
     def shortened_reference_logits(self, model: Any, sample: Any, keep: torch.Tensor,
                                    features: torch.Tensor | None = None) -> torch.Tensor:
         return models.shortened_logits(model, sample, keep, features)
+
+
+def qwen_video_reference_inputs(processor: Any, prompt_template: str, video: Any, question: str
+                                ) -> Mapping[str, torch.Tensor]:
+    """transformers' own inputs for one video prompt: the processor called with the sampled frames and
+    the clip's metadata (its sampled rate gives Qwen2.5-VL's ``second_per_grid_ts``), no resampling."""
+    from transformers.video_utils import VideoMetadata
+
+    text = prompt_template.replace("<|image_pad|>", "<|video_pad|>").replace("{question}", question)
+    metadata = VideoMetadata(total_num_frames=video.total_frames, fps=video.fps, frames_indices=list(video.indices))
+    return processor(text=[text], videos=[video.frames], video_metadata=[metadata], return_tensors="pt",  # type: ignore[no-any-return]
+                     do_sample_frames=False)
+
+
+class QwenVideoAdapterConformance(QwenAdapterConformance):
+    """The adapter kit on video prompts (a clip written and read back with PyAV; later prompts of a
+    batch may be still images): every check of :class:`QwenAdapterConformance` (``full`` = the model's
+    forward and generate on the processor's video inputs, ``prune`` = the shortened sequence with
+    the kept tokens' 3-D position ids, batch = one by one, cached = recomputed, SDPA = eager)."""
+
+    model_examples: ClassVar[int] = 5
+
+    def prompts(self, *, min_size: int = 1, max_size: int = 3) -> st.SearchStrategy[Any]:
+        from vtsched.core.testing.videos import video_prompts
+
+        return video_prompts(min_size=min_size, max_size=max_size)
+
+    def reference_inputs(self, processor: Any, image: Any, question: str) -> Mapping[str, torch.Tensor]:
+        from vtsched.core.pixels.video import Video
+
+        if not isinstance(image, Video):
+            return super().reference_inputs(processor, image, question)
+        assert self.adapter_class is not None
+        return qwen_video_reference_inputs(processor, str(getattr(self.adapter_class, "prompt_template")), image,
+                                           question)
