@@ -49,7 +49,9 @@ class EvalRequest:
 @dataclass
 class EvalOutcome:
     """What an evaluator returns: ``rows`` (one dict per case and split; ``results.csv`` and
-    ``results.json``), ``table`` (printed) and ``records`` (per-item results, ``results.json``)."""
+    ``results.json``; ``case`` names a row's case as ``vtsched eval`` does, ``full`` first, which is
+    how a sweep finds its cell's row), ``table`` (printed) and ``records`` (per-item results,
+    ``results.json``)."""
 
     rows: list[dict[str, Any]]
     table: str
@@ -61,11 +63,14 @@ class Evaluator(ABC):
     """A kind of dataset ``vtsched eval`` hands to a plugin.
 
     Class attributes: ``name`` (``--data NAME:SPEC`` picks it; not ``synthetic`` or ``hf``, no
-    ``:``) and ``help`` (one line for ``vtsched list``).
+    ``:``), ``help`` (one line for ``vtsched list``) and ``score`` (the column of its rows, a
+    fraction, that a sweep's table and plots show where question answering shows accuracy:
+    ``giou`` for segmentation; ``None``: they show none).
     """
 
     name: ClassVar[str]
     help: ClassVar[str] = ""
+    score: ClassVar[str | None] = None
 
     @classmethod
     def accepts(cls, data: str) -> bool:

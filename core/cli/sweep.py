@@ -23,8 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     sw.add_argument("--devices", default=None,
                     help="comma-separated devices, one worker each (cuda:0,cuda:1), or 'all' for every visible GPU")
     sw.add_argument("--cluster", default=None, help="submitit cluster: slurm (default where srun exists) or local")
-    add_output(sw, "--results", "file", default=None, help="results file (default: the config's, beside it)")
-    add_output(sw, "--out", "folder", default=None, help="folder for the summary, CSV and plots")
+    add_output(sw, "--results", "file", default=None,
+               help="results file (default: the config's results key, else vtsched-out/sweep/CONFIG-STEM/results.jsonl)")
+    add_output(sw, "--out", "folder", default=None,
+               help="folder for the summary, CSV and plots (default: report/ beside the default results, "
+               "RESULTS-STEM-report/ beside a results file given)")
     add_device(sw, default=None, help="device of every worker (overrides [eval] device)")
     sw.add_argument("--strict", action="store_true",
                     help="exit with status 1 when any cell of the config has failed (default: 0, failures are rows)")

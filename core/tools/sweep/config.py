@@ -9,13 +9,14 @@ none, so such duplicates collapse into one cell.
 
 ```toml
 [sweep]
-name = "ablation"                  # results: vtsched-out/sweep/ablation/results.jsonl (or results = "PATH")
+name = "ablation"                  # the report's title; output in vtsched-out/sweep/<this file's stem>/
+# results = "ablation-results.jsonl"  # a path beside this file instead (report: ablation-results-report/)
 models = ["demo"]                  # "demo": the shipped demo model; else checkpoint folders
 datasets = ["synthetic:1:12"]      # what `vtsched eval --data` takes; "{seed}" is replaced by the seed
 budgets = [4, 7, 16]
 # match = "avg-tokens"             # budgets as targets: each policy's own budget solved to meet them
 seeds = [0]
-partitioners = ["cls", { name = "random", grid = { seed = [0, 1] } }]
+partitioners = ["cls", { name = "random", grid = { seed = [0, 1] } }]   # default: each policy's own on each model
 
 [eval]
 max_new_tokens = 4
@@ -94,7 +95,7 @@ class SweepConfig:
     datasets: tuple[str, ...]
     budgets: tuple[Any, ...]
     seeds: tuple[int, ...]
-    partitioners: tuple[ComponentSpec, ...]
+    partitioners: tuple[ComponentSpec, ...]  # empty: each policy's own on each model, as `vtsched run` picks
     policies: tuple[PolicySpec, ...]
     results: Path
     out: Path
@@ -215,9 +216,11 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> SweepConf
     if "results" in sweep:  # beside the config file, its report beside it
         results = (base / str(sweep["results"])).absolute()
         report = results.parent / f"{results.stem}-report"
-    else:  # where every command writes: vtsched-out/ under the working directory
-        results = Path.cwd() / "vtsched-out" / "sweep" / name / "results.jsonl"
-        report = results.parent / "report"
+    else:  # where every command writes: vtsched-out/ under the working directory, in a folder named after
+        # the config file (two configs copied from one, their `name` unedited, keep their own results)
+        folder = path.stem if path is not None else name
+        results = Path.cwd() / "vtsched-out" / "sweep" / folder / "results.jsonl"
+        report = results.parent / "report"  # beside results.jsonl, its lock and workers/: the folder to open
     out = (base / str(sweep["out"])).absolute() if "out" in sweep else report
     limit = ev.get("limit")
     match = sweep.get("match")
@@ -230,7 +233,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> SweepConf
         datasets=tuple(str(d) for d in _list(sweep.get("datasets", ["synthetic:1:12"]), "datasets", "[sweep]", path)),
         budgets=tuple(_list(sweep.get("budgets", ["0.111"]), "budgets", "[sweep]", path)),
         seeds=tuple(_ints(_list(sweep.get("seeds", [0]), "seeds", "[sweep]", path), "seeds", path)),
-        partitioners=partitioners(sweep.get("partitioners", ["cls"]), "[sweep] partitioners"),
+        partitioners=partitioners(sweep["partitioners"], "[sweep] partitioners") if "partitioners" in sweep else (),
         policies=tuple(policies), results=results, out=out,
         max_new_tokens=_int(ev.get("max_new_tokens", 4), "max_new_tokens", path, minimum=1),
         batch_size=_int(ev.get("batch_size", 16), "batch_size", path, minimum=1),

@@ -18,7 +18,8 @@ from typing import Any, TextIO
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.tools.sweep.launch import InlineExecutor, Job, make_executor
 from vtsched.core.tools.sweep.config import SweepConfig, load_config
-from vtsched.core.tools.sweep.plan import Cell, resolve_cells, shard_cells
+from vtsched.core.tools.sweep.cells import Cell
+from vtsched.core.tools.sweep.plan import resolve_cells, shard_cells
 from vtsched.core.tools.sweep.report import summary_rows, summary_table, summary_text, write_report
 from vtsched.core.tools.sweep.results import ResultsFile, SweepLock, drop_torn_tail, read_rows
 from vtsched.core.tools.sweep.run import Ranks, run_cells

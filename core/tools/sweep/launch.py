@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vtsched.core.errors import InputError, VtschedError
-from vtsched.core.tools.sweep.plan import Cell
+from vtsched.core.tools.sweep.cells import Cell
 
 __all__ = ["Job", "Executor", "InlineExecutor", "LocalExecutor", "SubmititExecutor", "make_executor", "run_shard",
            "EXECUTORS"]

@@ -2,24 +2,18 @@
 
 Nothing here loads weights. Each model's geometry comes from its ``config.json`` and the planner
 (:meth:`~vtsched.core.planner.Planner.check`) refuses a cell before anything runs, the same check
-``vtsched eval`` makes. A cell's hash is the SHA-256 of the canonical JSON of its fully resolved
-configuration (every policy and partitioner parameter, defaults included), the vtsched version and
-the model's fingerprint (its config and the headers of its weight files), so a changed checkpoint or
-a new vtsched never reuses an old row, and the same cell written in two configs is one cell.
+``vtsched eval`` makes; a partitioner the config does not name is the policy's own on that model,
+as ``vtsched run`` picks it. What a cell is and how it is hashed: :mod:`.cells`. A dataset a
+plugin's evaluator serves makes its cells in :mod:`.evaluated`, without reading the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
-import os
-import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from vtsched.core.budget import Budget
@@ -27,118 +21,10 @@ from vtsched.core.cost import nominal_group_sizes
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.schedule import Schedule
-from vtsched.core.tools.sweep.config import DEMO_MODEL, SweepConfig
+from vtsched.core.tools.sweep.cells import Cell, as_budget_text, cell_hash, cell_label, model_fingerprint, model_path
+from vtsched.core.tools.sweep.config import SweepConfig
 
-__all__ = [
-    "Cell", "resolve_cells", "model_path", "model_fingerprint", "estimate_prefill_flops", "shard_cells",
-    "LAYER_PARAMS", "layer_param",
-]
-
-LAYER_PARAMS = ("drop_layer", "switch_layer", "insert_layer", "layer")  # what "K" is, per policy
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of the evaluation. ``spec`` is the fully resolved configuration that is hashed."""
-
-    hash: str
-    spec: Mapping[str, Any]
-    label: str
-    error: str | None = None  # the planner refused it: recorded as failed, never run
-    est_gflops: float | None = None  # per sample, nominal prefill (None: chosen on data)
-    est_samples: int = 0
-
-    @property
-    def model(self) -> str:
-        return str(self.spec["model"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"hash": self.hash, "spec": dict(self.spec), "label": self.label, "error": self.error,
-                "est_gflops": self.est_gflops, "est_samples": self.est_samples}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Cell:
-        return cls(data["hash"], data["spec"], data["label"], data.get("error"), data.get("est_gflops"),
-                   data.get("est_samples", 0))
-
-
-def layer_param(params: Mapping[str, Any]) -> int | None:
-    """The K of a layered policy (its drop/switch/insert layer), if it has one."""
-    for name in LAYER_PARAMS:
-        value = params.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def model_path(model: str) -> str:
-    """``demo`` -> the shipped demo model's folder; anything else as written."""
-    if model == DEMO_MODEL:
-        from vtsched.core.demo import demo_model_path
-
-        shipped = demo_model_path()
-        if shipped is None:
-            raise InputError("the shipped demo model is not installed; name a checkpoint folder in models")
-        return str(shipped)
-    return model
-
-
-def model_fingerprint(model: str) -> str:
-    """SHA-256 of a checkpoint's ``config.json`` and its weight files (safetensors: name, size and
-    header, which names every tensor's dtype, shape and offsets; other files: name, size, mtime)."""
-    path = Path(os.path.expanduser(model_path(model)))
-    digest = hashlib.sha256()
-    if not path.is_dir():  # a hub id: its config is what can be read here
-        from vtsched.core.io import read_config
-
-        digest.update(f"hub:{model}\n".encode())
-        digest.update(read_config(model).to_json_string().encode())
-        return digest.hexdigest()
-    config = path / "config.json"
-    if not config.exists():
-        raise InputError(f"{path} has no config.json: is it a checkpoint folder?")
-    digest.update(config.read_bytes())
-    for weights in sorted(path.iterdir()):
-        if weights.suffix == ".safetensors":
-            with weights.open("rb") as handle:
-                (size,) = struct.unpack("<Q", handle.read(8))
-                header = handle.read(min(size, 100_000_000))
-            digest.update(f"{weights.name} {weights.stat().st_size}\n".encode())
-            digest.update(hashlib.sha256(header).digest())
-        elif weights.suffix in (".bin", ".pt", ".pth", ".ckpt"):
-            st = weights.stat()
-            digest.update(f"{weights.name} {st.st_size} {st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def _canonical(value: Any) -> Any:
-    """JSON-able, order-free: tuples become lists, mappings sorted (by json.dumps)."""
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def cell_hash(spec: Mapping[str, Any], version: str, fingerprint: str) -> str:
-    blob = json.dumps({"cell": _canonical(spec), "vtsched": version, "model": fingerprint},
-                      sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _label(policy: str, params: Mapping[str, Any], written: set[str], partitioner: str | None,
-           pparams: Mapping[str, Any], show_partitioner: bool, budget: str | None, seed: int, seeds: int) -> str:
-    """A short name: the policy with the parameters the config wrote, partitioner, budget, seed."""
-    args = ",".join(f"{k}={v}" for k, v in params.items() if k in written)
-    name = f"{policy}({args})" if args else policy
-    if partitioner is not None and (show_partitioner or pparams):
-        pargs = ",".join(f"{k}={v}" for k, v in pparams.items())
-        name += f"/{partitioner}({pargs})" if pargs else f"/{partitioner}"
-    if budget is not None:
-        name += f"@{budget}"
-    return name + (f"#s{seed}" if seeds > 1 else "")
+__all__ = ["resolve_cells", "estimate_prefill_flops", "shard_cells"]
 
 
 @dataclass
@@ -158,7 +44,10 @@ def _model_info(model: str, registry: Any) -> _ModelInfo:
     config = read_config(model_path(model))
     adapter = registry.adapter_for_config(config)
     geometry = adapter.geometry_from_config(config)
-    return _ModelInfo(model, model_fingerprint(model), Planner(registry, geometry), geometry, adapter)
+    # the family's own partitioner stands in for a policy's default ``cls`` (``attention`` on Qwen2-VL,
+    # whose vision tower has no [CLS] token), as in every other entry point
+    planner = Planner(registry, geometry, adapter.default_partitioner)
+    return _ModelInfo(model, model_fingerprint(model), planner, geometry, adapter)
 
 
 def _text_lengths(info: _ModelInfo, dataset: str, limit: int | None) -> Counter[tuple[int, int]]:
@@ -231,33 +120,48 @@ def resolve_cells(config: SweepConfig, registry: Any, *, estimate: bool = True) 
                 raise _component_error("partitioner", part.name, registry, where)
             for variant in part.variants():
                 _checked_params(registry.partitioner(part.name), variant, f"{where}partitioner {part.name}: ")
+    from vtsched.core.evaluators import evaluator_for
+    from vtsched.core.tools.sweep.evaluated import evaluated_cells
+
     cells: dict[str, Cell] = {}
     for model in config.models:
-        info = _model_info(model, registry)
+        info: _ModelInfo | None = None  # read when a dataset is answered here, not by a plugin's evaluator
         for dataset_spec in config.datasets:
             for spec in config.policies:
                 for seed in (spec.seeds or config.seeds):
                     dataset = dataset_spec.replace("{seed}", str(seed))
+                    served = evaluator_for(registry, dataset)
+                    if served is None and info is None:
+                        info = _model_info(model, registry)
                     for variant in spec.variants():
                         variant = dict(variant)
                         budgets = [variant.pop("budget")] if "budget" in variant else list(spec.budgets or config.budgets)
-                        for cell in _cells_of(config, info, dataset, spec, variant, budgets, seed, __version__,
-                                              registry, estimate):
+                        if served is not None:
+                            found = evaluated_cells(config, model, served[0], dataset, spec, variant, budgets, seed,
+                                                    __version__, registry)
+                        else:
+                            assert info is not None
+                            found = _cells_of(config, info, dataset, spec, variant, budgets, seed, __version__,
+                                              registry, estimate)
+                        for cell in found:
                             cells.setdefault(cell.hash, cell)
     if not cells:
         raise InputError(f"{where}the grid expands to zero cells")
     return list(cells.values())
 
 
-def _partitioner_choices(spec: Any, config: SweepConfig, seed: int, registry: Any
+def _partitioner_choices(spec: Any, config: SweepConfig, seed: int, registry: Any, default: str
                          ) -> list[tuple[str, dict[str, Any], set[str], str | None]]:
     """Per partitioner variant: its name, resolved parameters (the cell's seed for a seeded one that
-    fixes none), the parameter names the config wrote, and the error that refuses it, if any."""
+    fixes none), the parameter names the config wrote, and the error that refuses it, if any. Without
+    partitioners in the config, ``default``: the policy's own on this model (the planner's rule)."""
     out: list[tuple[str, dict[str, Any], set[str], str | None]] = []
-    for part in (spec.partitioners or config.partitioners):
-        cls = registry.partitioner(part.name)
-        written = {k for v in part.variants() for k in v}
-        for variant in part.variants():
+    named = spec.partitioners or config.partitioners
+    variants = [(p.name, p.variants()) for p in named] if named else [(default, [{}])]
+    for part_name, part_variants in variants:
+        cls = registry.partitioner(part_name)
+        written = {k for v in part_variants for k in v}
+        for variant in part_variants:
             params = dict(variant)
             if "seed" in {f.name for f in dataclasses.fields(cls)} and "seed" not in params:
                 params["seed"] = seed
@@ -282,13 +186,14 @@ def _cells_of(config: SweepConfig, info: _ModelInfo, dataset: str, spec: Any, pa
     resolved = policy.params() if policy is not None else dict(params)
     written = {k.replace("-", "_") for k in (*spec.params, *spec.grid, *(k for z in spec.zip for k in z))}
     choices: list[tuple[str | None, dict[str, Any], set[str], str | None]] = [(None, {}, set(), None)]
+    default = (planner.default_partitioner(policy) if policy is not None else None) or cls.default_partitioner
     if cls.needs_partition:
-        choices = list(_partitioner_choices(spec, config, seed, registry))
-    show_partitioner = len(choices) > 1 or choices[0][0] not in (None, cls.default_partitioner)
+        choices = list(_partitioner_choices(spec, config, seed, registry, default))
+    show_partitioner = len(choices) > 1 or choices[0][0] not in (None, default)
     seeds = len(spec.seeds or config.seeds)
     out = []
     for budget_value in (budgets if cls.uses_budget else [None]):
-        budget_text = None if budget_value is None else _budget_text(budget_value)
+        budget_text = None if budget_value is None else as_budget_text(budget_value)
         for part_name, pparams, part_written, part_error in choices:
             error = policy_error or part_error
             check = None
@@ -309,7 +214,7 @@ def _cells_of(config: SweepConfig, info: _ModelInfo, dataset: str, spec: Any, pa
             if config.match is not None:  # only then: the hashes of unmatched cells stay what they were
                 cell_spec["match"] = config.match
             shown = {k: v for k, v in pparams.items() if k in part_written}
-            label = _label(name, resolved, written, part_name, shown, show_partitioner, budget_text, seed, seeds)
+            label = cell_label(name, resolved, written, part_name, shown, show_partitioner, budget_text, seed, seeds)
             est, samples = None, 0
             if estimate and check is not None and check.schedule is not None:
                 lengths = _text_lengths(info, dataset, config.limit)
@@ -342,15 +247,6 @@ def _solve_nominal(planner: Any, kind: str, policy: Any, part_name: str | None, 
                                             f"{policy.name}@{budget_text}" + (f" [{part_name}]" if part_name else ""))
     except MatchError as exc:
         raise MatchError(f"{where}{str(exc).replace(f'--match {kind}:', f'[sweep] match = {kind!r}:', 1)}") from None
-
-
-def _budget_text(value: Any) -> str:
-    """The budget as ``Budget`` prints it (``7``, ``0.111``), or as written when it does not parse
-    (the planner then refuses the cell with the budget's own error)."""
-    try:
-        return str(Budget.parse(value))
-    except VtschedError:
-        return str(value)
 
 
 def shard_cells(cells: Sequence[Cell], workers: int) -> list[list[Cell]]:

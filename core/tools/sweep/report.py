@@ -23,7 +23,7 @@ from vtsched.core.tools.report import save_png, write_csv
 __all__ = ["summary_rows", "summary_table", "seed_means", "seed_table", "summary_text", "pareto_front", "write_report", "COLUMNS"]
 
 COLUMNS = ("model", "dataset", "label", "policy", "budget", "budget_counts", "k", "partitioner", "seed", "status", "n",
-           "accuracy", "agreement_with_full", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",
+           "accuracy", "score", "agreement_with_full", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",
            "match", "match_target", "match_achieved", "budget_solved", "vision_ms", "wall_s", "error", "hash")
 
 
@@ -55,6 +55,7 @@ def summary_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "model": spec["model"], "dataset": spec["dataset"], "label": r.get("label"), "policy": spec["policy"],
             "budget": spec.get("budget"), "budget_counts": r.get("budget_counts"), "k": r.get("k"), "partitioner": spec.get("partitioner"),
             "seed": spec.get("seed"), "status": r.get("status"), "n": r.get("n"), "accuracy": r.get("accuracy"),
+            "score": r.get("score"),  # a plugin evaluator's column shown as accuracy (gIoU), if not accuracy
             "agreement_with_full": agreement, "visual_tokens_input": r.get("visual_tokens_input"),
             "visual_tokens_per_layer": r.get("visual_tokens_per_layer"),
             "prefill_gflops": r.get("prefill_gflops"), "est_gflops": r.get("est_gflops"),
@@ -82,7 +83,9 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         groups[(r["model"], r["dataset"])].append(r)
     for (model, dataset), mine in groups.items():
-        lines += [f"model {model}, data {dataset}", header, "-" * len(header)]
+        scores = sorted({str(r["score"]) for r in mine if r.get("score")})
+        shown = f" (acc: {', '.join(scores)}, from the evaluator)" if scores else ""
+        lines += [f"model {model}, data {dataset}{shown}", header, "-" * len(header)]
         for r in mine:
             line = (f"{str(r['label'])[:40]:<40s} {_fmt(r['n'], 'd'):>4s} {_fmt(r['accuracy'], '.1f', 100):>6s} "
                     f"{_fmt(r['agreement_with_full'], '.1f', 100):>6s} {_fmt(r['visual_tokens_per_layer'], '.1f'):>9s} "
@@ -166,7 +169,7 @@ def _without_k(label: str) -> str:
     """A cell's label without its K (the x axis of the accuracy-against-K plot)."""
     import re
 
-    from vtsched.core.tools.sweep.plan import LAYER_PARAMS
+    from vtsched.core.tools.sweep.cells import LAYER_PARAMS
 
     for name in LAYER_PARAMS:
         label = re.sub(rf"\b{name}=\d+,?", "", label)
@@ -198,12 +201,14 @@ def _plot(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
     tint = {c: f"C{i % 10}" for i, c in enumerate(configs)}
     for ax, key, xlabel in ((axes[0][0], "prefill_gflops", "decoder prefill GFLOPs per sample (what ran)"),
                             (axes[0][1], "prefill_ms", "measured prefill time per sample (ms)")):
+        measured = [r for r in ok if r.get(key) is not None]  # an evaluator's row may lack a cost column
         for config in configs:
-            mine = [r for r in ok if _config_name(r) == config]
-            ax.scatter([r[key] for r in mine], [100 * r["accuracy"] for r in mine], marker=style[mine[0]["policy"]],
-                       color=tint[config], s=40, label=config, alpha=0.85)
-        points = [(float(r[key]), float(r["accuracy"])) for r in ok]
-        front = [ok[i] for i in pareto_front(points)]
+            mine = [r for r in measured if _config_name(r) == config]
+            if mine:
+                ax.scatter([r[key] for r in mine], [100 * r["accuracy"] for r in mine],
+                           marker=style[mine[0]["policy"]], color=tint[config], s=40, label=config, alpha=0.85)
+        points = [(float(r[key]), float(r["accuracy"])) for r in measured]
+        front = [measured[i] for i in pareto_front(points)]
         if front:
             ax.step([r[key] for r in front], [100 * r["accuracy"] for r in front], where="post", color="black",
                     lw=1, ls="--", label="Pareto front")

@@ -5,7 +5,8 @@ through the one planner, :func:`~vtsched.core.generation.generate`, normalised e
 the prefill timed on its own (CUDA events on a GPU). Under ``torchrun`` / ``accelerate launch`` each
 rank answers its shard of the samples (``items[rank::world]``) and rank 0 gathers the predictions,
 puts them back in dataset order and writes the row: the same row a single process writes, bar the
-timings.
+timings. A cell whose dataset a plugin's evaluator serves is handed to that evaluator whole, on rank
+0 (:mod:`.evaluated`), as ``vtsched eval`` hands it.
 
 A cell that fails (a parameter the planner refuses, out of memory, a bad sample) is written as a
 ``failed`` row with its one-line error and the worker goes on to the next cell.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vtsched.core.errors import VtschedError
-from vtsched.core.tools.sweep.plan import Cell, layer_param, model_path
+from vtsched.core.tools.sweep.cells import Cell, layer_param, model_path
 from vtsched.core.tools.sweep.results import FORMAT, append_row
 
 __all__ = ["Answers", "evaluate_cell", "cell_row", "failed_row", "run_cells", "Ranks", "one_line"]
@@ -251,6 +252,22 @@ class Ranks:
                 dist.destroy_process_group()
 
 
+def _evaluated(cell: Cell, registry: Any, *, device: str, batch_size: int) -> dict[str, Any]:
+    """The row of a cell a plugin's evaluator scores (:mod:`.evaluated`), or its ``failed`` row."""
+    from vtsched.core.tools.sweep.evaluated import evaluated_row
+
+    start = time.perf_counter()
+    try:
+        row = evaluated_row(cell, registry, device=device, batch_size=batch_size)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded with its one line; the sweep goes on
+        if os.environ.get("VTSCHED_SWEEP_TRACEBACK"):
+            traceback.print_exc()
+        return failed_row(cell, one_line(exc), device=device)
+    return {**_meta(cell), **row, "wall_s": round(time.perf_counter() - start, 3), "device": device, "ranks": 1}
+
+
 def run_cells(cells: Sequence[Cell], results: str, *, device: str = "cpu", batch_size: int = 16,
               dtype: str | None = None, no_plugins: bool = False, ranks: Ranks | None = None,
               on_row: Callable[[dict[str, Any]], None] | None = None) -> int:
@@ -285,6 +302,10 @@ def run_cells(cells: Sequence[Cell], results: str, *, device: str = "cpu", batch
     for cell in cells:
         if cell.error is not None:
             emit(failed_row(cell, cell.error))
+            continue
+        if cell.spec.get("evaluator"):  # a plugin's evaluator loads its model and runs it whole, on rank 0
+            if ranks.main:
+                emit(_evaluated(cell, registry, device=device, batch_size=batch_size))
             continue
         start = time.perf_counter()
         error: str | None = None

@@ -56,6 +56,7 @@ class SegmentationEvaluator(Evaluator):
 
     name: ClassVar[str] = "segmentation"
     help: ClassVar[str] = "LISA's masks scored by gIoU and cIoU, teacher-forced; LLM prefill and SAM times apart"
+    score: ClassVar[str | None] = "giou"  # what a sweep's table and plots show as its accuracy
 
     @classmethod
     def accepts(cls, data: str) -> bool:

@@ -80,7 +80,7 @@ class VtschedLMM(lmms):
         from vtsched.core.budget import Budget
         from vtsched.core.cli.common import load_scheduler, planner_for_model
         from vtsched.core.registry import build_registry, make_plugin_manager
-        from vtsched.core.tools.sweep.plan import model_path
+        from vtsched.core.tools.sweep.cells import model_path
 
         policy_params = {k: _text(v) for k, v in params.items() if not k.startswith("partitioner.")}
         partitioner_params = {k.split(".", 1)[1]: _text(v) for k, v in params.items() if k.startswith("partitioner.")}
