@@ -5,6 +5,7 @@ kit, and the temporal partitioners."""
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -13,10 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vtsched.core.adapters import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from vtsched.core.budget import Budget
+from vtsched.core.demo.shapes import random_image
 from vtsched.core.errors import InputError
 from vtsched.core.pixels import read_video
 from vtsched.core.testing.families import QwenVideoAdapterConformance, TinyQwenShape, tiny_qwen
-from vtsched.core.testing.videos import moving_square, tiny_videos, write_video
+from vtsched.core.testing.videos import (
+    VideoPartitionerConformance, moving_square, tiny_videos, video_prompt_batches, write_video,
+)
+from vtsched.core.tokens import PromptBatch, Role, Sample, VideoLayout
+from vtsched.partitioners.temporal import TemporalRedundancy
+from vtsched.partitioners.vidcom2 import VidCom2
 
 from .helpers import scheduler
 
@@ -132,3 +140,171 @@ def test_a_family_without_video_refuses_a_video_in_one_line():
     with pytest.raises(InputError, match="takes still images only") as info:
         s.prepare([video], ["what moves?"])
     assert "\n" not in str(info.value)
+
+
+# -- partitioners across time --------------------------------------------------------------------------
+
+
+class TestTemporalPartitioner(VideoPartitionerConformance):
+    partitioner_class = TemporalRedundancy
+
+
+class TestVidCom2Partitioner(VideoPartitionerConformance):
+    partitioner_class = VidCom2
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    """torch's cosine_similarity written out: each norm clamped at 1e-8."""
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (max(math.sqrt(sum(x * x for x in a)), 1e-8) * max(math.sqrt(sum(y * y for y in b)), 1e-8))
+
+
+def evs_reference(features: torch.Tensor, tokens_per_frame: int, keep: int, *, previous: bool = True) -> set[int]:
+    """EVS from its definition (vLLM's compute_retention_mask), one token at a time: the first frame scores
+    255, any other token 1 - cos with the same patch of the previous frame (``previous=False``: of the first
+    frame, the control); the ``keep`` highest, ties to the lower index."""
+    rows = features.tolist()
+    score = []
+    for i, row in enumerate(rows):
+        if i < tokens_per_frame:
+            score.append(255.0)
+        else:
+            other = rows[i - tokens_per_frame] if previous else rows[i % tokens_per_frame]
+            score.append(round(1.0 - _cosine(row, other), 9))
+    return set(sorted(range(len(rows)), key=lambda i: (-score[i], i))[:keep])
+
+
+def vidcom2_reference(features: torch.Tensor, frames: int, keep: int, *, weighted: bool = True,
+                      most_distinct: bool = True) -> tuple[list[int], set[int]]:
+    """VidCom2 from the official code's definition, in plain Python: ``(tokens per frame, chosen tokens)``.
+
+    Channels: the lower-variance half; tokens normalised over them; Gaussian kernel sums (alphas 1/8..2) to
+    the video's and the frame's centres; frame weights 1 + p - mean(p), p = softmax(uniqueness / 0.01); the
+    budget handed out as seats (one per frame first when it allows; then seat j of frame t has priority
+    share_t - j, highest first, ties to the lower frame; at most the frame's tokens); per frame the lowest
+    summed similarity. Controls: ``weighted=False`` splits evenly; ``most_distinct=False`` keeps the most
+    similar tokens."""
+    rows = features.tolist()
+    n, width = len(rows), len(rows[0])
+    per = n // frames
+    mean = [sum(r[c] for r in rows) / n for c in range(width)]
+    variance = [sum((r[c] - mean[c]) ** 2 for r in rows) / n for c in range(width)]
+    channels = sorted(range(width), key=lambda c: (round(variance[c], 9), c))[:max(1, width // 2)]
+    x = []
+    for r in rows:
+        v = [r[c] for c in channels]
+        norm = max(math.sqrt(sum(e * e for e in v)), 1e-12)
+        x.append([e / norm for e in v])
+
+    def centre(items: list[list[float]]) -> list[float]:
+        return [sum(col) / len(items) for col in zip(*items)]
+
+    def kernel(v: list[float], c: list[float]) -> float:
+        squared = sum((a - b) ** 2 for a, b in zip(v, c))
+        return sum(math.exp(-squared / (2 * a)) for a in (0.125, 0.25, 0.5, 1.0, 2.0))
+
+    video_centre = centre(x)
+    to_video = [kernel(v, video_centre) for v in x]
+    to_frame = []
+    for t in range(frames):
+        c = centre(x[t * per:(t + 1) * per])
+        to_frame += [kernel(v, c) for v in x[t * per:(t + 1) * per]]
+    uniqueness = [-sum(to_video[t * per:(t + 1) * per]) / per for t in range(frames)]
+    top = max(uniqueness)
+    e = [math.exp((u - top) / 0.01) for u in uniqueness]
+    p = [v / sum(e) for v in e]
+    weight = [1 + q - sum(p) / frames for q in p] if weighted else [1.0] * frames
+    share = [round(keep * w / frames, 9) for w in weight]
+    first = keep >= frames
+    seats = [(math.inf if (first and j == 0) else share[t] - j, t) for t in range(frames) for j in range(per)]
+    counts = [0] * frames
+    for _, t in sorted(seats, key=lambda s: (-s[0], s[1]))[:keep]:
+        counts[t] += 1
+    chosen = set()
+    for t in range(frames):
+        tokens = range(t * per, (t + 1) * per)
+        sign = 1 if most_distinct else -1
+        ranked = sorted(tokens, key=lambda i: (sign * round(to_video[i] + to_frame[i], 9), i))
+        chosen |= set(ranked[:counts[t]])
+    return counts, chosen
+
+
+def _per_frame(members: torch.Tensor, tokens_per_frame: int, frames: int) -> list[int]:
+    return torch.bincount(members // tokens_per_frame, minlength=frames).tolist()
+
+
+@given(video_prompt_batches(min_size=1, max_size=1, max_frames=5, max_side=3), st.data())
+@settings(max_examples=60)
+def test_temporal_keeps_what_evs_keeps(batch, data):
+    """temporal = EVS from its definition on small clips: the same tokens, so the same count in every
+    frame; a budget of at least one frame keeps the first frame whole."""
+    sample = batch.samples[0]
+    layout = sample.video
+    keep = data.draw(st.integers(0, sample.num_visual), label="keep")
+    members = TemporalRedundancy().partition(batch, Budget(count=keep)).members(0, "subject")
+    reference = evs_reference(sample.visual_features, layout.tokens_per_frame, keep)
+    assert set(members.tolist()) == reference
+    counts = _per_frame(members, layout.tokens_per_frame, layout.frames)
+    assert counts == _per_frame(torch.tensor(sorted(reference), dtype=torch.long), layout.tokens_per_frame,
+                                layout.frames)
+    assert sum(counts) == keep and counts[0] == min(keep, layout.tokens_per_frame)
+
+
+def test_temporal_compares_with_the_previous_frame_not_the_first():
+    """The control: a patch that changes at frame 1 and changes back at frame 2 is new at frame 2 (EVS
+    compares with the previous frame); comparing with the first frame would call it redundant."""
+    a, b, c, d = (torch.tensor(v, dtype=torch.float64) for v in ([1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]))
+    features = torch.stack([a, c, b, c, a, d])  # 3 frames of 2 tokens: (a, c), (b, c), (a, d)
+    batch = PromptBatch([_video_sample(features, 3, 1, 2)])
+    members = set(TemporalRedundancy().partition(batch, Budget(count=4)).members(0, "subject").tolist())
+    assert members == evs_reference(features, 2, 4) == {0, 1, 2, 4}
+    assert evs_reference(features, 2, 4, previous=False) != members
+
+
+@given(video_prompt_batches(min_size=1, max_size=1, max_frames=5, max_side=3), st.data())
+@settings(max_examples=60)
+def test_vidcom2_splits_the_budget_and_keeps_what_the_official_rule_keeps(batch, data):
+    """vidcom2 = VidCom2 from its definition on small clips: the budget's split over frames (exact counts,
+    summing to the budget, at least one per frame when it allows, none above a frame's tokens) and the
+    tokens kept in each frame."""
+    sample = batch.samples[0]
+    layout = sample.video
+    keep = data.draw(st.integers(0, sample.num_visual), label="keep")
+    members = VidCom2().partition(batch, Budget(count=keep)).members(0, "subject")
+    counts, chosen = vidcom2_reference(sample.visual_features, layout.frames, keep)
+    assert _per_frame(members, layout.tokens_per_frame, layout.frames) == counts
+    assert set(members.tolist()) == chosen
+    assert sum(counts) == keep and max(counts) <= layout.tokens_per_frame
+    if keep >= layout.frames:
+        assert min(counts) >= 1
+
+
+def test_vidcom2_gives_a_unique_frame_more_and_keeps_distinct_tokens():
+    """Controls on a clip whose third frame differs from three alike: an even split and keeping the most
+    similar tokens must both disagree with vidcom2, which matches the reference."""
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    frames = [base + 0.05 * torch.randn(4, 6, generator=gen, dtype=torch.float64) for _ in range(4)]
+    frames[2] = torch.randn(4, 6, generator=gen, dtype=torch.float64) * 3
+    features = torch.cat(frames)
+    batch = PromptBatch([_video_sample(features, 4, 2, 2)])
+    members = VidCom2().partition(batch, Budget(count=8)).members(0, "subject")
+    counts, chosen = vidcom2_reference(features, 4, 8)
+    assert _per_frame(members, 4, 4) == counts and set(members.tolist()) == chosen
+    assert counts[2] == max(counts) > 2
+    assert vidcom2_reference(features, 4, 8, weighted=False)[0] != counts
+    assert vidcom2_reference(features, 4, 8, most_distinct=False)[1] != chosen
+
+
+def test_temporal_partitioners_refuse_a_still_image_in_one_line():
+    batch = scheduler(*tiny_qwen(TinyQwenShape())).prepare([random_image(0, 56, 56)], ["what?"])
+    for partitioner in (TemporalRedundancy(), VidCom2()):
+        with pytest.raises(InputError, match="still image") as info:
+            partitioner.partition(batch, Budget(count=1))
+        assert "\n" not in str(info.value)
+
+
+def _video_sample(features: torch.Tensor, frames: int, rows: int, cols: int) -> Sample:
+    n = features.shape[0]
+    roles = torch.tensor([Role.PREFIX] + [Role.VISUAL] * n + [Role.QUESTION], dtype=torch.long)
+    return Sample(torch.arange(n + 2), roles, features, video=VideoLayout(frames, rows, cols))

@@ -10,14 +10,20 @@ with every drawn clip.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
+import torch
 from hypothesis import strategies as st
 
 from vtsched.core.demo.shapes import QUESTION_WORDS, random_image
+from vtsched.core.pixels.boxes import video_boxes
 from vtsched.core.pixels.video import Video, read_video
+from vtsched.core.testing.conformance import PartitionerConformance
+from vtsched.core.tokens import PromptBatch, Role, Sample, VideoLayout
 
-__all__ = ["write_video", "moving_square", "tiny_videos", "video_prompts"]
+__all__ = ["write_video", "moving_square", "tiny_videos", "video_prompts", "video_prompt_batches",
+           "VideoPartitionerConformance"]
 
 
 def write_video(frames: np.ndarray, fps: float = 4.0) -> io.BytesIO:
@@ -85,3 +91,65 @@ def video_prompts(draw, *, min_size: int = 1, max_size: int = 3, stills: bool = 
         words = draw(st.lists(st.sampled_from(QUESTION_WORDS), min_size=1, max_size=6))
         questions.append(" ".join(words) + "?")
     return visuals, questions
+
+
+@st.composite
+def video_prompt_batches(draw, *, min_size: int = 1, max_size: int = 3, max_frames: int = 4, max_side: int = 3,
+                         hidden_size: int = 6, distinct_visual: bool = False) -> PromptBatch:
+    """Synthetic video prompt batches for temporal partitioners, no model needed.
+
+    Each sample has its own layout (1..``max_frames`` frames of a grid of 1..``max_side`` rows and
+    columns) and features built frame by frame: a frame either repeats the previous one exactly,
+    repeats it with a few tokens changed, or is new, and one sample in a few repeats one frame
+    throughout, so ties (unchanged tokens, identical frames) are drawn as well as clear differences.
+    ``distinct_visual`` makes every sample's token count different.
+    """
+    size = draw(st.integers(max(min_size, 2 if distinct_visual else 1), max_size))
+    layout = st.tuples(st.integers(1, max_frames), st.integers(1, max_side), st.integers(1, max_side))
+    layouts = draw(st.lists(layout, min_size=size, max_size=size,
+                            unique_by=(lambda g: g[0] * g[1] * g[2]) if distinct_visual else None))
+    samples = []
+    for frames, rows, cols in layouts:
+        gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+        per_frame = rows * cols
+        clip = [torch.randn(per_frame, hidden_size, generator=gen, dtype=torch.float64)]
+        for _ in range(frames - 1):
+            how = draw(st.sampled_from(["same", "some", "new"]), label="next frame")
+            frame = clip[-1].clone() if how != "new" else torch.randn(per_frame, hidden_size, generator=gen,
+                                                                       dtype=torch.float64)
+            if how == "some":
+                changed = torch.rand(per_frame, generator=gen) < 0.5
+                frame[changed] = torch.randn(int(changed.sum()), hidden_size, generator=gen, dtype=torch.float64)
+            clip.append(frame)
+        features = torch.cat(clip)
+        n = features.shape[0]
+        prefix, question = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+        roles = torch.tensor([Role.PREFIX] * prefix + [Role.VISUAL] * n + [Role.QUESTION] * question + [Role.SUFFIX],
+                             dtype=torch.long)
+        ids = torch.randint(10, 60, (roles.numel(),), generator=gen)
+        samples.append(Sample(input_ids=ids, roles=roles, visual_features=features,
+                              video=VideoLayout(frames, rows, cols, tuple(0.5 * t for t in range(frames))),
+                              pixel_boxes=video_boxes((28 * cols, 28 * rows), frames, rows, cols)))
+    return PromptBatch(samples)
+
+
+class VideoPartitionerConformance(PartitionerConformance):
+    """The partitioner kit on video: synthetic batches with frame layouts (:func:`video_prompt_batches`)
+    and clips a tiny Qwen2-VL / Qwen2.5-VL prepared; for partitioners that compare frames."""
+
+    def prompt_batches(self, *, distinct_visual: bool = False) -> st.SearchStrategy[PromptBatch]:
+        return video_prompt_batches(min_size=1, max_size=3, distinct_visual=distinct_visual)
+
+    def model_shapes(self) -> st.SearchStrategy[Any]:
+        from vtsched.core.testing.families import tiny_qwen_shapes
+
+        return tiny_qwen_shapes(min_layers=1, max_layers=1)
+
+    def build_tiny_model(self, shape: Any, *, dtype: torch.dtype = torch.float64,
+                         attn_implementation: str = "sdpa") -> tuple[torch.nn.Module, Any]:
+        from vtsched.core.testing.families import tiny_qwen
+
+        return tiny_qwen(shape, dtype, attn_implementation)  # type: ignore[no-any-return]
+
+    def model_prompts(self) -> st.SearchStrategy[Any]:
+        return video_prompts(min_size=1, max_size=2, stills=False)
