@@ -62,7 +62,21 @@ def place(tmp_path_factory):
     (root / "sweep-match-unreachable.toml").write_text(
         matched + 'match = "avg-tokens"\n[[policy]]\nname = "parvts"\nparams = { drop_layer = 2 }\n')
     (root / "calib.jsonl").write_text(json.dumps({"image": "image.png", "question": "what?"}) + "\n")
+    _videos(root)
     return root
+
+
+def _videos(root: Path) -> None:
+    """clip.mkv (4 frames at 4 fps, written with PyAV) and empty.avi (a video stream with no frame)."""
+    import av
+
+    from vtsched.core.testing.videos import moving_square, write_video
+
+    (root / "clip.mkv").write_bytes(write_video(moving_square(0, 4, 32, 32), 4.0).getvalue())
+    with av.open(str(root / "empty.avi"), "w") as container:
+        stream = container.add_stream("ffv1", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "bgr0"
+        container.start_encoding()
 
 
 @pytest.fixture
@@ -94,6 +108,22 @@ REFUSED = [
     ("run-prompt-too-long", ["run", "--image", "image.png", "--question", LONG_QUESTION], 2,
      "the model reads 4,096 positions", True),
     ("run-missing-argument", ["run", "--question", "q?"], 2, "the following arguments are required: --image", True),
+    # run --video (issue 26)
+    ("run-video-unreadable", ["run", "--video", "notes.png", "--question", "q?"], 2, "cannot read notes.png", True),
+    ("run-video-missing", ["run", "--video", "nope.mp4", "--question", "q?"], 2, "cannot read nope.mp4", True),
+    ("run-video-no-frames", ["run", "--video", "empty.avi", "--question", "q?"], 2, "empty.avi has no frames", True),
+    ("run-video-too-many-frames", ["run", "--video", "clip.mkv", "--frames", "9", "--question", "q?"], 2,
+     "9 frames asked for; the video has only 4", True),
+    ("run-video-fps-too-high", ["run", "--video", "clip.mkv", "--fps", "30", "--question", "q?"], 2,
+     "30.0 frames per second asks for 30 frames; the video has 4", True),
+    ("run-video-on-an-image-family", ["run", "--video", "clip.mkv", "--question", "q?"], 2,
+     "--video: the llava family takes still images only", True),
+    ("run-video-and-image", ["run", "--video", "clip.mkv", "--image", "image.png", "--question", "q?"], 2,
+     "argument --image: not allowed with argument --video", True),
+    ("run-frames-and-fps", ["run", "--video", "clip.mkv", "--frames", "2", "--fps", "1", "--question", "q?"], 2,
+     "argument --fps: not allowed with argument --frames", True),
+    ("run-frames-without-video", [*RUN, "--frames", "4"], 2, "--frames and --fps sample a video: give --video FILE",
+     True),
     # run: policy, parameters, fusion rule, partitioner, budget
     ("run-unknown-policy", [*RUN, "--policy", "nope"], 2, "unknown policy 'nope'", True),
     ("run-unknown-parameter", [*RUN, "-p", "speed=11"], 2, "parvts has no parameter 'speed'", True),

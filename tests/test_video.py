@@ -5,6 +5,7 @@ kit, and the temporal partitioners."""
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -308,3 +309,64 @@ def _video_sample(features: torch.Tensor, frames: int, rows: int, cols: int) -> 
     n = features.shape[0]
     roles = torch.tensor([Role.PREFIX] + [Role.VISUAL] * n + [Role.QUESTION], dtype=torch.long)
     return Sample(torch.arange(n + 2), roles, features, video=VideoLayout(frames, rows, cols))
+
+
+# -- the command line and the Python API ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoints(tmp_path_factory):
+    """The tiny Qwen2-VL and Qwen2.5-VL shapes saved as checkpoints, and a 6-frame clip written with PyAV."""
+    from vtsched.core.shapes import build_random_llava
+
+    root = tmp_path_factory.mktemp("video")
+    paths = {}
+    for name in ("qwen2-vl-tiny", "qwen2.5-vl-tiny"):
+        model, processor = build_random_llava(name)
+        model.save_pretrained(root / name)
+        processor.save_pretrained(root / name)
+        paths[name] = root / name
+    clip = root / "clip.mkv"
+    clip.write_bytes(write_video(moving_square(7, 6, 64, 48), 3.0).getvalue())
+    return paths, clip
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl-tiny", "qwen2.5-vl-tiny"])
+def test_run_video_from_the_cli_on_saved_checkpoints(name, qwen_checkpoints, tmp_path, capsys):
+    """vtsched run --video on a saved checkpoint, offline: full, prune with each temporal partitioner and
+    parvts; a ratio budget keeps exactly its share of the clip's tokens, counted frame by frame."""
+    from vtsched.core.cli import main
+
+    paths, clip = qwen_checkpoints
+    cases = [["--policy", "full", "--frames", "4"], ["--policy", "prune", "--partitioner", "temporal", "--fps", "2"],
+             ["--policy", "prune", "--partitioner", "vidcom2", "--frames", "6"],
+             ["--policy", "parvts", "-p", "drop_layer=1", "--partitioner", "vidcom2", "--frames", "4"]]
+    for args in cases:
+        out = tmp_path / "result.json"
+        code = main(["run", "--model", str(paths[name]), "--video", str(clip), "--question", "what moves?",
+                     "--budget", "25%", *args, "--max-new-tokens", "2", "--no-plugins", "--json", str(out)])
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert code == 0 and last.startswith("ran: policy "), (args, last)
+        record = json.loads(out.read_text())
+        if args[1] != "full":
+            frames = 6 if "6" in args else 4 if "--frames" in args else round(6 / 3 * 2)
+            per_frame = 4  # 64x48 resized to 56x56 on the tiny shapes: 2x2 merged tokens a frame
+            assert len(record["subject_tokens"]) == round(0.25 * (-(-frames // 2)) * per_frame), (args, record)
+
+
+def test_prune_with_a_temporal_partitioner_equals_the_shortened_sequence():
+    """Through the Python API: prune with temporal (and vidcom2) keeps its tokens' original 3-D position ids,
+    so its logits equal transformers on the physically shortened video prompt."""
+    from vtsched.core.testing.models import shortened_logits, stream_positions
+
+    model, processor = tiny_qwen(TinyQwenShape(version="2.5"))
+    s = scheduler(model, processor)
+    video = read_video(write_video(moving_square(3, 7, 60, 60), 5.0), frames=7)
+    batch = s.prepare([video], ["what moves?"])
+    sample = batch.samples[0]
+    for name in ("temporal", "vidcom2"):
+        plan = s.plan(batch, s.make_policy("prune"), s.make_partitioner(name), Budget.parse("40%"))
+        ours = s.engine.prefill(batch, plan.schedule, plan.partition, use_cache=False, return_hidden=True)
+        keep = stream_positions(sample, plan.partition.members(0, "subject"))
+        assert ours.index[0].tolist() == keep.tolist()
+        torch.testing.assert_close(ours.all_logits[0], shortened_logits(model, sample, keep), atol=1e-6, rtol=0)

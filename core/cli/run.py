@@ -19,7 +19,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run = sub.add_parser("run", help="answer a question about an image under a scheduling policy")
     run.add_argument("--model", default=None,
                      help="checkpoint folder or model id (default: the shipped demo model)")
-    run.add_argument("--image", required=True)
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--image", default=None)
+    source.add_argument("--video", default=None, metavar="FILE",
+                        help="a video instead of an image (Qwen2-VL, Qwen2.5-VL): frames read with PyAV, sampled "
+                             f"evenly (--frames N) or at a rate (--fps F; default {DEFAULT_VIDEO_FPS:g} per second)")
+    sampling = run.add_mutually_exclusive_group()
+    sampling.add_argument("--frames", type=at_least(1), default=None, help="sample this many frames of --video")
+    sampling.add_argument("--fps", type=within(0.0, 1000.0, low_open=True), default=None,
+                          help="sample --video at this many frames per second")
     run.add_argument("--question", required=True)
     add_policy_args(run)
     run.add_argument("--schedule", default=None, help="run this schedule JSON (from `explain --json`) as it is")
@@ -51,6 +59,27 @@ class RunRequest:
     generation: Any
 
 
+DEFAULT_VIDEO_FPS = 2.0  # qwen-vl-utils' default sampling rate for the Qwen models
+
+
+def visual_input(args: argparse.Namespace) -> Any:
+    """The image (``--image``) or the sampled video (``--video`` with ``--frames`` or ``--fps``) of a request,
+    or a one-line refusal (neither given, sampling options without a video, an unreadable or empty clip)."""
+    from vtsched.core.errors import InputError
+    from vtsched.core.io import load_image
+
+    video, frames, fps = getattr(args, "video", None), getattr(args, "frames", None), getattr(args, "fps", None)
+    if video is None:
+        if frames is not None or fps is not None:
+            raise InputError("--frames and --fps sample a video: give --video FILE")
+        if args.image is None:
+            raise InputError("the following arguments are required: --image (or --video FILE)")
+        return load_image(args.image)
+    from vtsched.core.pixels.video import read_video
+
+    return read_video(video, frames=frames, fps=DEFAULT_VIDEO_FPS if frames is None and fps is None else fps)
+
+
 def prepare(args: argparse.Namespace, check_more: Callable[[Any], None] | None = None) -> RunRequest:
     """Check the whole request before any weights load (``check_more(planner)``: a command's own
     checks, e.g. ``show``'s attention layers), then load the model: shared by ``run`` and ``show``."""
@@ -60,11 +89,11 @@ def prepare(args: argparse.Namespace, check_more: Callable[[Any], None] | None =
     from vtsched.core.cli.checks import check_adapter_options, check_prompt_fits, image_notes, print_notes, request_notes
     from vtsched.core.errors import InputError
     from vtsched.core.generation import GenerationConfig
-    from vtsched.core.io import load_image
+    from vtsched.core.pixels.video import Video
 
     if not args.question.strip():
         raise InputError("--question is empty: ask something about the image")
-    image = load_image(args.image)
+    image = visual_input(args)
     registry = registry_for(args)
     # Check the request against the config before loading (possibly many GB of) weights.
     config = model_config(args.model)
@@ -78,7 +107,11 @@ def prepare(args: argparse.Namespace, check_more: Callable[[Any], None] | None =
     if check_more is not None:
         check_more(planner)
     check_prompt_fits(config, planner.geometry.num_visual, [args.question])
-    check_adapter_options(registry.adapter_for_config(config), dict(args.adapter_param))
+    adapter_class = registry.adapter_for_config(config)
+    if isinstance(image, Video) and not adapter_class.takes_video:
+        raise InputError(f"--video: the {adapter_class.name} family takes still images only; video runs on "
+                         "Qwen2-VL and Qwen2.5-VL models")
+    check_adapter_options(adapter_class, dict(args.adapter_param))
     print_notes([*request_notes(check), *image_notes([image], config)])
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     extra = {"attn_implementation": args.attn} | ({"dtype": dtype} if dtype is not None else {})

@@ -156,7 +156,7 @@ def _decode(source: str | Path | BinaryIO, name: str, wanted: list[int]) -> list
                     kept.append(array)
                     position += 1
     except av.FFmpegError as exc:
-        raise InputError(f"cannot decode {name}: {exc}") from None
+        raise InputError(f"cannot read {name}: decoding failed ({exc})") from None
     finally:
         container.close()
     if len(kept) < len(wanted):
