@@ -20,6 +20,15 @@ heads, summed over queries, averaged over the token's 2x2 patches, window order 
 Qwen2.5-VL. The block's keys, averaged over heads and the 2x2 patches, give ``patch_keys``.
 ``vision_features``: the merger's input for each merged token, its 2x2 patches' last-block states side
 by side ``(N, 4 * C)`` (what the merger's MLP reads, before its LayerNorm), in the LLM's order.
+
+Video: a prompt's visual input may be a :class:`~vtsched.core.pixels.video.Video` (sampled frames).
+Its frames go through the processor's video path as sampled; the tower embeds pairs of frames
+(temporal patches), so the span holds ``frames x rows x cols`` merged tokens, frame-major, between
+``<|vision_start|>`` and ``<|vision_end|>`` as ``<|video_pad|>``. Time ids come from the model's own
+``get_rope_index`` (Qwen2.5-VL: spaced by ``tokens_per_second`` times the seconds each temporal
+patch spans, ``second_per_grid_ts``); ``Sample.video`` says which tokens are which frame, and each
+token's pixel box is a cell of its frame. The scores and keys are per frame, as the tower attends
+within one temporal patch.
 """
 
 from __future__ import annotations
