@@ -75,6 +75,11 @@ class PolicyConformance(Kit):
         """Budgets for images of ``geometry.num_visual`` tokens (counts and ratios)."""
         return strat.token_budgets(num_visual=geometry.num_visual)
 
+    def prompts(self, *, min_size: int = 1, max_size: int = 3) -> st.SearchStrategy[Any]:
+        """``(visuals, questions)`` the model checks prepare (default: still images; video clips for a
+        family that takes video: :class:`vtsched.core.testing.videos.VideoPolicyConformance`)."""
+        return strat.prompts(min_size=min_size, max_size=max_size)
+
     # -- the checks -----------------------------------------------------------------------------
     def test_contract(self) -> None:
         problems = policy_problems(self.policy_class)
@@ -140,7 +145,7 @@ class PolicyConformance(Kit):
                 expect(alone.tokens[0] == together.tokens[b],
                         f"{component_name(policy)}: sample {b} decodes {together.tokens[b]} in a batch, {alone.tokens[0]} alone")
 
-        self._run(check, self.model_shapes(), strat.prompts(min_size=2, max_size=3), st.data(), model=True)
+        self._run(check, self.model_shapes(), self.prompts(min_size=2, max_size=3), st.data(), model=True)
 
     def test_cached_decoding_equals_recompute(self) -> None:
         from vtsched.core.generation import GenerationConfig, generate
@@ -161,7 +166,7 @@ class PolicyConformance(Kit):
                        f"{component_name(policy)}: decode step {step} from the cache differs from recomputing the schedule "
                        "with the generated tokens in the surviving stream")
 
-        self._run(check, self.model_shapes(), strat.prompts(min_size=1, max_size=2), st.data(), model=True)
+        self._run(check, self.model_shapes(), self.prompts(min_size=1, max_size=2), st.data(), model=True)
 
     # -- helpers --------------------------------------------------------------------------------
     def _scheduling_policies(self, policy: Policy, geometry: ModelGeometry) -> list[Policy]:
