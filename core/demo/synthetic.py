@@ -18,11 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vtsched.core.pixels.mask_sources import MaskSource, register_mask_scheme
 
-__all__ = ["SyntheticSample", "QUESTIONS", "generate", "render", "export", "draw_scene", "mark_mask", "mask_source",
-           "MASK_FIELDS"]
+__all__ = [
+    "MASK_FIELDS",
+    "QUESTIONS",
+    "SyntheticSample",
+    "draw_scene",
+    "export",
+    "generate",
+    "mark_mask",
+    "mark_origin",
+    "mask_source",
+    "render",
+]
 
 IMAGE_SIZE = 112
 SUBJECT_COLOURS = {
@@ -116,7 +125,7 @@ def render(scene: dict[str, str]) -> tuple[Any, np.ndarray]:
         else:
             assert polygon is not None
             d.polygon(polygon, fill=fill)
-    x0, y0 = _mark_origin(scene["corner"])
+    x0, y0 = mark_origin(scene["corner"])
     draw.rectangle((x0, y0, x0 + MARK_SIZE - 1, y0 + MARK_SIZE - 1), fill=SUBJECT_COLOURS[scene["mark_colour"]])
     return image, np.asarray(mask_image) > 0
 
@@ -124,7 +133,7 @@ def render(scene: dict[str, str]) -> tuple[Any, np.ndarray]:
 def mark_mask(scene: dict[str, str]) -> np.ndarray:
     """The corner mark's mask ``(H, W)`` bool: exactly the pixels :func:`render` paints with the mark."""
     mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-    x0, y0 = _mark_origin(scene["corner"])
+    x0, y0 = mark_origin(scene["corner"])
     mask[y0 : y0 + MARK_SIZE, x0 : x0 + MARK_SIZE] = True
     return mask
 
@@ -136,10 +145,14 @@ def _stripe_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(min(255, c + 70) for c in background)  # type: ignore[return-value]
 
 
-def _mark_origin(corner: str) -> tuple[int, int]:
+def mark_origin(corner: str) -> tuple[int, int]:
+    """``(x, y)`` of the top-left pixel of the corner mark in ``corner`` (``"top-left"``, ...)."""
     far = IMAGE_SIZE - MARK_INSET - MARK_SIZE
     return {"top-left": (MARK_INSET, MARK_INSET), "top-right": (far, MARK_INSET),
             "bottom-left": (MARK_INSET, far), "bottom-right": (far, far)}[corner]
+
+
+_mark_origin = mark_origin  # the old private name, still imported by core.demo.training
 
 
 def scene_rng(seed: int, index: int) -> np.random.Generator:
@@ -166,7 +179,6 @@ def export(samples: Iterator[SyntheticSample], folder: str | Path) -> Path:
     """Write ``data.jsonl``, ``images/``, ``masks/`` (subject masks, the ``mask`` field) and ``marks/``
     (corner-mark masks, the ``mark_mask`` field): the format ``vtsched eval`` reads."""
     from PIL import Image
-
     from vtsched.core.io import write_atomic
 
     folder = Path(folder)

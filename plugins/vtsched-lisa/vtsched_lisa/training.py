@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TrainConfig", "train_demo_lisa", "TRAIN_SEED", "LoraLinear"]
+__all__ = ["TRAIN_SEED", "LoraLinear", "TrainConfig", "train_demo_lisa"]
 
 TRAIN_SEED = 2_000  # the demo LLaVA trained on seed 1000; held-out evaluation uses seeds 1, 2, 3
 REPLY = "[SEG]."
@@ -115,13 +115,18 @@ def _scene(seed: int, index: int) -> tuple[dict[str, str], Any, np.ndarray, np.n
 
 def _decoyed(image: Any, scene: dict[str, str], rng: np.random.Generator) -> np.ndarray:
     """SAM's view with a decoy mark (a random subject colour) in every corner but the mark's."""
-    from vtsched.core.demo.synthetic import CORNERS, MARK_SIZE, SUBJECT_COLOURS, _mark_origin
+    from vtsched.core.demo.synthetic import (
+        CORNERS,
+        MARK_SIZE,
+        SUBJECT_COLOURS,
+        mark_origin,
+    )
 
     pixels = np.array(image.convert("RGB"))
     colours = list(SUBJECT_COLOURS.values())
     for corner in CORNERS:
         if corner != scene["corner"]:
-            x0, y0 = _mark_origin(corner)
+            x0, y0 = mark_origin(corner)
             pixels[y0:y0 + MARK_SIZE, x0:x0 + MARK_SIZE] = colours[int(rng.integers(len(colours)))]
     return pixels
 
@@ -158,7 +163,6 @@ def train_demo_lisa(out: str | Path, config: TrainConfig = TrainConfig(), progre
     import tempfile
 
     from tqdm.auto import tqdm
-
     from vtsched.core.demo.synthetic import CORNERS, POSITIONS, SHAPES, SUBJECT_COLOURS
     from vtsched.core.demo.training import warmup_cosine, withdrawn_hidden
     from vtsched.core.engine.rows import pad_stack
