@@ -1,4 +1,4 @@
-"""The bad-input catalogue: what a new user may type, and what every command answers (issue 23).
+"""The bad-input catalogue: what a new user may type, and what every command answers.
 
 One row per input: the command line, the exit status, a phrase of the answer, and whether the
 answer must come before any weights load. A refusal is one line (``vtsched: error: ...``), exit 2,

@@ -260,7 +260,7 @@ class TestLlavaAdapter(AdapterConformance):
 @pytest.mark.parametrize("kind", [RemoveGroup, InsertGroup, Fuse, KeepTop, Carry, EndStream])
 def test_schedules_draw_every_event_kind(kind):
     found = find(schedules(), lambda s: any(isinstance(e, kind) for e in s.events))
-    assert isinstance(found, Schedule)
+    assert any(isinstance(e, kind) for e in found.events)
 
 
 def test_prompt_batches_can_mix_token_counts_and_geometries_vary():

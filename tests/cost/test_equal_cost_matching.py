@@ -1,4 +1,4 @@
-"""Issue 21 items 2, 3 and 6: one definition of "average visual tokens per layer", costs that include each
+"""One definition of "average visual tokens per layer", costs that include each
 method's scoring, and comparing methods at equal cost (``--match``).
 
 The solver is held to brute force over every integer budget; the nominal costs the solver uses are held
@@ -115,7 +115,7 @@ def test_nominal_costs_equal_what_the_engine_ran(tiny, name, params, partitioner
 
 
 def test_parallel_streams_count_in_the_average_as_a_single_stream_would(tiny):
-    """Issue 21 item 6: parvts at K with R of N runs every token through its first K layers (in two
+    """``parvts`` at K with R of N runs every token through its first K layers (in two
     streams), so its average per layer is (K*N + (L-K)*R)/L, as fastv's keeping R after K is."""
     s, batch = tiny
     n, layers = batch.samples[0].num_visual, s.adapter.geometry.num_layers

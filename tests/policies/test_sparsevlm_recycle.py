@@ -1,4 +1,4 @@
-"""SparseVLM's token recycling (issue 20): the ``recycle`` event through the event kit, its DPC-KNN merge
+"""SparseVLM's token recycling: the ``recycle`` event through the event kit, its DPC-KNN merge
 against a brute-force reference written from the official ``cluster_and_merge``, ``sparsevlm`` with
 recycling against a reference run on transformers' own layers, the policy kit on the four families, and
 the event's JSON form."""

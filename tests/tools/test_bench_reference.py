@@ -1,4 +1,4 @@
-"""Issue 9: the bench's transformers references compute what the engine computes (not a timing test).
+"""The bench's transformers references compute what the engine computes (not a timing test).
 
 The references time transformers' language model on the full and on the physically shortened
 prompt, and its ``generate``; each must produce the engine's next-token logits (tokens) for the

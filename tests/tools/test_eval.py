@@ -81,4 +81,5 @@ def test_eval_refuses_bad_data(tmp_path):
     assert main(["eval", "--data", "synthetic:x", "--no-plugins"]) == 2
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
     assert main(["eval", "--data", str(tmp_path / "bad.jsonl"), "--no-plugins"]) == 2
-    assert isinstance(EvalItem("a", "b", "c", "d").tag, str)
+    item = EvalItem("a", "b", "c", "d")  # an item that names no tag or type is counted under "all" in each split
+    assert (item.tag, item.type) == ("all", "all")

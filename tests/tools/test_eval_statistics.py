@@ -1,4 +1,4 @@
-"""Issue 21 items 2 and 4: what a budget counts, per policy and per results row; and the statistics
+"""What a budget counts, per policy and per results row; and the statistics
 of ``vtsched eval`` (Wilson intervals, McNemar against a reference case, a hard subset), checked
 against independent computations on small synthetic outcomes and end to end on the demo model."""
 

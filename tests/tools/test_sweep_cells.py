@@ -1,6 +1,6 @@
 """What a sweep cell runs on: each model's own partitioner, data a plugin's evaluator serves, its own results.
 
-Each of these failed before issue 25: a Qwen model's cells ran the ``cls`` partitioner, which its
+Each of these once failed: a Qwen model's cells ran the ``cls`` partitioner, which its
 vision tower cannot serve; a ``segmentation:...`` dataset was read as question answering; every
 config copied from docs/ablation.toml wrote the same results file.
 """
