@@ -6,6 +6,7 @@ from vtsched.core.hookspecs import hookimpl
 
 from .dart import DART, DartDuplication
 from .fastv import FastV
+from .framefusion import FrameFusion
 from .full import Full
 from .fusion_rules import AttentionFusion, FixedFusion, SizeFusion
 from .non_subject_first import NonSubjectFirst
@@ -22,14 +23,14 @@ from .vtw import VTW
 __all__ = [
     "Full", "Prune", "ParVTS", "SubjectFirst", "NonSubjectFirst", "FastV", "DART", "VTW", "PDrop", "VisionZip",
     "SparseVLM", "FixedSchedule", "Search", "FixedFusion", "SizeFusion", "AttentionFusion", "DartDuplication",
-    "SparseVLMRaters",
+    "SparseVLMRaters", "FrameFusion",
 ]
 
 
 @hookimpl
 def vtsched_register_policies(register):
     for policy in (Full, Prune, ParVTS, SubjectFirst, NonSubjectFirst, FastV, DART, VTW, PDrop, VisionZip, SparseVLM,
-                   Search, FixedSchedule):
+                   Search, FixedSchedule, FrameFusion):
         register(policy)
 
 

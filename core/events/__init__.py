@@ -12,6 +12,7 @@ from vtsched.core.events.end import EndStream
 from vtsched.core.events.fuse import Fuse
 from vtsched.core.events.insert import InsertGroup
 from vtsched.core.events.keep_top import KeepTop
+from vtsched.core.events.merge_frames import MergeFrames
 from vtsched.core.events.rankers import BUILTIN_RANKERS, Ranker
 from vtsched.core.events.recycle import Recycle
 from vtsched.core.events.remove import RemoveGroup
@@ -19,11 +20,12 @@ from vtsched.core.hookspecs import hookimpl
 
 __all__ = [
     "Event", "Layout", "TokenCounts", "DrawState", "FUSED_TOKENS", "BUILTIN_EVENTS",
-    "RemoveGroup", "InsertGroup", "Fuse", "KeepTop", "EndStream", "Carry", "Recycle", "Ranker",
+    "RemoveGroup", "InsertGroup", "Fuse", "KeepTop", "EndStream", "Carry", "Recycle", "MergeFrames", "Ranker",
     "BUILTIN_RANKERS",
 ]
 
-BUILTIN_EVENTS: tuple[type[Event], ...] = (RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry, Recycle)
+BUILTIN_EVENTS: tuple[type[Event], ...] = (RemoveGroup, InsertGroup, Fuse, KeepTop, EndStream, Carry, Recycle,
+                                          MergeFrames)
 
 
 @hookimpl

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from vtsched.core.demo.shapes import QUESTION_WORDS, random_image
 from vtsched.core.pixels.boxes import video_boxes
 from vtsched.core.pixels.video import Video, read_video
-from vtsched.core.testing.conformance import PartitionerConformance
+from vtsched.core.testing.conformance import PartitionerConformance, PolicyConformance
 from vtsched.core.tokens import PromptBatch, Role, Sample, VideoLayout
 
 __all__ = ["write_video", "moving_square", "tiny_videos", "video_prompts", "video_prompt_batches",
-           "VideoPartitionerConformance"]
+           "VideoPartitionerConformance", "VideoPolicyConformance"]
 
 
 def write_video(frames: np.ndarray, fps: float = 4.0) -> io.BytesIO:
@@ -153,3 +153,24 @@ class VideoPartitionerConformance(PartitionerConformance):
 
     def model_prompts(self) -> st.SearchStrategy[Any]:
         return video_prompts(min_size=1, max_size=2, stills=False)
+
+
+class VideoPolicyConformance(PolicyConformance):
+    """The policy kit with its model checks (batch = one by one, cached = recompute) on video clips a tiny
+    Qwen2-VL / Qwen2.5-VL prepared (:func:`video_prompts`, no still images), instead of images on tiny LLaVA."""
+
+    model_examples = 4
+
+    def model_shapes(self) -> st.SearchStrategy[Any]:
+        from vtsched.core.testing.families import tiny_qwen_shapes
+
+        return tiny_qwen_shapes(min_layers=self.min_layers, max_layers=self.max_layers)
+
+    def build_tiny_model(self, shape: Any, *, dtype: torch.dtype = torch.float64,
+                         attn_implementation: str = "sdpa") -> tuple[torch.nn.Module, Any]:
+        from vtsched.core.testing.families import tiny_qwen
+
+        return tiny_qwen(shape, dtype, attn_implementation)  # type: ignore[no-any-return]
+
+    def prompts(self, *, min_size: int = 1, max_size: int = 3) -> st.SearchStrategy[Any]:
+        return video_prompts(min_size=min_size, max_size=max_size, stills=False)
