@@ -4,6 +4,7 @@ through the registered evaluator."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_every_answer_is_what_the_frames_show(seed, index, frames):
     dx, dy = centres[-1][0] - centres[0][0], centres[-1][1] - centres[0][1]
     moved = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
     assert moved == answers["subject_direction"] and max(abs(dx), abs(dy)) >= 40
-    steps = [np.hypot(b[0] - a[0], b[1] - a[1]) for a, b in zip(centres, centres[1:])]
+    steps = [np.hypot(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(centres)]
     assert min(steps) > 0  # it moves in every frame
 
     # the flash: the small square's colour is in exactly one frame, in the third the answer names
@@ -61,7 +62,7 @@ def test_every_answer_is_what_the_frames_show(seed, index, frames):
     # the background: the start colour until one frame, the end colour from it on (one change)
     probe = [tuple(int(c) for c in clip[t][PROBE]) for t in range(frames)]
     assert probe[0] == BACKGROUNDS[answers["background_start"]] and probe[-1] == BACKGROUNDS[answers["background_end"]]
-    assert sum(a != b for a, b in zip(probe, probe[1:])) == 1
+    assert sum(a != b for a, b in itertools.pairwise(probe)) == 1
 
 
 def test_the_set_is_a_function_of_its_spec():
