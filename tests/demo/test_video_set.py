@@ -122,3 +122,30 @@ def test_vtsched_eval_refuses_bad_video_data_in_one_line(tmp_path, capsys):
         code = main(["eval", *args, "--policies", "prune", "--no-plugins", "--out", str(tmp_path / "x")])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and "video" in err, err
+
+
+def test_a_sweep_runs_the_video_set_through_its_evaluator(qwen_checkpoint, tmp_path):
+    """A sweep's dataset ``video:SEED:CLIPS:FRAMES`` is served by the registered evaluator, cell by cell."""
+    from vtsched.core.tools.sweep import run_sweep
+    from vtsched.core.tools.sweep.results import read_rows
+
+    config = tmp_path / "video.toml"
+    config.write_text(f"""\
+[sweep]
+results = "r.jsonl"
+models = ["{qwen_checkpoint}"]
+datasets = ["video:2:1:4"]
+budgets = ["50%"]
+
+[[policy]]
+name = "full"
+
+[[policy]]
+name = "framefusion"
+params = {{ drop_layer = 1, merge_layers = 1 }}
+""")
+    run_sweep(config, progress=False, report=False)
+    rows = {r["label"]: r for r in read_rows(tmp_path / "r.jsonl")[0]}
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows.values()), [r.get("error") for r in rows.values()]
+    assert {r["spec"]["evaluator"] for r in rows.values()} == {"video"}
+    assert all(r["score"] == "accuracy" and r["n"] == len(QUESTIONS) for r in rows.values())
