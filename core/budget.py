@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vtsched.core.errors import BudgetError
 
@@ -30,10 +30,16 @@ __all__ = ["Budget"]
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """A visual-token budget: exactly one of ``count`` or ``ratio`` is set."""
+    """A visual-token budget: exactly one of ``count`` or ``ratio`` is set.
+
+    ``spelling`` is the text it was read from (:meth:`parse`), kept so that labels show the budget as
+    the user wrote it (``prune@11%``); it takes no part in equality: ``Budget.parse("11%") ==
+    Budget.parse("0.11")``. :attr:`text` is that spelling, else the exact form ``str`` writes.
+    """
 
     count: int | None = None
     ratio: float | None = None
+    spelling: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.count is None) == (self.ratio is None):
@@ -56,12 +62,18 @@ class Budget:
             return cls(ratio=text) if text <= 1.0 else cls(count=_whole(text))
         raw = str(text).strip()
         if m := re.fullmatch(r"([0-9]*\.?[0-9]+)\s*%", raw):
-            return cls(ratio=float(m.group(1)) / 100.0)
+            return cls(ratio=float(m.group(1)) / 100.0, spelling=raw)
         if re.fullmatch(r"[0-9]+", raw):
-            return cls(count=int(raw))
+            return cls(count=int(raw), spelling=raw)
         if re.fullmatch(r"[0-9]*\.[0-9]+", raw):
-            return cls.parse(float(raw))
+            value = float(raw)
+            return cls(ratio=value, spelling=raw) if value <= 1.0 else cls(count=_whole(value), spelling=raw)
         raise BudgetError(f"budget {text!r} is not a token count (64), a ratio (0.11) or a percentage (11%)")
+
+    @property
+    def text(self) -> str:
+        """The budget as the user wrote it (``11%``), else as :meth:`__str__` writes it."""
+        return self.spelling if self.spelling is not None else str(self)
 
     def resolve(self, num_visual: int) -> int:
         """The number of tokens this budget keeps out of ``num_visual``."""

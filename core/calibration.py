@@ -11,8 +11,7 @@ meet the threshold the one with the fewest prefill FLOPs wins (then the smaller 
 
 It sits beside the planner, below the scheduler: ``Scheduler.plan`` calibrates with it, and it is
 handed the scheduler it runs on (typed only), so the two never import each other at run time.
-The ``search-k`` command prints :class:`SearchResult`; ``vtsched.core.tools.search`` re-exports
-these names under their documented old path.
+The ``search-k`` command prints :class:`SearchResult`.
 """
 
 from __future__ import annotations

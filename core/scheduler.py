@@ -14,18 +14,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from vtsched.core.budget import Budget
-from vtsched.core.cost import prefill_flops
+from vtsched.core.cost import RunCosts, plan_costs, prefill_flops, visual_input
 from vtsched.core.engine import Engine
 from vtsched.core.errors import InputError
-from vtsched.core.generation import GenerationConfig, Generated, generate
+from vtsched.core.generation import Generated, GenerationConfig, generate
 from vtsched.core.planner import Plan, Planner
 from vtsched.core.policy import CalibratedPolicy, Partitioner, Policy
 from vtsched.core.registry import Registry, build_registry
 from vtsched.core.tokens import PromptBatch
 
-__all__ = ["Scheduler", "RunResult", "Plan"]
+__all__ = ["Plan", "RunResult", "Scheduler"]
 
 
 @dataclass
@@ -38,6 +37,7 @@ class RunResult:
     visual_per_layer_survivor: torch.Tensor  # (batch,)
     carried_per_layer: torch.Tensor | None = None  # (batch,) carried text-token copies per layer (``carry``)
     visual_input: torch.Tensor | None = None  # (batch,) visual tokens entering the LLM (layer 0, all streams)
+    costs: RunCosts | None = None  # the cost columns of every results row (vtsched.core.cost.plan_costs)
 
     def summary(self) -> str:
         carried = ""
@@ -49,18 +49,6 @@ class RunResult:
             f" ({self.visual_per_layer.mean():.1f} counting parallel streams{carried})"
             f" | prefill {self.flops.mean() / 1e9:.3g} GFLOPs"
         )
-
-
-def visual_input(stats: Any) -> torch.Tensor:
-    """``(batch,)`` visual tokens entering the LLM: those in the first decoder layer, every stream
-    counted (``parvts`` sends all of them in, in parallel streams; ``prune`` only the subject group).
-    Tokens a schedule inserts later (``subject-first``) are not counted here; they show in the
-    average per layer."""
-    total = torch.zeros(stats.batch_size)
-    for work in stats.work:
-        if work.start == 0:
-            total += work.visual.float()
-    return total
 
 
 class Scheduler:
@@ -87,7 +75,6 @@ class Scheduler:
 
         ``adapter_options`` are the family adapter's options (LLaVA-NeXT: ``image_size=672``)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
-
         from vtsched.core.io import check_processor_files, read_config
 
         config = read_config(path)
@@ -162,7 +149,7 @@ class Scheduler:
         policy: str | Policy = "full",
         *,
         partitioner: str | Partitioner | None = None,
-        budget: str | int | float | Budget | None = None,
+        budget: str | float | Budget | None = None,
         policy_params: Mapping[str, Any] | None = None,
         generation: GenerationConfig | None = None,
     ) -> RunResult:
@@ -199,4 +186,5 @@ class Scheduler:
             visual_per_layer_survivor=stats.visual_per_layer(layers, plan.schedule.survivor),
             carried_per_layer=stats.carried_per_layer(layers),
             visual_input=visual_input(stats),
+            costs=plan_costs(plan, stats, self.adapter.geometry),
         )

@@ -19,7 +19,7 @@ from typing import Any
 
 from vtsched.core.errors import PluginError, VtschedError
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 # command name -> module under vtsched.core.cli
 COMMANDS = {
@@ -66,10 +66,10 @@ def build_parser(plugin_commands: dict[str, Any] | None = None) -> argparse.Argu
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = [*(sys.argv[1:] if argv is None else argv)]  # (``list`` here is the cli.list module)
-    from vtsched.core.registry import build_registry, make_plugin_manager
+    from vtsched.core.app import registry as build_registry
 
     try:  # built once per command: the parser needs plugins' commands, the command its components
-        registry = build_registry(make_plugin_manager(load_entrypoints=False if "--no-plugins" in argv else None))
+        registry = build_registry(no_plugins="--no-plugins" in argv)
         plugin_commands = _plugin_commands(registry)
     except VtschedError as exc:
         print(f"vtsched: error: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vtsched.core.cli.checks import add_device, add_output, at_least
-from vtsched.core.cli.common import add_common, read_config, registry_for
+from vtsched.core.cli.common import add_common, registry_for
 
 # The main job (issue 21 item 5): every method family, the 2026 pre-LLM selection methods as prune's
 # partitioners beside random selection and plain downsampling, at matched average tokens per layer.
@@ -61,10 +61,10 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
-
-    from vtsched.core.demo import QUESTION_WORDS, get_shape, llava_config, random_image
+    from vtsched.core.app import planner_for_config
     from vtsched.core.cli.checks import check_prompt_fits
-    from vtsched.core.planner import Planner
+    from vtsched.core.demo import QUESTION_WORDS, get_shape, llava_config, random_image
+    from vtsched.core.io import read_config
     from vtsched.core.scheduler import Scheduler
     from vtsched.core.tools.bench import check_matched, expand_cases, run_bench
     from vtsched.core.tools.report import plot_time_vs_flops, write_csv, write_json
@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         get_shape(shape_name)
         config = llava_config(shape_name)
     adapter = registry.adapter_for_config(config)
-    planner = Planner(registry, adapter.geometry_from_config(config), adapter.default_partitioner)
+    planner = planner_for_config(config, registry)
     geometry = planner.geometry
     side = adapter.nominal_image_side(config)  # 336 for LLaVA-1.5, 672 for LLaVA-NeXT and Qwen2-VL
     budgets = args.budgets or default_budgets(geometry.num_visual)

@@ -25,8 +25,17 @@ from typing import Any
 from vtsched.core.errors import InputError
 
 __all__ = [
-    "at_least", "within", "add_output", "add_device", "check_request", "check_device", "check_prompt_fits",
-    "request_notes", "image_notes", "print_notes", "check_adapter_options",
+    "add_device",
+    "add_output",
+    "at_least",
+    "check_adapter_options",
+    "check_device",
+    "check_prompt_fits",
+    "check_request",
+    "image_notes",
+    "print_notes",
+    "request_notes",
+    "within",
 ]
 
 
@@ -40,7 +49,7 @@ def at_least(minimum: float, kind: type = int) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
-        if not value >= minimum or value != value:  # NaN fails both
+        if not value >= minimum:  # NaN fails it too
             raise argparse.ArgumentTypeError(f"{text} is below the minimum, {minimum:g}")
         return value
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from vtsched.core.cli.checks import add_device, add_output, at_least
-from vtsched.core.cli.common import add_common, load_scheduler, model_config, planner_for_config, registry_for
+from vtsched.core.cli.common import add_common, registry_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -48,12 +48,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vtsched.core.app import load_scheduler, model_config, planner_for_config
     from vtsched.core.cli.checks import check_prompt_fits
+    from vtsched.core.errors import InputError
     from vtsched.core.evaluators import evaluator_for
     from vtsched.core.tools.bench import check_matched, expand_cases
-    from vtsched.core.errors import InputError
     from vtsched.core.tools.evaluate import (
-        case_label, cross_partitioners, evaluate, hard_references, load_items, with_hard_reference,
+        case_label,
+        cross_partitioners,
+        evaluate,
+        hard_references,
+        load_items,
+        with_hard_reference,
     )
     from vtsched.core.tools.report import write_csv, write_json
 

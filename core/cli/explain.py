@@ -6,7 +6,10 @@ import argparse
 
 from vtsched.core.cli.checks import add_output, print_notes, request_notes
 from vtsched.core.cli.common import (
-    add_common, add_policy_args, build_policy_routing_params, config_and_source, registry_for, with_run_meta,
+    add_common,
+    add_policy_args,
+    registry_for,
+    request_of,
 )
 
 
@@ -21,22 +24,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def main(args: argparse.Namespace) -> int:
-    from vtsched.core.budget import Budget
-    from vtsched.core.cli.common import DEFAULT_BUDGET
+    from vtsched.core.app import check_request, config_and_source, with_run_meta
     from vtsched.core.errors import VtschedError
     from vtsched.core.io import write_atomic
     from vtsched.core.planner import Planner
     from vtsched.core.policy import BUDGET_COUNTS, budget_counts_of
 
     registry = registry_for(args)
-    config, source = config_and_source(args, args.shape)
+    config, source = config_and_source(getattr(args, "model", None), args.shape)
     adapter = registry.adapter_for_config(config)
     geometry = adapter.geometry_from_config(config)
     planner = Planner(registry, geometry, adapter.default_partitioner)
-    policy, partitioner_params = build_policy_routing_params(planner, args.policy, args.partitioner,
-                                                             dict(args.param), dict(args.partitioner_param))
-    budget = Budget.parse(args.budget or DEFAULT_BUDGET)
-    check = planner.check(policy, budget, args.partitioner, partitioner_params)
+    checked = check_request(planner, request_of(args))
+    check, policy, budget, partitioner_params = checked.check, checked.policy, checked.budget, checked.partitioner_params
     if check.schedule is None:
         raise VtschedError(f"policy {policy.name!r} chooses its schedule on data; run `vtsched search-k` to see it")
     print_notes(request_notes(check))

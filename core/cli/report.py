@@ -27,7 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def main(args: argparse.Namespace) -> int:
     from vtsched.core.cli.common import registry_for
     from vtsched.core.io import write_atomic
-    from vtsched.core.tools.results_report import read_results, render_html, render_tables, sweep_sheets
+    from vtsched.core.tools.results_report import (
+        read_results,
+        render_html,
+        render_tables,
+        sweep_sheets,
+    )
 
     results = [read_results(path) for path in args.results]  # every file is checked before any work
     suffix = {"html": "html", "markdown": "md", "latex": "tex"}[args.format]

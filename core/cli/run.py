@@ -10,8 +10,11 @@ from typing import Any
 
 from vtsched.core.cli.checks import add_device, add_output, at_least, within
 from vtsched.core.cli.common import (
-    DEFAULT_BUDGET, add_common, add_policy_args, build_policy_routing_params, key_value, load_scheduler,
-    model_config, planner_for_config, registry_for,
+    add_common,
+    add_policy_args,
+    key_value,
+    registry_for,
+    request_of,
 )
 
 
@@ -84,9 +87,19 @@ def prepare(args: argparse.Namespace, check_more: Callable[[Any], None] | None =
     """Check the whole request before any weights load (``check_more(planner)``: a command's own
     checks, e.g. ``show``'s attention layers), then load the model: shared by ``run`` and ``show``."""
     import torch
-
-    from vtsched.core.budget import Budget
-    from vtsched.core.cli.checks import check_adapter_options, check_prompt_fits, image_notes, print_notes, request_notes
+    from vtsched.core.app import (
+        check_request,
+        load_scheduler,
+        model_config,
+        planner_for_config,
+    )
+    from vtsched.core.cli.checks import (
+        check_adapter_options,
+        check_prompt_fits,
+        image_notes,
+        print_notes,
+        request_notes,
+    )
     from vtsched.core.errors import InputError
     from vtsched.core.generation import GenerationConfig
     from vtsched.core.pixels.video import Video
@@ -98,12 +111,8 @@ def prepare(args: argparse.Namespace, check_more: Callable[[Any], None] | None =
     # Check the request against the config before loading (possibly many GB of) weights.
     config = model_config(args.model)
     planner = planner_for_config(config, registry)
-    policy, partitioner_params = build_policy_routing_params(
-        planner, f"schedule:{args.schedule}" if args.schedule else args.policy, args.partitioner,
-        {} if args.schedule else dict(args.param), dict(args.partitioner_param))
-    budget_text = args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET
-    budget = Budget.parse(str(budget_text))
-    check = planner.check(policy, budget, args.partitioner, partitioner_params)
+    checked = check_request(planner, request_of(args, f"schedule:{args.schedule}" if args.schedule else None))
+    check = checked.check
     if check_more is not None:
         check_more(planner)
     check_prompt_fits(config, planner.geometry.num_visual, [args.question])
@@ -118,13 +127,12 @@ def prepare(args: argparse.Namespace, check_more: Callable[[Any], None] | None =
     if args.adapter_param:
         extra["adapter_options"] = dict(args.adapter_param)
     scheduler = load_scheduler(args.model, registry, args.device, **extra)
-    partitioner = (scheduler.make_partitioner(check.partitioner, partitioner_params)
-                   if check.partitioner is not None else None)
+    partitioner = checked.make_partitioner(scheduler.planner)
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
-    return RunRequest(image, planner, scheduler, policy, partitioner, budget, generation)
+    return RunRequest(image, planner, scheduler, checked.policy, partitioner, checked.budget, generation)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -142,30 +150,16 @@ def main(args: argparse.Namespace) -> int:
 def _answer(request: RunRequest, question: str) -> tuple[Any, float]:
     """What ``Scheduler.run`` does (prepare, plan, answer), with the plan (the partitioner's selection)
     and the prefill timed: the ``prefill_ms`` every results row reports."""
-    import time
+    from vtsched.core.app import run_request
 
-    from vtsched.core.budget import Budget
-    from vtsched.core.tools.bench import TimedEngine
-
-    scheduler = request.scheduler
-    batch = scheduler.prepare([request.image], [question])
-    policy = scheduler.make_policy(request.policy, None)
-    partitioner = scheduler.make_partitioner(request.partitioner) if request.partitioner is not None else None
-    timed = TimedEngine(scheduler.engine, scheduler.adapter.device.type == "cuda")
-    start = time.perf_counter()
-    plan = scheduler.plan(batch, policy, partitioner, Budget.parse(request.budget) if request.budget is not None
-                          else None)
-    planning = time.perf_counter() - start
-    result = scheduler.answer(batch, plan, request.generation, engine=timed)
-    return result, planning + timed.seconds
+    return run_request(request.scheduler, [request.image], [question], request.policy, request.partitioner,
+                       request.budget, request.generation)
 
 
 def _record(result: Any, scheduler: Any, prefill_s: float) -> dict[str, Any]:
-    from vtsched.core.cost import plan_costs
-    from vtsched.core.policy import budget_counts_of
+    from vtsched.core.app import cost_row
 
     plan = result.plan
-    costs = plan_costs(plan, result.generated.prefill.stats, scheduler.adapter.geometry)
     return {
         "answer": result.texts[0],
         "tokens": result.generated.tokens[0],
@@ -175,8 +169,6 @@ def _record(result: Any, scheduler: Any, prefill_s: float) -> dict[str, Any]:
         "schedule": plan.schedule.to_dict(),
         "subject_tokens": plan.partition.members(0, plan.partition.groups[0]).tolist(),
         "prefill_flops": float(result.flops[0]),
-        "budget_counts": budget_counts_of(plan.policy, scheduler.registry),
-        **costs.row(0),
-        "prefill_ms": 1e3 * prefill_s,
+        **cost_row(scheduler, plan.policy, result.costs, 0, 1e3 * prefill_s),
         "carried_tokens_per_layer": float(result.carried_per_layer[0]) if result.carried_per_layer is not None else 0.0,
     }

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from vtsched.core.cli.checks import add_device, add_output, at_least, within
-from vtsched.core.cli.common import (
-    DEFAULT_BUDGET, add_common, key_value, load_scheduler, model_config, planner_for_config, registry_for, with_run_meta,
-)
+from vtsched.core.cli.common import DEFAULT_BUDGET, add_common, key_value, registry_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,12 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vtsched.core.budget import Budget
+    from vtsched.core.app import load_scheduler, parse_budget, with_run_meta
+    from vtsched.core.calibration import load_calibration, search_drop_layer
     from vtsched.core.demo import QUESTION_WORDS, random_image
     from vtsched.core.errors import InputError
     from vtsched.core.io import write_atomic
     from vtsched.core.tools.report import write_json
-    from vtsched.core.tools.search import load_calibration, search_drop_layer
 
     if args.data:
         images, questions = load_calibration(args.data)
@@ -47,11 +46,12 @@ def main(args: argparse.Namespace) -> int:
         questions = [" ".join(QUESTION_WORDS[i % 7: i % 7 + 6]) + "?" for i in range(args.synthetic)]
     else:
         raise InputError("no calibration data: give --data FILE.jsonl (or --synthetic N to try the command)")
-    _check(args, questions)
+    budgets = [parse_budget(b) for b in args.budgets]  # the budgets' words, read once
+    _check(args, questions, budgets)
     scheduler = load_scheduler(args.model, registry_for(args), args.device)
     batch = scheduler.prepare(images, questions)
     result = search_drop_layer(
-        scheduler, batch, args.policy, params=dict(args.param), budgets=args.budgets, alphas=args.alphas,
+        scheduler, batch, args.policy, params=dict(args.param), budgets=budgets, alphas=args.alphas,
         threshold=args.threshold, layer_param=args.layer_param, partitioner=args.partitioner,
         progress=not args.no_progress,
     )
@@ -67,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
         values.update(fusion="fixed", alpha=chosen["alpha"])
     planner = scheduler.planner
     policy = planner.policy(args.policy, values)
-    check = planner.check(policy, Budget.parse(chosen["budget"]), args.partitioner)
+    chosen_budget = next(b for b in budgets if str(b) == chosen["budget"])  # the curve writes str(budget)
+    check = planner.check(policy, chosen_budget, args.partitioner)
     assert check.schedule is not None
     schedule = with_run_meta(check.schedule, check.budget, check.partitioner)
     write_atomic(args.out, schedule.to_json() + "\n")
@@ -76,12 +77,12 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace, questions: list[str]) -> None:
+def _check(args: argparse.Namespace, questions: list[str], budgets: list[Any]) -> None:
     """The search's request against the model's config, before weights load: the policy and its layer
     parameter, every budget (and alpha) it will try, the partitioner, the prompts' length."""
     import dataclasses
 
-    from vtsched.core.budget import Budget
+    from vtsched.core.app import model_config, planner_for_config
     from vtsched.core.cli.checks import check_prompt_fits
     from vtsched.core.errors import InputError
 
@@ -93,6 +94,6 @@ def _check(args: argparse.Namespace, questions: list[str]) -> None:
                          f"(--layer-param); its parameters: {', '.join(sorted(fields)) or 'none'}")
     extra = {"fusion": "fixed", "alpha": args.alphas[0]} if args.alphas else {}
     policy = planner.policy(args.policy, {**dict(args.param), **extra})  # at its default layer
-    for budget in args.budgets:
-        planner.check(policy, Budget.parse(budget), args.partitioner)
+    for budget in budgets:
+        planner.check(policy, budget, args.partitioner)
     check_prompt_fits(config, planner.geometry.num_visual, questions, "calibration question")

@@ -40,7 +40,6 @@ def _devices(text: str | None) -> list[str] | None:
         return None
     if text == "all":
         import torch
-
         from vtsched.core.errors import InputError
 
         if not torch.cuda.is_available():
@@ -52,10 +51,9 @@ def _devices(text: str | None) -> list[str] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vtsched.core.tools.sweep import load_config, run_sweep, with_overrides
-
     from vtsched.core.cli.checks import check_device
     from vtsched.core.io import prepare_output
+    from vtsched.core.tools.sweep import load_config, run_sweep, with_overrides
 
     config = with_overrides(load_config(args.config), results=args.results, out=args.out, device=args.device)
     devices = _devices(args.devices)

@@ -21,7 +21,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def main(args: argparse.Namespace) -> int:
     import torch
-
     from vtsched.core.demo.training import train_demo_recipe
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -42,17 +42,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vtsched.core.tools.bench import Case, TimedEngine, case_label, parse_component
+from vtsched.core.app import TimedEngine
 from vtsched.core.budget import Budget
-from vtsched.core.cost import plan_costs
+from vtsched.core.calibration import next_token_kl
 from vtsched.core.errors import InputError
 from vtsched.core.generation import GenerationConfig
 from vtsched.core.policy import budget_counts_of
 from vtsched.core.scheduler import Scheduler
-from vtsched.core.tools.search import next_token_kl
+from vtsched.core.tools.bench import Case, case_label, parse_component
 
-__all__ = ["EvalItem", "Prediction", "EvalReport", "normalise", "load_items", "evaluate", "summarise",
-           "cross_partitioners", "parse_partitioner", "case_label", "hard_references", "with_hard_reference"]
+__all__ = [
+    "EvalItem",
+    "EvalReport",
+    "Prediction",
+    "case_label",
+    "cross_partitioners",
+    "evaluate",
+    "hard_references",
+    "load_items",
+    "normalise",
+    "parse_partitioner",
+    "summarise",
+    "with_hard_reference",
+]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = re.compile(r"[^\w\s-]")
@@ -296,13 +308,12 @@ def cross_partitioners(planner: Any, cases: Sequence[Case], specs: Sequence[str]
             continue
         for spec in specs:
             name, params = parse_partitioner(spec)
-            budget = Budget.parse(case.budget) if case.budget is not None else None
-            planner.check(policy, budget, name, _with_dataset(planner.registry, name, params, data))
+            planner.check(policy, case.budget, name, _with_dataset(planner.registry, name, params, data))
             out.append(Case(case.policy, case.budget, case.params, spec))
     return out
 
 
-def _prune_with(partitioner: str, budget: str | None) -> Case:
+def _prune_with(partitioner: str, budget: Budget | None) -> Case:
     return Case("prune", budget, (), partitioner)
 
 
@@ -424,7 +435,6 @@ def evaluate(
     policy's own budget is solved for it per sample; samples that solve differently run apart.
     """
     from tqdm.auto import tqdm
-
     from vtsched.core.tools.matching import Matcher
 
     cases = [Case("full")] + [c for c in cases if c.policy != "full"]
@@ -484,11 +494,10 @@ def _answer_case(scheduler: Scheduler, batch: Any, case: Case, policy: Any, part
     """Plan and answer ``batch`` under one case: as one batch, or, when ``matcher`` solves different
     budgets for its samples, one sub-batch per solved budget (the planner takes one budget a batch)."""
     import torch
-
     from vtsched.core.tools.matching import split_by_budget
 
     size = len(batch)
-    budget = Budget.parse(case.budget) if case.budget is not None else None
+    budget = case.budget
     targets: list[float | None] = [None] * size
     solved: list[int | None] = [None] * size
     if matcher is not None and budget is not None:
@@ -503,9 +512,9 @@ def _answer_case(scheduler: Scheduler, batch: Any, case: Case, policy: Any, part
         seconds, part_flops = partitioner.take() if partitioner is not None else (0.0, 0.0)
         timed.seconds = 0.0
         answered = scheduler.answer(sub, plan, config, engine=timed)
-        costs = plan_costs(plan, answered.generated.prefill.stats, scheduler.adapter.geometry)
         for k, i in enumerate(index):
-            out.texts[i], out.costs[i], logits[i] = answered.texts[k], costs.row(k), answered.generated.prefill.logits[k]
+            out.texts[i], out.costs[i], logits[i] = (answered.texts[k], answered.costs.row(k),
+                                                     answered.generated.prefill.logits[k])
             out.partitioner_ms[i] = 1e3 * seconds / len(index)
             out.partitioner_gflops[i] = part_flops / len(index) / 1e9
             out.prefill_ms[i] = 1e3 * (seconds + timed.seconds) / len(index)

@@ -309,7 +309,7 @@ def sweep_sheets(results: Results, count: int, device: str = "cpu", registry: An
 
 def _loader(device: str, registry: Any) -> Callable[[str], Any]:
     def load(model: str) -> Any:
-        from vtsched.core.cli.common import load_scheduler
+        from vtsched.core.app import load_scheduler
 
         return load_scheduler(None if model == "demo" else model, registry, device)
 

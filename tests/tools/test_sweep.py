@@ -218,15 +218,15 @@ def inline_sweep(tmp_path_factory):
     """The sweep in this process: four cells run, one refused by the planner and recorded as failed."""
     folder = tmp_path_factory.mktemp("sweep")
     config = write_config(folder)
-    import vtsched.core.cli.common as common
+    import vtsched.core.app.models as models
 
     loads = []
-    original = common.load_scheduler
-    common.load_scheduler = lambda *a, **k: loads.append(a[0]) or original(*a, **k)
+    original = models.load_scheduler
+    models.load_scheduler = lambda *a, **k: loads.append(a[0]) or original(*a, **k)
     try:
         outcome = run_sweep(config, no_plugins=True, progress=False)
     finally:
-        common.load_scheduler = original
+        models.load_scheduler = original
     return folder, config, outcome, loads
 
 
@@ -254,7 +254,7 @@ def test_sweep_rows_equal_vtsched_eval(inline_sweep):
     """A cell answers exactly as `vtsched eval` answers the same case."""
     from vtsched.core.tools.bench import Case
     from vtsched.core.tools.evaluate import evaluate, load_items
-    from vtsched.core.cli.common import load_scheduler
+    from vtsched.core.app import load_scheduler
 
     folder, _, _, _ = inline_sweep
     rows = {r["label"]: r for r in rows_by_hash(folder / "ablation-results.jsonl").values()}

@@ -14,9 +14,10 @@ never silently time something else.
 
 The package's modules: ``case`` (what a case is, parsing), ``measurement`` (timing the cases),
 ``reference`` (transformers' references), ``results`` (one case's timings), ``table`` (the report:
-rows, printed table), ``clock`` (the clocks).
+rows, printed table), ``clock`` (the clock). ``TimedEngine`` is :mod:`vtsched.core.app`'s, exported here too.
 """
 
+from vtsched.core.app import TimedEngine
 from vtsched.core.tools.bench.case import (
            Case,
            case_label,
@@ -25,7 +26,6 @@ from vtsched.core.tools.bench.case import (
            parse_case,
            parse_component,
 )
-from vtsched.core.tools.bench.clock import TimedEngine
 from vtsched.core.tools.bench.measurement import run_bench
 from vtsched.core.tools.bench.results import CaseResult, ReferenceResult
 from vtsched.core.tools.bench.table import BenchReport

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vtsched.core.app import budget_for, parse_budget
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
 
@@ -18,18 +19,27 @@ __all__ = ["Case", "case_label", "check_matched", "expand_cases", "parse_case", 
 
 @dataclass(frozen=True)
 class Case:
-    """One policy configuration: policy name, budget, parameters, partitioner."""
+    """One policy configuration: policy name, budget, parameters, partitioner.
+
+    ``budget`` is a :class:`~vtsched.core.budget.Budget`, read from the user's words once where the case
+    is made (:func:`parse_case`, :func:`expand_cases`); a case written in Python may give the words
+    (``Case("prune", "7")``), read here. Labels show the budget as written (``prune@11%``).
+    """
 
     policy: str
-    budget: str | None = None
+    budget: Budget | None = None
     params: tuple[tuple[str, Any], ...] = ()
     partitioner: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            object.__setattr__(self, "budget", parse_budget(self.budget))
 
     @property
     def label(self) -> str:
         args = ",".join(f"{k}={v}" for k, v in self.params)
         name = f"{self.policy}({args})" if args else self.policy
-        return f"{name}@{self.budget}" if self.budget is not None else name
+        return f"{name}@{self.budget.text}" if self.budget is not None else name
 
 
 def parse_component(spec: str, kind: str = "policy") -> tuple[str, dict[str, str]]:
@@ -45,7 +55,7 @@ def parse_component(spec: str, kind: str = "policy") -> tuple[str, dict[str, str
     return name.strip(), params
 
 
-def parse_case(text: str, budget: str | None = None) -> Case:
+def parse_case(text: str, budget: str | Budget | None = None) -> Case:
     """``"parvts:drop_layer=2,fusion=fixed"`` -> Case (budget given separately); ``schedule:PATH`` as is.
 
     ``POLICY[:PARAMS]+PARTITIONER[:PARAMS]`` names the case's partitioner too (``prune+divprune``: DivPrune
@@ -64,33 +74,34 @@ def case_label(case: Case) -> str:
     return f"{case.label} [{case.partitioner}]" if case.partitioner else case.label
 
 
-def expand_cases(planner: Any, specs: Sequence[str], budgets: Sequence[str], *, keep_full: bool) -> list[Case]:
+def expand_cases(planner: Any, specs: Sequence[str], budgets: Sequence[str | Budget], *,
+                 keep_full: bool) -> list[Case]:
     """Cases for ``specs`` x ``budgets``, each checked by the planner before any weights load.
 
     ``full`` comes first when ``keep_full``; a policy a budget does not change runs once; a saved
     schedule runs at the budget its file records (else the last budget).
     """
+    parsed = [parse_budget(b) for b in budgets]  # the budgets' words, read once
     cases = [Case("full")] if keep_full else []
     for spec in specs:
         case = parse_case(spec)
         policy = planner.policy(case.policy, dict(case.params))  # refuse bad names/params early
         if case.policy == "full":
             continue
-        saved = getattr(policy, "saved_budget", None)
         part_name, part_params = parse_component(case.partitioner, "partitioner") if case.partitioner else (None, {})
         if part_name is not None and not policy.needs_partition:
             raise InputError(f"policy {case.policy!r} takes no partitioner ({spec!r})")
         if case.policy.startswith("schedule:"):
-            budget = saved if saved is not None else budgets[-1]
-            planner.check(policy, Budget.parse(budget))
+            budget = budget_for(policy, None, parsed[-1])
+            planner.check(policy, budget)
             cases.append(Case(case.policy, budget))
         elif not policy.uses_budget:
             planner.check(policy, None)
             cases.append(case)
         else:
-            for b in budgets:
-                planner.check(policy, Budget.parse(b), part_name, part_params)
-            cases += [Case(case.policy, b, case.params, case.partitioner) for b in budgets]
+            for b in parsed:
+                planner.check(policy, b, part_name, part_params)
+            cases += [Case(case.policy, b, case.params, case.partitioner) for b in parsed]
     return cases
 
 
@@ -107,4 +118,4 @@ def check_matched(planner: Any, cases: Sequence[Case], kind: str) -> None:
             continue
         policy = planner.policy(case.policy, dict(case.params))
         partitioner = planner.partitioner(*parse_component(case.partitioner, "partitioner")) if case.partitioner else None
-        matcher.solve(policy, partitioner, Budget.parse(case.budget), nominal, case_label(case))
+        matcher.solve(policy, partitioner, case.budget, nominal, case_label(case))

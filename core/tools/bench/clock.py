@@ -1,5 +1,5 @@
-"""Clocks: CUDA events with synchronisation on CUDA, ``time.perf_counter`` on CPU; and an engine whose
-prefills are timed while it answers (``eval``, ``sweep``)."""
+"""The bench's clock: CUDA events with synchronisation on CUDA, ``time.perf_counter`` on CPU. (An engine
+whose prefills are timed while it answers, ``TimedEngine``, is the application layer's.)"""
 
 from __future__ import annotations
 
@@ -9,28 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Clock", "TimedEngine"]
-
-
-class TimedEngine:
-    """An engine with the seconds spent in ``prefill`` added up (``extend`` passes through): how ``eval``
-    and ``sweep`` measure ``prefill_ms`` while answering (CUDA synchronised around each prefill)."""
-
-    def __init__(self, engine: Any, cuda: bool) -> None:
-        self.engine, self.cuda, self.seconds = engine, cuda, 0.0
-
-    def prefill(self, *args: Any, **kwargs: Any) -> Any:
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = self.engine.prefill(*args, **kwargs)
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - start
-        return out
-
-    def extend(self, *args: Any, **kwargs: Any) -> Any:
-        return self.engine.extend(*args, **kwargs)
+__all__ = ["Clock"]
 
 
 class Clock:

@@ -9,8 +9,9 @@ from functools import partial
 from typing import Any
 
 import torch
+from vtsched.core.app import run_costs
 from vtsched.core.budget import Budget
-from vtsched.core.cost import plan_costs, vision_flops
+from vtsched.core.cost import vision_flops
 from vtsched.core.engine import DecodeState, Engine, Prefill
 from vtsched.core.errors import InputError
 from vtsched.core.planner import Plan
@@ -104,7 +105,7 @@ class Bench:
             r.match = kind
             if case.budget is None:
                 continue
-            budgets, targets = matcher.solve_batch(policy, partitioner, Budget.parse(case.budget), self.batch,
+            budgets, targets = matcher.solve_batch(policy, partitioner, case.budget, self.batch,
                                                    case_label(case))
             if len(set(budgets)) != 1:
                 raise InputError(f"--match: {case_label(case)} solves to budgets {sorted(set(budgets))} on the "
@@ -119,8 +120,7 @@ class Bench:
     def plan(self, i: int) -> Plan:
         case, policy, partitioner = self.policies[i]
         solved = self.results[i].budget_solved
-        budget = Budget(count=solved) if solved is not None else (
-            Budget.parse(case.budget) if case.budget is not None else None)
+        budget = Budget(count=solved) if solved is not None else case.budget
         return self.scheduler.plan(self.batch, policy, partitioner, budget)
 
     def run_case(self, i: int, measured: bool, first: bool) -> None:
@@ -151,7 +151,7 @@ class Bench:
         return plan, self.scheduler.engine.prefill(self.batch, plan.schedule, plan.partition, use_cache=True)
 
     def _record_first(self, r: CaseResult, plan: Plan, out: Prefill, tokens: torch.Tensor | None) -> None:
-        r.costs = plan_costs(plan, out.stats, self.scheduler.adapter.geometry).row()
+        r.costs = run_costs(self.scheduler, plan, out.stats).row()
         r.budget_counts = budget_counts_of(plan.policy, self.scheduler.registry)
         self.logits[case_label(r.case)] = out.logits
         if tokens is not None:

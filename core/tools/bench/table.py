@@ -48,7 +48,7 @@ class BenchReport:
             rows.append({
                 "case": case_label(r.case),
                 "policy": r.case.policy,
-                "budget": r.case.budget,
+                "budget": r.case.budget.text if r.case.budget is not None else None,
                 "partitioner": r.case.partitioner,
                 "budget_counts": r.budget_counts,
                 "params": dict(r.case.params),

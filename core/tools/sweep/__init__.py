@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vtsched.core.tools.sweep.config import load_config
-    from vtsched.core.tools.sweep.coordinator import Progress, SweepOutcome, dry_run_table, run_sweep, with_overrides
+    from vtsched.core.tools.sweep.coordinator import (
+        Progress,
+        SweepOutcome,
+        dry_run_table,
+        run_sweep,
+        with_overrides,
+    )
 
 _LAZY = {
     "load_config": "vtsched.core.tools.sweep.config",
@@ -29,7 +35,7 @@ _LAZY = {
        for name in ("run_sweep", "SweepOutcome", "dry_run_table", "Progress", "with_overrides")},
 }
 
-__all__ = ["run_sweep", "SweepOutcome", "load_config", "dry_run_table", "Progress", "with_overrides"]
+__all__ = ["Progress", "SweepOutcome", "dry_run_table", "load_config", "run_sweep", "with_overrides"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,12 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vtsched.core.app import Request, parse_budget
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.tools.sweep.config import DEMO_MODEL
 
-__all__ = ["Cell", "LAYER_PARAMS", "layer_param", "model_path", "model_fingerprint", "cell_hash", "cell_label",
-           "as_budget_text"]
+__all__ = [
+    "LAYER_PARAMS",
+    "Cell",
+    "as_budget_text",
+    "cell_hash",
+    "cell_label",
+    "cell_request",
+    "layer_param",
+    "model_fingerprint",
+    "model_path",
+    "read_budget",
+]
 
 LAYER_PARAMS = ("drop_layer", "switch_layer", "insert_layer", "layer")  # what "K" is, per policy
 
@@ -133,10 +144,32 @@ def cell_label(policy: str, params: Mapping[str, Any], written: set[str], partit
     return name + (f"#s{seed}" if seeds > 1 else "")
 
 
+def read_budget(value: Any) -> tuple[Budget | None, str | None, str | None]:
+    """A config's budget, read once: the budget, its text as ``Budget`` prints it (``7``, ``0.111``; the
+    cell's hash and label use it), and the budget's own one-line error when it does not parse (the
+    text is then as written, and the cell is refused with that error). ``None``: no budget."""
+    if value is None:
+        return None, None, None
+    try:
+        budget = parse_budget(value)
+    except VtschedError as exc:
+        return None, str(value), str(exc)
+    return budget, str(budget), None
+
+
 def as_budget_text(value: Any) -> str:
     """The budget as ``Budget`` prints it (``7``, ``0.111``), or as written when it does not parse
     (the planner then refuses the cell with the budget's own error)."""
-    try:
-        return str(Budget.parse(value))
-    except VtschedError:
-        return str(value)
+    return read_budget(value)[1] or str(value)
+
+
+def _thaw(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+
+
+def cell_request(spec: Mapping[str, Any]) -> Request:
+    """The request a cell's resolved configuration (read back from JSON: lists are tuples again) makes:
+    the sweep's edge, where a cell's budget text is read."""
+    return Request.from_words(str(spec["policy"]), params=_thaw(spec["params"]), partitioner=spec["partitioner"],
+                              partitioner_params=_thaw(spec["partitioner_params"] or {}), budget=spec["budget"],
+                              model=spec.get("model"))

@@ -41,15 +41,15 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from vtsched.core.errors import InputError
 
-__all__ = ["SweepConfig", "PolicySpec", "ComponentSpec", "load_config", "parse_config", "DEMO_MODEL", "expand_params"]
+__all__ = ["DEMO_MODEL", "ComponentSpec", "PolicySpec", "SweepConfig", "expand_params", "load_config", "parse_config"]
 
 DEMO_MODEL = "demo"  # the shipped demo model
 

@@ -16,15 +16,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vtsched.core.errors import InputError, VtschedError
-from vtsched.core.tools.sweep.launch import InlineExecutor, Job, make_executor
-from vtsched.core.tools.sweep.config import SweepConfig, load_config
 from vtsched.core.tools.sweep.cells import Cell
+from vtsched.core.tools.sweep.config import SweepConfig, load_config
+from vtsched.core.tools.sweep.launch import InlineExecutor, Job, make_executor
 from vtsched.core.tools.sweep.plan import resolve_cells, shard_cells
-from vtsched.core.tools.sweep.report import summary_rows, summary_table, summary_text, write_report
-from vtsched.core.tools.sweep.results import ResultsFile, SweepLock, drop_torn_tail, read_rows
+from vtsched.core.tools.sweep.report import (
+    summary_rows,
+    summary_table,
+    summary_text,
+    write_report,
+)
+from vtsched.core.tools.sweep.results import (
+    ResultsFile,
+    SweepLock,
+    drop_torn_tail,
+    read_rows,
+)
 from vtsched.core.tools.sweep.run import Ranks, run_cells
 
-__all__ = ["run_sweep", "SweepOutcome", "dry_run_table", "Progress", "with_overrides"]
+__all__ = ["Progress", "SweepOutcome", "dry_run_table", "run_sweep", "with_overrides"]
 
 
 @dataclass
@@ -99,9 +109,9 @@ def dry_run_table(cells: Sequence[Cell], finished: AbstractSet[str] = frozenset(
 
 
 def _registry(no_plugins: bool) -> Any:
-    from vtsched.core.registry import build_registry, make_plugin_manager
+    from vtsched.core.app import registry
 
-    return build_registry(make_plugin_manager(load_entrypoints=False if no_plugins else None))
+    return registry(no_plugins)
 
 
 def run_sweep(

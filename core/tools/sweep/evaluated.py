@@ -22,10 +22,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vtsched.core.errors import InputError, VtschedError
+from vtsched.core.tools.sweep.cells import (
+    Cell,
+    as_budget_text,
+    cell_hash,
+    cell_label,
+    model_fingerprint,
+    model_path,
+)
 from vtsched.core.tools.sweep.config import DEMO_MODEL, SweepConfig
-from vtsched.core.tools.sweep.cells import Cell, as_budget_text, cell_hash, cell_label, model_fingerprint, model_path
 
-__all__ = ["evaluated_cells", "evaluated_row", "COST_COLUMNS"]
+__all__ = ["COST_COLUMNS", "evaluated_cells", "evaluated_row"]
 
 # the columns an evaluator's row may share with every results row (vtsched.core.cost's names)
 COST_COLUMNS = ("budget_counts", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "prefill_ms")

@@ -29,8 +29,16 @@ from typing import Any, Protocol
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.tools.sweep.cells import Cell
 
-__all__ = ["Job", "Executor", "InlineExecutor", "LocalExecutor", "SubmititExecutor", "make_executor", "run_shard",
-           "EXECUTORS"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "InlineExecutor",
+    "Job",
+    "LocalExecutor",
+    "SubmititExecutor",
+    "make_executor",
+    "run_shard",
+]
 
 EXECUTORS = ("local", "submitit")
 

@@ -21,10 +21,17 @@ from vtsched.core.cost import nominal_group_sizes
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.schedule import Schedule
-from vtsched.core.tools.sweep.cells import Cell, as_budget_text, cell_hash, cell_label, model_fingerprint, model_path
+from vtsched.core.tools.sweep.cells import (
+    Cell,
+    cell_hash,
+    cell_label,
+    model_fingerprint,
+    model_path,
+    read_budget,
+)
 from vtsched.core.tools.sweep.config import SweepConfig
 
-__all__ = ["resolve_cells", "estimate_prefill_flops", "shard_cells"]
+__all__ = ["estimate_prefill_flops", "resolve_cells", "shard_cells"]
 
 
 @dataclass
@@ -193,19 +200,21 @@ def _cells_of(config: SweepConfig, info: _ModelInfo, dataset: str, spec: Any, pa
     seeds = len(spec.seeds or config.seeds)
     out = []
     for budget_value in (budgets if cls.uses_budget else [None]):
-        budget_text = None if budget_value is None else as_budget_text(budget_value)
+        budget, budget_text, budget_error = read_budget(budget_value)
         for part_name, pparams, part_written, part_error in choices:
             error = policy_error or part_error
             check = None
-            if error is None:
+            if error is None and budget_error is not None:
+                error = budget_error
+            elif error is None:
                 try:
-                    budget = Budget.parse(budget_value) if budget_value is not None else None
                     check = planner.check(policy, budget, part_name, pparams)
                 except VtschedError as exc:
                     error = str(exc)
             keep = check.keep if check is not None else None
             if config.match is not None and check is not None and budget_text is not None:
-                keep = _solve_nominal(planner, config.match, policy, part_name, pparams, budget_text, where_of(config))
+                keep = _solve_nominal(planner, config.match, policy, part_name, pparams, budget, budget_text,
+                                      where_of(config))
             cell_spec = {
                 "model": info.name, "dataset": dataset, "policy": name, "params": resolved,
                 "partitioner": part_name, "partitioner_params": pparams,
@@ -234,7 +243,7 @@ def where_of(config: SweepConfig) -> str:
 
 
 def _solve_nominal(planner: Any, kind: str, policy: Any, part_name: str | None, pparams: Mapping[str, Any],
-                   budget_text: str, where: str) -> int | None:
+                   budget: Any, budget_text: str, where: str) -> int | None:
     """A matched cell's budget on an image of the model's nominal visual tokens, or the config's one-line
     error (:class:`~vtsched.core.tools.matching.MatchError`) when no budget of the policy meets the target.
     Each batch solves again on its own samples when the cell runs."""
@@ -242,7 +251,7 @@ def _solve_nominal(planner: Any, kind: str, policy: Any, part_name: str | None, 
 
     partitioner = planner.partitioner(part_name, pparams) if part_name else None
     try:
-        return Matcher(planner, kind).solve(policy, partitioner, Budget.parse(budget_text),
+        return Matcher(planner, kind).solve(policy, partitioner, budget,
                                             SampleText(planner.geometry.num_visual, 0, 0),
                                             f"{policy.name}@{budget_text}" + (f" [{part_name}]" if part_name else ""))
     except MatchError as exc:

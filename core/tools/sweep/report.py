@@ -20,7 +20,7 @@ from typing import Any
 from vtsched.core.io import write_atomic
 from vtsched.core.tools.report import save_png, write_csv
 
-__all__ = ["summary_rows", "summary_table", "seed_means", "seed_table", "summary_text", "pareto_front", "write_report", "COLUMNS"]
+__all__ = ["COLUMNS", "pareto_front", "seed_means", "seed_table", "summary_rows", "summary_table", "summary_text", "write_report"]
 
 COLUMNS = ("model", "dataset", "label", "policy", "budget", "budget_counts", "k", "partitioner", "seed", "status", "n",
            "accuracy", "score", "agreement_with_full", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",

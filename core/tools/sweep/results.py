@@ -27,7 +27,7 @@ from typing import Any
 
 from vtsched.core.errors import InputError
 
-__all__ = ["FORMAT", "ResultsFile", "SweepLock", "append_row", "read_rows", "drop_torn_tail"]
+__all__ = ["FORMAT", "ResultsFile", "SweepLock", "append_row", "drop_torn_tail", "read_rows"]
 
 FORMAT = 1  # the row format; bump when a row's meaning changes
 

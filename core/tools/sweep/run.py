@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vtsched.core.errors import VtschedError
-from vtsched.core.tools.sweep.cells import Cell, layer_param, model_path
+from vtsched.core.tools.sweep.cells import Cell, cell_request, layer_param, model_path
 from vtsched.core.tools.sweep.results import FORMAT, append_row
 
-__all__ = ["Answers", "evaluate_cell", "cell_row", "failed_row", "run_cells", "Ranks", "one_line"]
+__all__ = ["Answers", "Ranks", "cell_row", "evaluate_cell", "failed_row", "one_line", "run_cells"]
 
 
 @dataclass
@@ -69,28 +69,23 @@ class Answers:
         return out
 
 
-def _thaw(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-
-
 def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any], *, batch_size: int,
                   indices: Sequence[int] | None = None) -> Answers:
     """Answer ``items`` (those at ``indices``, else all) under the cell ``spec``."""
     import torch
-
+    from vtsched.core.app import TimedEngine, answer_timed
     from vtsched.core.budget import Budget
     from vtsched.core.generation import GenerationConfig
-    from vtsched.core.cost import plan_costs
     from vtsched.core.policy import budget_counts_of
-    from vtsched.core.tools.bench import TimedEngine
-    from vtsched.core.tools.matching import Matcher, split_by_budget
     from vtsched.core.tools.evaluate import normalise
+    from vtsched.core.tools.matching import Matcher, split_by_budget
 
     torch.manual_seed(int(spec["seed"]))
-    policy = scheduler.make_policy(spec["policy"], _thaw(spec["params"]))
-    partitioner = (scheduler.make_partitioner(spec["partitioner"], _thaw(spec["partitioner_params"]))
-                   if spec["partitioner"] else None)
-    budget = Budget.parse(spec["budget"]) if spec["budget"] is not None else None
+    request = cell_request(spec)
+    policy = scheduler.make_policy(request.policy, dict(request.params))
+    partitioner = (scheduler.make_partitioner(request.partitioner, dict(request.partitioner_params))
+                   if request.partitioner else None)
+    budget = request.budget
     config = GenerationConfig(max_new_tokens=int(spec["max_new_tokens"]))
     cuda = scheduler.adapter.device.type == "cuda"
     timed = TimedEngine(scheduler.engine, cuda)
@@ -114,13 +109,11 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
         costs: list[dict[str, float]] = [{}] * len(chunk)
         for group, count in split_by_budget(solved):
             sub = batch if len(group) == len(chunk) else batch.select(group)
-            t0 = time.perf_counter()
-            plan = scheduler.plan(sub, policy, partitioner, Budget(count=count) if count is not None else budget)
-            timed.seconds += time.perf_counter() - t0  # the partitioner's selection is part of the prefill's cost
-            answered = scheduler.answer(sub, plan, config, engine=timed)
-            ran = plan_costs(plan, answered.generated.prefill.stats, scheduler.adapter.geometry)
+            # the partitioner's selection is part of the prefill's cost: answer_timed times the plan too
+            answered, _ = answer_timed(scheduler, sub, policy, partitioner,
+                                       Budget(count=count) if count is not None else budget, config, timed)
             for k, i in enumerate(group):
-                texts[i], costs[i] = answered.texts[k], ran.row(k)
+                texts[i], costs[i] = answered.texts[k], answered.costs.row(k)
         for k, (i, item) in enumerate(zip(index, chunk)):
             out.index.append(i)
             out.ids.append(item.id)
@@ -276,16 +269,13 @@ def run_cells(cells: Sequence[Cell], results: str, *, device: str = "cpu", batch
     With ``ranks`` (data parallel) every rank must call this with the same cells; rank 0 writes.
     """
     import torch
-
-    from vtsched.core.cli.common import load_scheduler
-    from vtsched.core.registry import build_registry, make_plugin_manager
-    from vtsched.core.tools.evaluate import load_items
-
+    from vtsched.core.app import models
     from vtsched.core.generation import GenerationConfig
+    from vtsched.core.tools.evaluate import load_items
 
     ranks = ranks or Ranks()
     warm = False
-    registry = build_registry(make_plugin_manager(load_entrypoints=False if no_plugins else None))
+    registry = models.registry(no_plugins)
     torch_dtype = getattr(torch, dtype) if dtype else None
     schedulers: dict[str, Any] = {}
     datasets: dict[tuple[str, Any], list[Any]] = {}
@@ -313,7 +303,8 @@ def run_cells(cells: Sequence[Cell], results: str, *, device: str = "cpu", batch
         try:
             if cell.model not in schedulers:
                 schedulers.clear()  # one model in memory at a time
-                schedulers[cell.model] = load_scheduler(model_path(cell.model), registry, device, dtype=torch_dtype)
+                schedulers[cell.model] = models.load_scheduler(model_path(cell.model), registry, device,
+                                                               dtype=torch_dtype)
                 warm = True
             key = (cell.spec["dataset"], cell.spec["limit"])
             if key not in datasets:

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
 from vtsched.core.cli.checks import add_device, add_output, at_least
 from vtsched.core.commands import Command
 from vtsched.core.errors import InputError
 
 from vtsched_lisa.demo_lisa import demo_lisa_path
 
-__all__ = ["SegmentCommand", "TrainDemoLisaCommand", "save_mask", "overlay"]
+__all__ = ["SegmentCommand", "TrainDemoLisaCommand", "overlay", "save_mask"]
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +32,6 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 
 def _scheduler(args: argparse.Namespace) -> Any:
     import torch
-
     from vtsched.core.cli.common import registry_for
 
     from vtsched_lisa.segment import lisa_scheduler
@@ -46,15 +44,14 @@ def _scheduler(args: argparse.Namespace) -> Any:
     return lisa_scheduler(str(path), clip=args.clip, device=args.device, dtype=dtype, registry=registry_for(args))
 
 
-def _policy(scheduler: Any, args: argparse.Namespace, name: str, params: dict[str, str]) -> tuple[Any, Any]:
-    """The policy and its partitioner (or None), routed as ``vtsched run`` routes ``-p``."""
-    from vtsched.core.cli.common import build_policy_routing_params
+def _request(scheduler: Any, args: argparse.Namespace) -> Any:
+    """The command line's request (:func:`vtsched.core.cli.common.request_of`) checked against the model:
+    the policy, its partitioner (or None), routed as ``vtsched run`` routes ``-p``, and the budget it runs at
+    (the one given, else a saved schedule's own, else the default)."""
+    from vtsched.core.app import check_request
+    from vtsched.core.cli.common import request_of
 
-    policy, part_params = build_policy_routing_params(scheduler.planner, name, args.partitioner, params,
-                                                      dict(args.partitioner_param))
-    chosen = scheduler.planner.default_partitioner(policy, args.partitioner)
-    part = scheduler.make_partitioner(chosen, part_params) if (chosen and policy.needs_partition) else None
-    return policy, part
+    return check_request(scheduler.planner, request_of(args))
 
 
 class SegmentCommand(Command):
@@ -81,8 +78,6 @@ class SegmentCommand(Command):
 
     @classmethod
     def run(cls, args: argparse.Namespace) -> int:
-        from vtsched.core.budget import Budget
-        from vtsched.core.cli.common import DEFAULT_BUDGET
         from vtsched.core.generation import GenerationConfig
         from vtsched.core.io import load_image, write_atomic
 
@@ -92,8 +87,8 @@ class SegmentCommand(Command):
             raise InputError("--question is empty: ask for something in the image")
         image = load_image(args.image)
         scheduler = _scheduler(args)
-        policy, part = _policy(scheduler, args, args.policy, dict(args.param))
-        budget = Budget.parse(str(args.budget or getattr(policy, "saved_budget", None) or DEFAULT_BUDGET))
+        checked = _request(scheduler, args)
+        policy, part, budget = checked.policy, checked.make_partitioner(scheduler.planner), checked.budget
         generation = GenerationConfig(max_new_tokens=args.max_new_tokens) if args.generate else None
         result = LisaSegmenter(scheduler).segment([image], [args.question], policy, partitioner=part, budget=budget,
                                                   generation=generation)[0]

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["segmentation_cases", "evaluate_segmentation", "format_table"]
+__all__ = ["evaluate_segmentation", "format_table", "segmentation_cases"]
 
 
 def segmentation_cases(scheduler: Any, policies: Sequence[str], budgets: Sequence[str],
@@ -28,21 +28,21 @@ def segmentation_cases(scheduler: Any, policies: Sequence[str], budgets: Sequenc
     """``(label, policy, partitioner, budget)`` for ``full`` and every policy x budget (x partitioner,
     for policies that need one), built and checked before any item runs; labels as ``vtsched eval``
     writes them (``prune@7``, ``prune@7 [lisa]``)."""
-    from vtsched.core.budget import Budget
-    from vtsched.core.cli.common import build_policy_routing_params
+    from vtsched.core.app import parse_budget, route_params
     from vtsched.core.tools.evaluate import parse_partitioner
 
     planner = scheduler.planner
     specs = ["full"] + [p for p in policies if p != "full"]
+    parsed = [parse_budget(text) for text in budgets]  # the request's budget words, read once
     cases: list[tuple[str, Any, Any, Any]] = []
     seen = set()
     for spec in specs:
         name, params = parse_partitioner(spec)
-        for text in budgets:
+        for given in parsed:
             for part_spec in (partitioners or [None]):
                 part_name, part_params = parse_partitioner(part_spec) if part_spec else (None, {})
-                policy, routed = build_policy_routing_params(planner, name, part_name, params, part_params)
-                budget = planner.budget_seen(policy, Budget.parse(text))
+                policy, routed = route_params(planner, name, part_name, params, part_params)
+                budget = planner.budget_seen(policy, given)
                 chosen = planner.default_partitioner(policy, part_name)
                 part = scheduler.make_partitioner(chosen, routed) if (chosen and policy.needs_partition) else None
                 label = spec + (f"@{budget}" if budget is not None else "")

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
+from vtsched.core.app import parse_budget
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError, VtschedError
 from vtsched.core.generation import GenerationConfig, HiddenStates
@@ -43,7 +43,7 @@ from vtsched.core.tokens import PromptBatch
 
 from vtsched_lisa.model import SEG_TOKEN, LisaModel
 
-__all__ = ["LisaSegmenter", "Segmentation", "seg_state", "lisa_scheduler", "TEACHER_REPLY"]
+__all__ = ["TEACHER_REPLY", "LisaSegmenter", "Segmentation", "lisa_scheduler", "seg_state"]
 
 TEACHER_REPLY = "[SEG]."
 EMBEDDINGS_KEPT = 16
@@ -204,7 +204,7 @@ class LisaSegmenter:
 
     # -- requests -------------------------------------------------------------------------------
     def segment(self, images: Sequence[Any], questions: Sequence[str], policy: str | Policy = "full", *,
-                partitioner: str | Partitioner | None = None, budget: str | int | float | Budget | None = None,
+                partitioner: str | Partitioner | None = None, budget: str | float | Budget | None = None,
                 policy_params: Mapping[str, Any] | None = None, generation: GenerationConfig | None = None,
                 reply: str = TEACHER_REPLY) -> list[Segmentation]:
         """Masks for ``questions`` about ``images`` under ``policy``. Teacher-forced (the reply in the
@@ -216,7 +216,7 @@ class LisaSegmenter:
         vision_s = (time.perf_counter() - start) / max(1, len(images))
         policy_obj = scheduler.make_policy(policy, policy_params)
         part = scheduler.make_partitioner(partitioner) if isinstance(partitioner, str) else partitioner
-        plan = scheduler.plan(batch, policy_obj, part, Budget.parse(budget) if budget is not None else None)
+        plan = scheduler.plan(batch, policy_obj, part, parse_budget(budget))  # a Budget, or a caller's words
         seg_id = self.model.config.seg_token_id
         timer = _PrefillTimer(scheduler.engine)
         start = time.perf_counter()

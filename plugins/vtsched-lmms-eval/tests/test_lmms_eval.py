@@ -74,7 +74,7 @@ def test_loglikelihood_is_transformers_own(demo_lmm, tmp_path):
 
 
 def test_lmms_eval_end_to_end_offline_equals_vtsched_eval(tmp_path):
-    from vtsched.core.cli.common import load_scheduler
+    from vtsched.core.app import load_scheduler
     from vtsched.core.registry import build_registry, make_plugin_manager
     from vtsched.core.tools.bench import Case
     from vtsched.core.tools.evaluate import evaluate, load_items

@@ -36,8 +36,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
-
-from vtsched.core.tools.bench import TimedEngine
+from vtsched.core.app import TimedEngine
 
 __all__ = ["VtschedLMM"]
 
@@ -65,7 +64,7 @@ class VtschedLMM(lmms):
         self,
         pretrained: str = "demo",
         policy: str = "full",
-        budget: str | int | float | None = None,
+        budget: str | float | None = None,
         partitioner: str | None = None,
         device: str | None = "cpu",
         dtype: str | None = None,
@@ -77,19 +76,26 @@ class VtschedLMM(lmms):
         **params: Any,
     ) -> None:
         super().__init__()
-        from vtsched.core.budget import Budget
-        from vtsched.core.cli.common import load_scheduler, planner_for_model
-        from vtsched.core.registry import build_registry, make_plugin_manager
+        from vtsched.core.app import (
+            Request,
+            check_request,
+            load_scheduler,
+            planner_for_model,
+            registry,
+        )
         from vtsched.core.tools.sweep.cells import model_path
 
         policy_params = {k: _text(v) for k, v in params.items() if not k.startswith("partitioner.")}
         partitioner_params = {k.split(".", 1)[1]: _text(v) for k, v in params.items() if k.startswith("partitioner.")}
-        registry = build_registry(make_plugin_manager(load_entrypoints=False if no_plugins else None))
+        components = registry(no_plugins)
         path = model_path(str(pretrained))
-        planner = planner_for_model(path, registry)  # refuse bad names and parameters before weights load
-        self.policy = planner.policy(policy, policy_params)
-        self.budget = Budget.parse(_text(budget)) if budget not in (None, "") else None
-        check = planner.check(self.policy, self.budget, partitioner, partitioner_params)
+        # the model args are the request's words, read here once; refused in one line before weights load
+        request = Request.from_words(policy, params=policy_params, partitioner=partitioner,
+                                     partitioner_params=partitioner_params,
+                                     budget=_text(budget) if budget is not None else None, model=path)
+        checked = check_request(planner_for_model(path, components), request, default_budget=None)
+        self.policy, self.budget, check = checked.policy, checked.budget, checked.check
+        partitioner_params = checked.partitioner_params
         self.partitioner_name = check.partitioner
         self.partitioner_params = partitioner_params
         device = str(device or "cpu")
@@ -97,7 +103,7 @@ class VtschedLMM(lmms):
         if device.startswith("cuda") and world > 1:  # data parallel: one device per rank
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         self._device = torch.device(device)
-        self.scheduler = load_scheduler(path, registry, device, dtype=getattr(torch, dtype) if dtype else None)
+        self.scheduler = load_scheduler(path, components, device, dtype=getattr(torch, dtype) if dtype else None)
         self.partitioner = (self.scheduler.make_partitioner(self.partitioner_name, partitioner_params)
                             if self.partitioner_name else None)
         self.batch_size_per_device = int(batch_size) if str(batch_size).isdigit() else 1
@@ -148,20 +154,18 @@ class VtschedLMM(lmms):
         return self.scheduler.plan(batch, self.policy, self.partitioner, self.budget)
 
     def _batch_costs(self, plan: Any, stats: Any, seconds: float, size: int) -> tuple[Any, float]:
-        """A batch's cost columns per sample (:func:`vtsched.core.cost.plan_costs`) and each sample's share
+        """A batch's cost columns per sample (:func:`vtsched.core.app.run_costs`) and each sample's share
         of its measured prefill ``seconds``."""
-        from vtsched.core.cost import plan_costs
+        from vtsched.core.app import run_costs
 
-        return plan_costs(plan, stats, self.scheduler.adapter.geometry), 1e3 * seconds / max(1, size)
+        return run_costs(self.scheduler, plan, stats), 1e3 * seconds / max(1, size)
 
     def _record(self, kind: str, task: str, doc_id: int, costs: tuple[Any, float], b: int) -> None:
-        from vtsched.core.policy import budget_counts_of
+        from vtsched.core.app import cost_row
 
         row, ms = costs
-        self.records.append({
-            "kind": kind, "task": task, "doc_id": doc_id, "policy": self.describe(),
-            "budget_counts": budget_counts_of(self.policy, self.scheduler.registry), **row.row(b), "prefill_ms": ms,
-        })
+        self.records.append({"kind": kind, "task": task, "doc_id": doc_id, "policy": self.describe(),
+                             **cost_row(self.scheduler, self.policy, row, b, ms)})
 
     def _flush(self, kind: str, n: int) -> None:
         """Append this call's per-request records to ``log_path`` and log their means."""
