@@ -34,6 +34,7 @@ def write_video(frames: np.ndarray, fps: float = 4.0) -> io.BytesIO:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="matroska") as container:
         stream = container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1000))
+        assert isinstance(stream, av.VideoStream)  # what a video codec's stream is (and what mypy needs told)
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
         stream.pix_fmt = "bgr0"
         for array in frames:
