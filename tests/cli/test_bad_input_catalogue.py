@@ -44,7 +44,7 @@ def place(tmp_path_factory):
     root = tmp_path_factory.mktemp("catalogue")
     random_image(5, 64, 48).save(root / "image.png")
     Image.new("RGB", (1, 1), (200, 10, 10)).save(root / "one-pixel.png")
-    Image.fromarray((np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)).save(root / "depth16.png")
+    Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).save(root / "depth16.png")
     (root / "notes.png").write_text("not a picture")
     (root / "afile").write_text("a regular file")
     (root / "emptydir").mkdir()

@@ -6,8 +6,9 @@ What is checked against something independent of the code drawing it:
   (``Sample.pixel_boxes``) of the tokens that stream carried, tinted by their group's colour, and every
   other pixel is faded: recomputed here pixel by pixel from the boxes;
 - which tokens a stream carried: the partition's groups for static schedules (prune, parvts, and
-  ``drop-at``, a policy registered here through the plugin hook as a third party's is) and, for the survivor's last run, the positions the engine's own
-  prefill returns (``Prefill.index``), so FastV's attention-chosen tokens are the engine's;
+  ``drop-at``, a policy registered here through the plugin hook as a third party's is) and, for the
+  survivor's last run, the positions the engine's own prefill returns (``Prefill.index``), so FastV's
+  attention-chosen tokens are the engine's;
 - the last prompt token's attention, read under SDPA, equals transformers' eager attention weights
   of the same model (LLaVA and Qwen2.5-VL's M-RoPE), in float64.
 """
@@ -208,7 +209,7 @@ def test_demo_model_tints_whole_14px_cells(image):
     result = show(scheduler, image, QUESTION, "parvts", budget="7", policy_params={"drop_layer": 2})
     survivor = [r for r in result.data["runs"] if r["stream"] == "subject"]
     assert all(len(r["visual"]) == 7 for r in survivor)
-    for record, view, drawn in kept_panels(result):
+    for record, _view, drawn in kept_panels(result):
         faded = np.rint(FADE * result.image.astype(float) + (1 - FADE) * 255.0).astype(np.uint8)
         tinted = (drawn != faded).any(-1)
         cells = np.zeros((8, 8), dtype=bool)

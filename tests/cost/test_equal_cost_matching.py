@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.helpers import scheduler
 from vtsched.core.budget import Budget
 from vtsched.core.cli import main
-from vtsched.core.cost import nominal_group_sizes, nominal_run, plan_costs, prefill_flops
+from vtsched.core.cost import nominal_group_sizes, plan_costs, prefill_flops
 from vtsched.core.demo import random_image
 from vtsched.core.testing.strategies import TinyShape, tiny_llava
 from vtsched.core.tools.matching import Matcher, SampleText, closest_budget, sample_text, solve_budget
@@ -166,7 +166,7 @@ def test_matched_rows_meet_the_target_of_prune(tiny, kind):
         ran = s.engine.prefill(batch, plan.schedule, plan.partition, use_cache=False)
         row = plan_costs(plan, ran.stats, s.adapter.geometry).row()
         achieved = row["visual_tokens_per_layer"] if kind == "avg-tokens" else row["prefill_gflops"]
-        def gap(b: int) -> float:
+        def gap(b: int, policy=policy) -> float:
             return abs(matcher.measure(matcher.nominal(policy, None, b, text)) - target)
 
         neighbours = [b for b in (solved - 1, solved + 1) if 1 <= b <= text.num_visual]

@@ -249,7 +249,7 @@ class TestPluginEvent(EventConformance):
 
 
 # -- rankers: a registry kind ------------------------------------------------------------------------
-from vtsched.core.events import BUILTIN_RANKERS, Ranker  # noqa: E402
+from vtsched.core.events import Ranker  # noqa: E402
 from vtsched.core.events.rankers import LastTokenAttention, NextLayerAttention  # noqa: E402
 from vtsched.core.testing import RankerConformance  # noqa: E402
 

@@ -16,7 +16,7 @@ from vtsched.core import GenerationConfig
 from vtsched.core.budget import Budget
 from vtsched.core.errors import BudgetError, InputError
 from vtsched.core.testing import PartitionerConformance, random_image
-from vtsched.core.tokens import PromptBatch, Role, Sample
+from vtsched.core.tokens import PromptBatch, Role
 from vtsched.partitioners.cdpruner import CDPruner, conditional_kernel, fast_greedy_map
 
 from tests.families.test_families import FAMILIES, IMAGES, QUESTIONS

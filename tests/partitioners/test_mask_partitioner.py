@@ -27,7 +27,7 @@ from tests.helpers import registry, scheduler
 pytestmark = pytest.mark.filterwarnings("ignore:mask. sample .* has no mask")
 
 SEED, IMAGES = 3, 4
-PROCEDURAL = [s for s in generate(SEED, IMAGES, types=("subject_colour",))]
+PROCEDURAL = list(generate(SEED, IMAGES, types=("subject_colour",)))
 
 
 def _with_procedural_images(batch: PromptBatch, picks: list[int]) -> PromptBatch:
@@ -306,7 +306,8 @@ def test_synthetic_masks_are_found_by_a_fresh_process_that_only_builds_a_registr
     import subprocess
     import sys
 
-    code = ("from vtsched.core.registry import build_registry, make_plugin_manager; build_registry(make_plugin_manager(load_entrypoints=False)); "
+    code = ("from vtsched.core.registry import build_registry, make_plugin_manager; "
+            "build_registry(make_plugin_manager(load_entrypoints=False)); "
             "from vtsched.core.pixels import mask_source; print(len(mask_source('synthetic:1:2').entries))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]

@@ -55,7 +55,7 @@ def test_selection_rule_coverage_then_score_then_index():
     assert select_by_coverage(coverage, scores, 4).tolist() == [0, 1, 2, 3]  # shortfall: best score (0)
     assert select_by_coverage(coverage, scores, 5).tolist() == [0, 1, 2, 3, 4]  # score tie: lower index
     assert select_by_coverage(torch.zeros(6), scores, 2).tolist() == [0, 4]  # empty mask: scores alone
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="keep 7 outside 0..6"):
         select_by_coverage(coverage, scores, 7)
 
 

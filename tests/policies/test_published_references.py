@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -443,7 +444,7 @@ def test_every_reproduced_method_says_what_is_reproduced_and_what_differs(name):
     doc = importlib.import_module(f"vtsched.policies.{name}").__doc__ or ""
     for section in ("Reproduced", "Differs:"):
         assert section in doc, f"policies/{name}.py: its docstring needs a {section!r} section"
-    assert f"test_{name}" in open(__file__).read(), f"{name}: no published-algorithm reference test"
+    assert f"test_{name}" in Path(__file__).read_text(), f"{name}: no published-algorithm reference test"
 
 
 def test_roles_used_by_the_references_are_what_the_adapter_says(tiny):

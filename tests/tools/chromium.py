@@ -9,6 +9,7 @@ and uncaught exceptions, how many images decoded, and a PNG screenshot.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -105,10 +106,8 @@ class _Pipe:
                 return event
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._to_child, json.dumps({"id": 0, "method": "Browser.close"}).encode() + b"\0")
-        except OSError:
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

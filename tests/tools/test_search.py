@@ -48,7 +48,7 @@ def test_search_returns_the_smallest_layer_meeting_the_threshold(first_silent, s
 def test_search_is_deterministic_and_covers_alpha_and_budget():
     s = scheduler(*tiny_llava(TinyShape(layers=3, image_size=42)))
     batch = s.prepare([random_image(1), random_image(2)], ["what?", "what colour is the corner?"])
-    kwargs = dict(budgets=["3", "6"], alphas=[0.5, 1.0], threshold=10.0, progress=False)
+    kwargs = {"budgets": ["3", "6"], "alphas": [0.5, 1.0], "threshold": 10.0, "progress": False}
     a = search_drop_layer(s, batch, "parvts", **kwargs)
     b = search_drop_layer(s, batch, "parvts", **kwargs)
     assert a.curve == b.curve and a.chosen == b.chosen

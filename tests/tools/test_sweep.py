@@ -77,7 +77,8 @@ def error_line(capsys) -> str:
     (CONFIG.replace("budgets = [4]", "budget = [4]"), "unknown key 'budget' in [sweep]; did you mean 'budgets'?"),
     (CONFIG.replace("[eval]", "[evaluation]"), "unknown key 'evaluation' in the config (top level); did you mean 'eval'?"),
     (CONFIG.replace('name = "prune"', 'name = "prnue"'), "unknown policy 'prnue'; did you mean 'prune'?"),
-    (CONFIG.replace("drop_layer = [1, 2, 99]", "drop_layr = [1, 2]"), "parvts has no parameter 'drop_layr'; did you mean 'drop_layer'?"),
+    (CONFIG.replace("drop_layer = [1, 2, 99]", "drop_layr = [1, 2]"),
+     "parvts has no parameter 'drop_layr'; did you mean 'drop_layer'?"),
     (CONFIG.replace("budgets = [4]", "budgets = []"), "the grid expands to zero cells: [sweep] budgets is an empty list"),
     (CONFIG.replace("drop_layer = [1, 2, 99]", "drop_layer = []"), "the grid expands to zero cells"),
     (CONFIG + 'zip = { alpha = [0.5], fuse_tokens = ["question", "post_image"] }\n', "zip lists must have equal lengths"),
@@ -110,7 +111,7 @@ def test_cells_resolve_dedupe_and_hash(tmp_path):
     cells = resolve_cells(config, registry())
     labels = [c.label for c in cells]
     assert labels.count("full") == 1 and labels.count("vtw") == 1  # no budget: one cell each
-    assert "prune@4" in labels and "prune@7" in labels and len(set(c.hash for c in cells)) == len(cells)
+    assert "prune@4" in labels and "prune@7" in labels and len({c.hash for c in cells}) == len(cells)
     refused = [c for c in cells if c.error]
     assert refused and all("drop_layer 99" in c.error for c in refused)
     again = resolve_cells(config, registry())
@@ -202,7 +203,8 @@ def test_a_second_sweep_on_the_same_results_is_refused(tmp_path, capsys):
 
 def test_a_killed_sweep_leaves_no_stale_lock(tmp_path):
     results = tmp_path / "r.jsonl"
-    code = f"from vtsched.core.tools.sweep.results import SweepLock; SweepLock({str(results)!r}).acquire(); print('held', flush=True); import time; time.sleep(60)"
+    code = (f"from vtsched.core.tools.sweep.results import SweepLock; SweepLock({str(results)!r}).acquire(); "
+            "print('held', flush=True); import time; time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     with pytest.raises(InputError, match="another sweep"):
@@ -287,7 +289,8 @@ def test_retry_failed_reruns_a_failed_cell(tmp_path, capsys):
     image = next((tmp_path / "data" / "images").glob("*.png"))
     hidden = image.with_suffix(".bak")
     image.rename(hidden)
-    config = write_config(tmp_path, f'[sweep]\nresults = "ablation-results.jsonl"\ndatasets = ["{tmp_path / "data"}"]\nbudgets = [4]\n'
+    config = write_config(tmp_path, '[sweep]\nresults = "ablation-results.jsonl"\n'
+                          f'datasets = ["{tmp_path / "data"}"]\nbudgets = [4]\n'
                           '[eval]\nmax_new_tokens = 2\n[[policy]]\nname = "prune"\n')
     assert main(["sweep", str(config), "--no-plugins", "--no-progress"]) == 0
     rows = list(rows_by_hash(tmp_path / "ablation-results.jsonl").values())
