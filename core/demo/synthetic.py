@@ -21,8 +21,13 @@ import numpy as np
 from vtsched.core.pixels.mask_sources import MaskSource, register_mask_scheme
 
 __all__ = [
+    "CORNERS",
+    "MARK_SIZE",
     "MASK_FIELDS",
+    "POSITIONS",
     "QUESTIONS",
+    "SHAPES",
+    "SUBJECT_COLOURS",
     "SyntheticSample",
     "draw_scene",
     "export",
@@ -31,6 +36,7 @@ __all__ = [
     "mark_origin",
     "mask_source",
     "render",
+    "scene_rng",
 ]
 
 IMAGE_SIZE = 112
