@@ -47,7 +47,7 @@ from vtsched.core.budget import Budget
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import Partitioner
-from vtsched.core.tokens import PromptBatch, Sample
+from vtsched.core.tokens import PromptBatch
 from vtsched.partitioners.cls import selection_parts
 
 __all__ = ["DivPrune", "cosine_distances", "max_min_diverse"]

@@ -152,7 +152,9 @@ def _grown_tables(
         valid = torch.arange(width, device=device) < bound.lengths[b]
         moved = slot_of[b][valid]
 
-        def place(table: torch.Tensor, fill: float | int, added: torch.Tensor) -> torch.Tensor:
+        def place(table: torch.Tensor, fill: float | int, added: torch.Tensor,
+                  moved: torch.Tensor = moved, valid: torch.Tensor = valid, targets: torch.Tensor = targets,
+                  ) -> torch.Tensor:  # this row's slots, bound now (called within the iteration)
             out = table.new_full((new_width, *table.shape[1:]), fill)
             out[moved] = table[valid]
             out[targets] = added.to(device=out.device, dtype=out.dtype)

@@ -9,15 +9,15 @@ pytest file (see :mod:`vtsched.core.testing.conformance`).
 
 from __future__ import annotations
 
-from vtsched.core.testing.strategies import *  # noqa: F401,F403
+from vtsched.core.testing.strategies import *  # noqa: F403
 from vtsched.core.testing.strategies import __all__ as _strategies_all
-from vtsched.core.testing.models import (  # noqa: F401
+from vtsched.core.testing.models import (
     bound_scheduler, default_registry, model_greedy_tokens, model_logits, processor_inputs, shortened_logits,
 )
-from vtsched.core.testing.conformance import (  # noqa: F401
+from vtsched.core.testing.conformance import (
     AdapterConformance, FusionRuleConformance, PartitionerConformance, PolicyConformance,
 )
-from vtsched.core.testing.conformance import EventConformance, RankerConformance  # noqa: F401
+from vtsched.core.testing.conformance import EventConformance, RankerConformance
 
 __all__ = [
     *_strategies_all,

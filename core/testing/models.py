@@ -21,7 +21,8 @@ from vtsched.core.tokens import Sample
 
 __all__ = [
     "TinyShape", "tiny_llava", "tiny_llava_shapes", "default_registry", "bound_scheduler", "processor_inputs",
-    "model_logits", "model_greedy_tokens", "shortened_logits", "joined_states", "joined_logits", "fused_positions", "stream_positions", "layer_embeds", "decoder_slice", "one_sequence",
+    "model_logits", "model_greedy_tokens", "shortened_logits", "joined_states", "joined_logits", "fused_positions",
+    "stream_positions", "layer_embeds", "decoder_slice", "one_sequence",
 ]
 
 

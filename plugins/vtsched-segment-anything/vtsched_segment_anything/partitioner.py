@@ -121,7 +121,7 @@ class SamPartitioner(Partitioner):
             if self.prompt == "auto":
                 masks, ious = self._cached(model_key, path, (digest, "auto", self.points_per_side,
                                                              self.pred_iou_thresh, self.stability_score_thresh),
-                                           lambda sam: sam.generate(pixels, self))
+                                           lambda sam, pixels=pixels: sam.generate(pixels, self))
                 chosen = _choose(masks, ious, self.rule, scores, sample.pixel_boxes)
                 subject.append(_float(masks[chosen]) if chosen is not None else _empty(pixels))
                 rest = [m for i, m in enumerate(masks) if i != chosen]
@@ -129,7 +129,8 @@ class SamPartitioner(Partitioner):
             else:
                 prompt = self._prompt(sample.pixel_boxes, scores, keeps[b])
                 masks, _ = self._cached(model_key, path, (digest, self.prompt, prompt),
-                                        lambda sam: sam.predict(pixels, digest, self.prompt, prompt))
+                                        lambda sam, pixels=pixels, digest=digest, prompt=prompt:
+                                        sam.predict(pixels, digest, self.prompt, prompt))
                 subject.append(_float(masks[0]))
                 other.append(None)
         return partition_from_masks(batch.samples, keeps, subject, other if self.groups == 3 else None,
