@@ -149,7 +149,7 @@ def event_problems(cls: Any) -> list[str]:
     if not isinstance(kind, str) or not kind:
         return ["has no 'kind' (a non-empty string class attribute)"]
     problems = _dataclass_problems(cls, "event")
-    if not problems and [f.name for f in dataclasses.fields(cls)][:1] != ["layer"]:
+    if not problems and [f.name for f in dataclasses.fields(cls)][:1] != ["layer"]:  # type: ignore[arg-type]
         problems.append("must have 'layer: int' as its first field")
     for method, params in (("describe", ()), ("check", ("layout",)), ("apply", ("run", "at"))):
         if getattr(cls, method, None) is getattr(Event, method):

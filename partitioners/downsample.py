@@ -61,7 +61,7 @@ def pool_blocks(rows: int, cols: int, count: int) -> list[tuple[int, int, int, i
         return []
     bands = int(round(math.sqrt(count * rows / cols)))
     bands = min(max(bands, -(-count // cols), 1), rows, count)
-    blocks = []
+    blocks: list[tuple[int, int, int, int]] = []
     for i in range(bands):
         r0, r1 = i * rows // bands, (i + 1) * rows // bands
         width = (i + 1) * count // bands - i * count // bands
@@ -76,7 +76,8 @@ class Downsample(Partitioner):
     name: ClassVar[str] = "downsample"
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
-        assignment, overrides = [], []
+        assignment: list[torch.Tensor] = []
+        overrides: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for b, sample in enumerate(batch.samples):
             keep = budget.resolve(sample.num_visual)
             ids = torch.ones(sample.num_visual, dtype=torch.long)

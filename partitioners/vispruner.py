@@ -100,7 +100,7 @@ def remove_duplicates(features: torch.Tensor, residual: torch.Tensor, count: int
 def removal_rounds(candidates: int, count: int) -> list[int]:
     """The remaining token counts at each round of :func:`remove_duplicates` on ``candidates`` tokens
     keeping ``count`` (each round removes up to :data:`REMOVED_PER_ROUND`)."""
-    rounds = []
+    rounds: list[int] = []
     if count <= 0:
         return rounds
     while candidates - count > 0:

@@ -177,7 +177,7 @@ def schedules(draw, *, max_layers: int = 6, max_groups: int = 3, max_streams: in
             event.check(layout)
             events.append(event)
     end = BUILTIN_KINDS["end"]  # a schedule ends every stream but the survivor
-    events.extend(end(num_layers, name) for name in list(layout.alive) if name != survivor)
+    events.extend(end(num_layers, name) for name in list(layout.alive) if name != survivor)  # type: ignore[call-arg]
     return Schedule(num_layers, groups, streams, survivor, tuple(events))
 
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from hypothesis import strategies as st
 
+from vtsched.core.adapters.base import ModelAdapter
 from vtsched.core.budget import Budget
 from vtsched.core.contracts import adapter_problems
 from vtsched.core.policy import Policy
@@ -45,7 +46,7 @@ class AdapterConformance(Kit):
     Prompts come from ``prompts()`` (override for images a family needs, e.g. larger ones).
     """
 
-    adapter_class: ClassVar[type | None] = None
+    adapter_class: ClassVar[type[ModelAdapter] | None] = None
     new_tokens: ClassVar[int] = 3
     atol: ClassVar[float] = 1e-6
     backend_atol: ClassVar[float] = 1e-4

@@ -34,7 +34,8 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from vtsched.core.contracts import event_problems
-from vtsched.core.events import BUILTIN_EVENTS
+from vtsched.core.events import BUILTIN_EVENTS, Event
+from vtsched.core.events.rankers import Ranker
 from vtsched.core.partition import Partition
 from vtsched.core.schedule import Schedule
 from vtsched.core.testing import strategies as strat
@@ -47,13 +48,13 @@ __all__ = ["EventConformance", "RankerConformance"]
 class EventConformance(Kit):
     """Checks a schedule event kind (set ``event_class``)."""
 
-    event_class: ClassVar[type | None] = None
+    event_class: ClassVar[type[Event] | None] = None
     removes_tokens_only: ClassVar[bool] = False  # True: also held to the physically shortened sequence
     max_events_per_layer: ClassVar[int] = 2
     atol: ClassVar[float] = 1e-6
 
     # -- what is drawn (override to narrow) -----------------------------------------------------
-    def kinds(self) -> tuple[type, ...]:
+    def kinds(self) -> tuple[type[Event], ...]:
         expect(self.event_class is not None, f"{type(self).__name__}: set event_class")
         assert self.event_class is not None
         return tuple(dict.fromkeys((*BUILTIN_EVENTS, self.event_class)))
@@ -156,12 +157,16 @@ class EventConformance(Kit):
         from vtsched.core.events import DrawState, Layout
         from vtsched.core.schedule import Stream
 
+        event_class = self.event_class
+        assert event_class is not None
+
         def check(shape: Any, inputs: tuple[list[Any], list[str]], data: st.DataObject) -> None:
             layer = data.draw(st.integers(0, shape.layers - 1), label="layer")
             layout = Layout(shape.layers, ("subject",), ("main",), "main", {"main": ["subject"]})
-            draws = self.event_class.draws(DrawState(layer, layout, tuple(self.registry().fusion_rules()),
-                                                     self.rankers()))
+            draws = event_class.draws(DrawState(layer, layout, tuple(self.registry().fusion_rules()),
+                                                self.rankers()))
             assume(draws is not None)
+            assert draws is not None  # (assume raised otherwise)
             event = data.draw(draws, label="event")
             assume(self.is_tested(event))
             schedule = Schedule(shape.layers, ("subject",), (Stream("main", ("subject",)),), "main", (event,))
@@ -246,14 +251,14 @@ class RankerConformance(EventConformance):
     plus the contract. The ranker must be in ``registry()`` (override it to add a ranker that is not
     installed through an entry point)."""
 
-    ranker_class: ClassVar[type | None] = None
+    ranker_class: ClassVar[type[Ranker] | None] = None
     removes_tokens_only: ClassVar[bool] = True  # a keep_top only removes tokens
 
     @property
-    def event_class(self) -> type:  # type: ignore[override]
+    def event_class(self) -> type[Event]:  # type: ignore[override]
         return self.registry().event_kinds()["keep_top"]  # the kind that ranks
 
-    def rankers(self) -> dict[str, type]:
+    def rankers(self) -> dict[str, type[Ranker]]:
         expect(self.ranker_class is not None, f"{type(self).__name__}: set ranker_class")
         assert self.ranker_class is not None
         expect(self.registry().rankers().get(self.ranker_class.name) is self.ranker_class,
@@ -261,7 +266,7 @@ class RankerConformance(EventConformance):
         return {self.ranker_class.name: self.ranker_class}
 
     def is_tested(self, event: Any) -> bool:
-        return type(event) is self.event_class and event.ranker == getattr(self.ranker_class, "name", None)
+        return type(event) is self.event_class and getattr(event, "ranker", None) == getattr(self.ranker_class, "name", None)
 
     def test_contract(self) -> None:
         from vtsched.core.contracts import ranker_problems
