@@ -12,7 +12,7 @@ from typing import Any
 
 from vtsched.core.io import read_config
 from vtsched.core.planner import Planner
-from vtsched.core.registry import Registry, build_registry, make_plugin_manager
+from vtsched.core.registry import Registry
 from vtsched.core.scheduler import Scheduler
 
 __all__ = ["config_and_source", "load_scheduler", "model_config", "planner_for_config", "planner_for_model",
@@ -21,7 +21,9 @@ __all__ = ["config_and_source", "load_scheduler", "model_config", "planner_for_c
 
 def registry(no_plugins: bool = False) -> Registry:
     """The component registry: the built-ins, and the installed plugins unless ``no_plugins``."""
-    return build_registry(make_plugin_manager(load_entrypoints=False if no_plugins else None))
+    from vtsched.core import registry as components  # looked up per call: tests hand in their own manager
+
+    return components.build_registry(components.make_plugin_manager(load_entrypoints=False if no_plugins else None))
 
 
 def model_config(model: str | None) -> Any:

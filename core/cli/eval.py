@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from vtsched.core.app import load_scheduler, model_config, planner_for_config
 from vtsched.core.cli.checks import add_device, add_output, at_least
 from vtsched.core.cli.common import add_common, registry_for
 
@@ -48,7 +49,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vtsched.core.app import load_scheduler, model_config, planner_for_config
     from vtsched.core.cli.checks import check_prompt_fits
     from vtsched.core.errors import InputError
     from vtsched.core.evaluators import evaluator_for

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vtsched.core.app import load_scheduler, model_config, planner_for_config
 from vtsched.core.cli.checks import add_device, add_output, at_least, within
 from vtsched.core.cli.common import DEFAULT_BUDGET, add_common, key_value, registry_for
 
@@ -32,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vtsched.core.app import load_scheduler, parse_budget, with_run_meta
+    from vtsched.core.app import parse_budget, with_run_meta
     from vtsched.core.calibration import load_calibration, search_drop_layer
     from vtsched.core.demo import QUESTION_WORDS, random_image
     from vtsched.core.errors import InputError
@@ -82,7 +83,6 @@ def _check(args: argparse.Namespace, questions: list[str], budgets: list[Any]) -
     parameter, every budget (and alpha) it will try, the partitioner, the prompts' length."""
     import dataclasses
 
-    from vtsched.core.app import model_config, planner_for_config
     from vtsched.core.cli.checks import check_prompt_fits
     from vtsched.core.errors import InputError
 
