@@ -119,7 +119,9 @@ def bind(
         override = partition.features[b] if partition.features is not None else None
         if override is not None:  # merged tokens (visionzip) replace the features they stand for
             replaced, values = override
-            features = features.index_put((replaced.to(features.device),), values.to(features.dtype))
+            # a partitioner may compute the merged values on the CPU (visionzip does): they join the
+            # features where those live, or index_put fails on a GPU
+            features = features.index_put((replaced.to(features.device),), values.to(features.device, features.dtype))
         emb = emb.index_put((visual,), features.to(emb.device, emb.dtype))
         group_ids = torch.full_like(ids, -1)
         group_ids[visual] = partition.assignment[b].to(device)

@@ -37,3 +37,21 @@ def test_parvts_batched_generation_on_gpu():
     out = generate(s.engine, batch, pl.schedule, pl.partition, GenerationConfig(max_new_tokens=8))
     assert all(len(t) == 8 for t in out.tokens)
     assert out.prefill.logits.isfinite().all()
+
+
+# every built-in that runs on the demo-shaped LLaVA, as the GPU bench runs it: a partitioner that
+# computes on the CPU (visionzip's merge did) must hand the engine tensors it can place
+CASES = [("prune", p) for p in ("cls", "random", "uniform", "downsample", "divprune", "cdpruner", "vispruner",
+                                "visionzip", "attention")]
+CASES += [(policy, None) for policy in ("parvts", "fastv", "dart", "pdrop", "sparsevlm", "visionzip",
+                                        "subject-first", "non-subject-first")]
+
+
+@pytest.mark.parametrize("policy,partitioner", CASES)
+def test_every_builtin_prefills_on_gpu(policy, partitioner):
+    model, processor = build_random_llava("llava-1.5-geometry", dtype=torch.bfloat16, device="cuda")
+    s = scheduler(model, processor)
+    batch = s.prepare([random_image(1, 336, 336), random_image(2, 300, 336)], ["what?", "what colour is it?"])
+    pl = plan(s, batch, policy, 64, partitioner)
+    logits = s.engine.prefill(batch, pl.schedule, pl.partition, use_cache=True).logits
+    assert logits.device.type == "cuda" and logits.isfinite().all()
