@@ -36,6 +36,7 @@ class Kit:
     examples: ClassVar[int] = 25
     model_examples: ClassVar[int] = 8
     settings_overrides: ClassVar[Mapping[str, Any]] = {}
+    suppressed: ClassVar[tuple[HealthCheck, ...]] = ()  # health checks a kit's own drawing trips by design
     min_layers: ClassVar[int] = 1
     max_layers: ClassVar[int] = 3
     # Tiny models gain nothing from intra-op threads, and on a shared CPU more threads make every
@@ -63,7 +64,7 @@ class Kit:
             "max_examples": max(1, min(limit, active.max_examples)),
             "deadline": None,
             "suppress_health_check": tuple({*active.suppress_health_check, HealthCheck.too_slow,
-                                            HealthCheck.data_too_large}),
+                                            HealthCheck.data_too_large, *self.suppressed}),
         }
         options.update(self.settings_overrides)
         threads = torch.get_num_threads()
