@@ -42,7 +42,7 @@ def test_parvts_batched_generation_on_gpu():
 # every built-in that runs on the demo-shaped LLaVA, as the GPU bench runs it: a partitioner that
 # computes on the CPU (visionzip's merge did) must hand the engine tensors it can place
 CASES = [("prune", p) for p in ("cls", "random", "uniform", "downsample", "divprune", "cdpruner", "vispruner",
-                                "visionzip", "attention")]
+                                "visionzip")]
 CASES += [(policy, None) for policy in ("parvts", "fastv", "dart", "pdrop", "sparsevlm", "visionzip",
                                         "subject-first", "non-subject-first")]
 
