@@ -15,7 +15,8 @@ TITLES = {"policy": "policies", "partitioner": "partitioners", "fusion_rule": "f
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters, commands, evaluators, events, rankers and plugins")
+    lister = sub.add_parser("list", help="list policies, partitioners, fusion rules, adapters, commands, evaluators, "
+                                         "events, rankers and plugins")
     add_common(lister)
 
 

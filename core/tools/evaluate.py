@@ -329,7 +329,7 @@ def hard_references(hard: str, cases: Sequence[Case]) -> dict[str, str | None]:
     """
     labels = list(dict.fromkeys(["full", *(case_label(c) for c in cases)]))
     if hard in labels:
-        return {label: hard for label in labels}
+        return dict.fromkeys(labels, hard)
     budgets = list(dict.fromkeys(c.budget for c in cases if c.budget is not None))
     missing = [case_label(_prune_with(hard, b)) for b in budgets if case_label(_prune_with(hard, b)) not in labels]
     if not budgets or missing:

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "load_config": "vtsched.core.tools.sweep.config",
-    **{name: "vtsched.core.tools.sweep.coordinator"
-       for name in ("run_sweep", "SweepOutcome", "dry_run_table", "Progress", "with_overrides")},
+    **dict.fromkeys(("run_sweep", "SweepOutcome", "dry_run_table", "Progress", "with_overrides"),
+                    "vtsched.core.tools.sweep.coordinator"),
 }
 
 __all__ = ["Progress", "SweepOutcome", "dry_run_table", "load_config", "run_sweep", "with_overrides"]

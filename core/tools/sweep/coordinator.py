@@ -91,7 +91,8 @@ def _status(cell: Cell, finished: AbstractSet[str], failed: AbstractSet[str]) ->
 def dry_run_table(cells: Sequence[Cell], finished: AbstractSet[str] = frozenset(),
                   failed: AbstractSet[str] = frozenset()) -> str:
     """The cells with their estimated prefill FLOPs (per sample and in total) and their status."""
-    header = f"{'hash':<10s} {'model':<10s} {'dataset':<18s} {'cell':<40s} {'n':>5s} {'GFLOPs/sample':>13s} {'TFLOPs':>8s}  status"
+    header = (f"{'hash':<10s} {'model':<10s} {'dataset':<18s} {'cell':<40s} {'n':>5s} {'GFLOPs/sample':>13s} "
+              f"{'TFLOPs':>8s}  status")
     lines = [header, "-" * len(header)]
     total = 0.0
     for c in cells:

@@ -23,7 +23,8 @@ from vtsched.core.tools.report import save_png, write_csv
 __all__ = ["COLUMNS", "pareto_front", "seed_means", "seed_table", "summary_rows", "summary_table", "summary_text", "write_report"]
 
 COLUMNS = ("model", "dataset", "label", "policy", "budget", "budget_counts", "k", "partitioner", "seed", "status", "n",
-           "accuracy", "score", "agreement_with_full", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops", "est_gflops", "prefill_ms",
+           "accuracy", "score", "agreement_with_full", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops",
+           "est_gflops", "prefill_ms",
            "match", "match_target", "match_achieved", "budget_solved", "vision_ms", "wall_s", "error", "hash")
 
 
@@ -53,7 +54,8 @@ def summary_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             agreement = sum(normalise(p) == normalise(q or "") for p, q in pairs) / len(pairs) if pairs else None
         out.append({
             "model": spec["model"], "dataset": spec["dataset"], "label": r.get("label"), "policy": spec["policy"],
-            "budget": spec.get("budget"), "budget_counts": r.get("budget_counts"), "k": r.get("k"), "partitioner": spec.get("partitioner"),
+            "budget": spec.get("budget"), "budget_counts": r.get("budget_counts"), "k": r.get("k"),
+            "partitioner": spec.get("partitioner"),
             "seed": spec.get("seed"), "status": r.get("status"), "n": r.get("n"), "accuracy": r.get("accuracy"),
             "score": r.get("score"),  # a plugin evaluator's column shown as accuracy (gIoU), if not accuracy
             "agreement_with_full": agreement, "visual_tokens_input": r.get("visual_tokens_input"),

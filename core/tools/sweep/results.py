@@ -97,10 +97,7 @@ def _has_ok_row(fd: int, end: int, cell: str) -> bool:
     os.lseek(fd, 0, os.SEEK_SET)
     data = os.read(fd, end)
     needle = f'"hash": "{cell}"'.encode()
-    for line in data.splitlines():
-        if needle in line and b'"status": "ok"' in line:
-            return True
-    return False
+    return any(needle in line and b'"status": "ok"' in line for line in data.splitlines())
 
 
 def _last_newline(fd: int, end: int) -> int:

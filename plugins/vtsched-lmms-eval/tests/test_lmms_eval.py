@@ -93,7 +93,8 @@ def test_lmms_eval_end_to_end_offline_equals_vtsched_eval(tmp_path):
     exact = results["vtsched_synthetic"]["exact_match,none"]
     choice = results["vtsched_synthetic_mc"]["acc,none"]
 
-    report = evaluate(load_scheduler(None, build_registry(make_plugin_manager(load_entrypoints=False))), load_items(f"hf:{tasks / 'data'}:test"),
+    report = evaluate(load_scheduler(None, build_registry(make_plugin_manager(load_entrypoints=False))),
+                      load_items(f"hf:{tasks / 'data'}:test"),
                       [Case("parvts", "7", (("drop_layer", "2"), ("fusion", "size")))], batch_size=4,
                       max_new_tokens=4, progress=False)
     accuracy = next(r["accuracy"] for r in report.rows() if r["case"] != "full" and r["split"] == "all")

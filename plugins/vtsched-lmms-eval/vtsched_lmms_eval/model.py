@@ -13,8 +13,8 @@ continuation appended as the surviving stream's tail, exactly how decoded tokens
 returns the continuation's negative log-likelihood (lmms-eval picks the smallest). Each request's
 cost, in the columns every vtsched results row has (``budget_counts``, ``visual_tokens_input``,
 ``visual_tokens_per_layer`` over every stream, ``prefill_gflops`` with the method's scoring,
-``prefill_ms`` measured: the plan and the prefill, the batch's time shared), is written to ``log_path`` (default: ``vtsched_requests.jsonl`` in lmms-eval's
-``--output_path``, else ``vtsched-out/lmms-eval/``) and summarised in the log.
+``prefill_ms`` measured: the plan and the prefill, the batch's time shared), is written to ``log_path``
+(default: ``vtsched_requests.jsonl`` in lmms-eval's ``--output_path``, else ``vtsched-out/lmms-eval/``) and summarised in the log.
 
 One image per request: the LLaVA-1.5 prompt has one image slot. The model never reads video, so
 nothing here needs ``decord``.
