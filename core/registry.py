@@ -32,7 +32,7 @@ BUILTIN_PLUGINS = (
     "vtsched.partitioners",
     # the procedural data set: its masks answer ``masks=synthetic:...`` wherever a registry is built
     "vtsched.core.demo.synthetic",
-    "vtsched.core.demo.video",  # the procedural video QA set's evaluator: --data video:SEED:CLIPS[:FRAMES]
+    "vtsched.core.tools.video_eval",  # the procedural video QA set's evaluator: --data video:SEED:CLIPS[:FRAMES]
 )
 KINDS = ("policy", "partitioner", "fusion_rule", "adapter", "command", "evaluator", "event", "ranker")
 _HOOK_OF_KIND = {

@@ -12,9 +12,10 @@ Questions have single-word answers, tagged ``subject`` or ``non-subject`` and by
 direction, colour and shape; the flash's colour and when it appears; the background at the start and at
 the end). The generator is a pure function of ``(seed, index, frames)``.
 
-``vtsched eval --data video:SEED:CLIPS[:FRAMES]`` scores it (the ``video`` evaluator registered here
-through ``vtsched_register_evaluators``, the hook a plugin's evaluator uses), on a model whose family takes
-video (Qwen2-VL, Qwen2.5-VL); a sweep's ``datasets`` take the same spec. No demo video model is shipped
+``vtsched eval --data video:SEED:CLIPS[:FRAMES]`` scores it (the ``video`` evaluator of
+:mod:`vtsched.core.tools.video_eval`, registered through ``vtsched_register_evaluators``, the hook a
+plugin's evaluator uses), on a model whose family takes video (Qwen2-VL, Qwen2.5-VL); a sweep's
+``datasets`` take the same spec. No demo video model is shipped
 (training one did not fit the hour of a shared 2-core CPU), so on the tiny random checkpoints the
 accuracy says nothing: what the set measures there is agreement with ``full``, the KL and the cost.
 """
@@ -23,14 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-from vtsched.core.evaluators import EvalOutcome, EvalRequest, Evaluator
-from vtsched.core.hookspecs import hookimpl
 
-__all__ = ["QUESTIONS", "VideoQAEvaluator", "VideoSample", "draw_clip", "generate", "load_items", "parse_spec",
-           "render_clip"]
+__all__ = ["QUESTIONS", "VideoSample", "draw_clip", "generate", "parse_spec", "render_clip", "when_of"]
 
 FRAME_SIZE = 112
 FPS = 2.0
@@ -167,53 +165,3 @@ def parse_spec(spec: str) -> tuple[int, int, int]:
     if clips < 1 or frames < 3:
         raise InputError(f"video:{spec}: at least 1 clip and 3 frames (one per third of the clip)")
     return seed, clips, frames
-
-
-def load_items(spec: str, limit: int | None = None) -> list[Any]:
-    """The evaluation's items (``vtsched.core.tools.evaluate.EvalItem``, the clip as a ``Video``) for ``spec``."""
-    from vtsched.core.tools.evaluate import EvalItem
-
-    seed, clips, frames = parse_spec(spec)
-    items = [EvalItem(s.id, s.video, s.question, s.answer, s.tag, s.type) for s in generate(seed, clips, frames=frames)]
-    return items[:limit] if limit is not None else items
-
-
-class VideoQAEvaluator(Evaluator):
-    """``--data video:SEED:CLIPS[:FRAMES]``: the procedural clips, answered and scored as ``vtsched eval`` scores
-    questions (accuracy, agreement with ``full``, KL, the cost columns), on a family that takes video."""
-
-    name: ClassVar[str] = "video"
-    help: ClassVar[str] = ("procedural video QA, video:SEED:CLIPS[:FRAMES]: a moving shape, a square in one frame, "
-                           "a background that changes once (Qwen2-VL / Qwen2.5-VL)")
-    score: ClassVar[str | None] = "accuracy"
-
-    @classmethod
-    def evaluate(cls, request: EvalRequest) -> EvalOutcome:
-        from vtsched.core.errors import InputError
-        from vtsched.core.io import read_config
-        from vtsched.core.registry import build_registry
-        from vtsched.core.scheduler import Scheduler
-        from vtsched.core.tools.bench import expand_cases
-        from vtsched.core.tools.evaluate import cross_partitioners, evaluate
-
-        items = load_items(request.data, request.limit)  # a malformed spec fails before any model is read
-        if request.model is None:
-            raise InputError("--data video: needs --model, a Qwen2-VL or Qwen2.5-VL checkpoint (no demo video model "
-                             "is shipped)")
-        registry = request.registry or build_registry()
-        adapter = registry.adapter_for_config(read_config(request.model))
-        if not getattr(adapter, "takes_video", False):
-            raise InputError(f"--data video: {request.model} is a {adapter.name} model, which takes still images only "
-                             "(video: the qwen2_vl and qwen2_5_vl families)")
-        scheduler = Scheduler.from_pretrained(request.model, device=request.device, registry=registry)
-        cases = expand_cases(scheduler.planner, list(request.policies), list(request.budgets), keep_full=False)
-        if request.partitioners:
-            cases = cross_partitioners(scheduler.planner, cases, list(request.partitioners))
-        report = evaluate(scheduler, items, cases, batch_size=request.batch_size, progress=request.progress)
-        return EvalOutcome(rows=report.rows(), table=report.table(),
-                           records=[dict(p.__dict__) for p in report.predictions], model=str(request.model))
-
-
-@hookimpl
-def vtsched_register_evaluators(register):
-    register(VideoQAEvaluator)

@@ -15,13 +15,12 @@ from vtsched.core.demo.video import (
     BACKGROUNDS,
     COLOURS,
     QUESTIONS,
-    VideoQAEvaluator,
     generate,
-    load_items,
     parse_spec,
     when_of,
 )
 from vtsched.core.errors import InputError
+from vtsched.core.tools.video_eval import VideoQAEvaluator, load_items
 
 PROBE = (56, 5)  # (row, column): left edge, middle height; no subject path or corner reaches it
 
@@ -83,7 +82,7 @@ def test_the_evaluator_is_registered_through_the_hook():
 
     registry = build_registry(make_plugin_manager(load_entrypoints=False))
     assert evaluator_for(registry, "video:1:2") == (VideoQAEvaluator, "1:2")
-    assert registry.plugin_of("evaluator", "video") == "vtsched.core.demo.video"
+    assert registry.plugin_of("evaluator", "video") == "vtsched.core.tools.video_eval"
 
 
 @pytest.fixture(scope="module")
