@@ -64,7 +64,8 @@ class TestFrameFusionOnVideo(VideoPolicyConformance):
 
 class TestFrameFusionCascadeOnVideo(VideoPolicyConformance):
     policy_class = FrameFusion
-    policy_params: ClassVar[dict[str, object]] = {"merge_layers": 2, "drop_layer": 2, "threshold": -1.0}  # every repeated patch merges, down to R
+    # every repeated patch passes: the merges go down to R
+    policy_params: ClassVar[dict[str, object]] = {"merge_layers": 2, "drop_layer": 2, "threshold": -1.0}
     min_layers = 2
 
 
@@ -263,3 +264,31 @@ def test_framefusion_keeps_exactly_the_budget_and_is_fastv_on_a_still_image():
     assert a.index.tolist() == b.index.tolist()
     torch.testing.assert_close(a.logits, b.logits, atol=1e-9, rtol=0)
     assert isinstance(ours.schedule.events[-1], KeepTop)
+
+
+def test_framefusions_dry_run_is_an_upper_bound_on_video_and_exact_on_a_still_image():
+    """merge_frames counts no change (how many merge depends on the states): the sweep's estimate is FastV's at
+    the same R, exact where nothing merges (a still image) and above what ran where tokens merged (a clip)."""
+    from vtsched.core.cost import prefill_flops
+    from vtsched.core.demo.shapes import random_image
+    from vtsched.core.tools.sweep.plan import estimate_prefill_flops
+
+    model, processor = tiny_qwen(TinyQwenShape(version="2", layers=3))
+    scheduler = bound_scheduler(model, processor)
+    policy = FrameFusion(merge_layers=2, drop_layer=2, threshold=-1.0)
+    for visual, merges in ((_clip(6, 8, noise=2), True), (random_image(2, 56, 84), False)):
+        batch = scheduler.prepare([visual], ["what moves?"])
+        plan = scheduler.plan(batch, policy, None, Budget.parse("25%"))
+        ran = scheduler.engine.prefill(batch, plan.schedule, plan.partition, use_cache=False)
+        roles = batch.samples[0].roles
+        after = torch.arange(roles.numel()) > torch.nonzero(roles == Role.VISUAL).max()
+        sizes = {g: int(n) for g, n in zip(plan.partition.groups, plan.partition.sizes()[0])}
+        estimate = estimate_prefill_flops(plan.schedule, scheduler.adapter.geometry, sizes,
+                                          prefix=int((roles == Role.PREFIX).sum()), suffix=int(after.sum()),
+                                          question=int((roles == Role.QUESTION).sum()),
+                                          share_prefix=scheduler.engine.share_prefix)
+        executed = float(prefill_flops(ran.stats, scheduler.adapter.geometry)[0])
+        if merges:
+            assert executed < estimate
+        else:
+            assert executed == pytest.approx(estimate, rel=1e-9)
