@@ -292,3 +292,23 @@ def test_framefusions_dry_run_is_an_upper_bound_on_video_and_exact_on_a_still_im
             assert executed < estimate
         else:
             assert executed == pytest.approx(estimate, rel=1e-9)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_framefusions_declared_flops_equal_the_flop_counter_on_video(version):
+    """After tokens merged away, what the run declares (layers and scoring) equals torch's flop counter on an eager
+    model: the merged tokens' rows are gone from every later layer's work."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vtsched.core.cost import executed_prefill_flops, scoring_flops
+
+    model, processor = tiny_qwen(TinyQwenShape(version=version, layers=3), torch.float64, "eager")
+    scheduler = bound_scheduler(model, processor)
+    batch = scheduler.prepare([_clip(8, 8, noise=2)], ["what moves?"])
+    plan = scheduler.plan(batch, FrameFusion(merge_layers=2, drop_layer=2, threshold=-1.0), None, Budget.parse("25%"))
+    with FlopCounterMode(display=False) as counter:
+        ran = scheduler.engine.prefill(batch, plan.schedule, plan.partition, use_cache=False)
+    g = scheduler.adapter.geometry
+    declared = float((executed_prefill_flops(ran.stats, g) + scoring_flops(ran.stats, g))[0]) + 2 * g.hidden_size * g.vocab_size
+    assert counter.get_total_flops() == pytest.approx(declared, rel=1e-9)
+    assert float(ran.stats.visual_per_layer(g.num_layers)[0]) == round(0.25 * batch.num_visual[0])  # merged at layer 0
