@@ -1,4 +1,4 @@
-"""Policies on video prompts of the tiny Qwen2-VL and Qwen2.5-VL (issue 26, step 3): fastv, dart and parvts run
+"""Policies on video prompts of the tiny Qwen2-VL and Qwen2.5-VL: fastv, dart and parvts run
 unchanged (the policy kit on clips; fastv and dart equal the model's own layers on the shortened sequence; parvts
 with alpha 1 equals prune), and framefusion's merges equal a brute-force reference written from the official code."""
 
