@@ -4,7 +4,7 @@ The CLI, the tools (bench, eval, sweep, report) and the plugins (lmms-eval, LISA
 a Python script can too:
 
 - :mod:`~vtsched.core.app.request`: the :class:`Request` built once from the user's words (the
-  budget parsed there, :func:`parse_budget`), checked against a model before weights load
+  budget parsed there, :func:`parse_budget`, :func:`parse_budgets`), checked against a model before weights load
   (:func:`check_request`: ``-p`` routing, the saved schedule's budget fallback);
 - :mod:`~vtsched.core.app.models`: the registry, a model's config and planner (no weights), a loaded
   scheduler (the shipped demo model by default);
@@ -30,6 +30,7 @@ from vtsched.core.app.request import (
     budget_for,
     check_request,
     parse_budget,
+    parse_budgets,
     route_params,
 )
 from vtsched.core.app.runs import (
@@ -54,6 +55,7 @@ __all__ = [
     "load_scheduler",
     "model_config",
     "parse_budget",
+    "parse_budgets",
     "planner_for_config",
     "planner_for_model",
     "registry",

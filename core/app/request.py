@@ -16,7 +16,7 @@ the budget a run uses when none was given (:func:`budget_for`: a saved schedule'
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from vtsched.core.planner import RequestCheck
 from vtsched.core.policy import Partitioner, Policy
 
 __all__ = ["DEFAULT_BUDGET", "CheckedRequest", "Request", "budget_for", "check_request", "parse_budget",
-           "route_params"]
+           "parse_budgets", "route_params"]
 
 DEFAULT_BUDGET = "0.111"  # 64 of LLaVA-1.5's 576 tokens: 88.9% pruned
 
@@ -36,6 +36,11 @@ def parse_budget(text: str | float | Budget | None) -> Budget | None:
     if text is None or text == "":
         return None
     return Budget.parse(text)
+
+
+def parse_budgets(words: Sequence[str | float | Budget]) -> list[Budget]:
+    """A list of budget words (``--budgets 7 11%``), each read once; an empty or bad one refused in one line."""
+    return [Budget.parse(word) for word in words]
 
 
 def _pairs(params: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:

@@ -153,13 +153,13 @@ def check_prompt_fits(config: Any, num_visual: int, questions: Sequence[str], wh
                              f"{num_visual} visual tokens; the model reads {limit:,} positions: shorten it")
 
 
-def check_adapter_options(adapter: type, options: dict[str, Any]) -> None:
+def check_adapter_options(adapter: Any, options: dict[str, Any]) -> None:
     """Refuse ``--adapter-param`` names the model family's adapter does not take, before weights load."""
     import inspect
 
     if not options:
         return
-    parameters = inspect.signature(adapter.__init__).parameters
+    parameters = inspect.signature(adapter).parameters  # the class's: its __init__'s, self aside
     known = [n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(known))
     if unknown:

@@ -8,6 +8,7 @@ with the LISA plugin, scored by gIoU and cIoU.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from vtsched.core.app import load_scheduler, model_config, planner_for_config
 from vtsched.core.cli.checks import add_device, add_output, at_least
@@ -101,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_evaluator(args: argparse.Namespace, registry: object, evaluator: type, data: str) -> int:
+def _run_evaluator(args: argparse.Namespace, registry: object, evaluator: Any, data: str) -> int:
     from pathlib import Path
 
     from vtsched.core.evaluators import EvalRequest

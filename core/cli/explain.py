@@ -41,6 +41,7 @@ def main(args: argparse.Namespace) -> int:
         raise VtschedError(f"policy {policy.name!r} chooses its schedule on data; run `vtsched search-k` to see it")
     print_notes(request_notes(check))
     print(f"model: {source} ({geometry.num_layers} layers, {geometry.num_visual} visual tokens per image)")
+    assert budget is not None  # budget_for gives the default when none is given
     keep = budget.resolve(geometry.num_visual)
     counts = budget_counts_of(policy, registry)
     print(f"budget counts: {counts}: {BUDGET_COUNTS.get(counts, 'declared by the policy')}")

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vtsched.core.app import parse_budget, with_run_meta
+    from vtsched.core.app import parse_budgets, with_run_meta
     from vtsched.core.calibration import load_calibration, search_drop_layer
     from vtsched.core.demo import QUESTION_WORDS, random_image
     from vtsched.core.errors import InputError
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
         questions = [" ".join(QUESTION_WORDS[i % 7: i % 7 + 6]) + "?" for i in range(args.synthetic)]
     else:
         raise InputError("no calibration data: give --data FILE.jsonl (or --synthetic N to try the command)")
-    budgets = [parse_budget(b) for b in args.budgets]  # the budgets' words, read once
+    budgets = parse_budgets(args.budgets)  # the budgets' words, read once
     _check(args, questions, budgets)
     scheduler = load_scheduler(args.model, registry_for(args), args.device)
     batch = scheduler.prepare(images, questions)

@@ -403,6 +403,7 @@ def _partitioner_for(scheduler: Scheduler, case: Case, policy: Any, data: str | 
     """The case's partitioner (the named one, else the policy's default), timed; None without a partition."""
     if not policy.needs_partition or getattr(policy, "groups", None) is not None:
         return None
+    name: str | None
     if case.partitioner:
         name, params = parse_partitioner(case.partitioner)
         params = _with_dataset(scheduler.planner.registry, name, params, data)
@@ -513,6 +514,7 @@ def _answer_case(scheduler: Scheduler, batch: Any, case: Case, policy: Any, part
         timed.seconds = 0.0
         answered = scheduler.answer(sub, plan, config, engine=timed)
         for k, i in enumerate(index):
+            assert answered.costs is not None  # Scheduler.answer computes them
             out.texts[i], out.costs[i], logits[i] = (answered.texts[k], answered.costs.row(k),
                                                      answered.generated.prefill.logits[k])
             out.partitioner_ms[i] = 1e3 * seconds / len(index)

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from vtsched.core.errors import InputError
 
@@ -216,7 +216,8 @@ def trade_off_figure(results: Results, x: int, xlabel: str) -> Any:
 
     from vtsched.core.tools.sweep.report import pareto_front
 
-    points = [(p[0], p[x], p[1]) for p in results.points if p[x] is not None and p[1] is not None]
+    points = [(p[0], float(cast(float, p[x])), p[1]) for p in results.points
+              if p[x] is not None and p[1] is not None]
     if not points:
         return None
     fig = Figure(figsize=(6.4, 4.0), dpi=110, layout="constrained")
@@ -239,7 +240,8 @@ def time_figure(results: Results) -> Any:
     """Bench: prefill time against prefill FLOPs (no accuracy)."""
     from matplotlib.figure import Figure
 
-    points = [p for p in results.points if p[2] is not None and p[3] is not None]
+    points = [(p[0], p[1], p[2], p[3]) for p in results.points
+              if p[2] is not None and p[3] is not None]
     if not points:
         return None
     fig = Figure(figsize=(6.4, 4.0), dpi=110, layout="constrained")

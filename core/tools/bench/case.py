@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vtsched.core.app import budget_for, parse_budget
+from vtsched.core.app import budget_for, parse_budget, parse_budgets
 from vtsched.core.budget import Budget
 from vtsched.core.errors import InputError
 
@@ -61,12 +61,12 @@ def parse_case(text: str, budget: str | Budget | None = None) -> Case:
     ``POLICY[:PARAMS]+PARTITIONER[:PARAMS]`` names the case's partitioner too (``prune+divprune``: DivPrune
     selecting before the LLM), so one command compares pre-LLM selection methods side by side."""
     if text.startswith("schedule:"):
-        return Case(text.strip(), budget)
+        return Case(text.strip(), parse_budget(budget))
     policy, plus, partitioner = text.partition("+")
     if plus and not partitioner.strip():
         raise InputError(f"policy {text!r}: expected POLICY+PARTITIONER after '+'")
     name, params = parse_component(policy, "policy")
-    return Case(name, budget, tuple(params.items()), partitioner.strip() or None)
+    return Case(name, parse_budget(budget), tuple(params.items()), partitioner.strip() or None)
 
 
 def case_label(case: Case) -> str:
@@ -81,7 +81,7 @@ def expand_cases(planner: Any, specs: Sequence[str], budgets: Sequence[str | Bud
     ``full`` comes first when ``keep_full``; a policy a budget does not change runs once; a saved
     schedule runs at the budget its file records (else the last budget).
     """
-    parsed = [parse_budget(b) for b in budgets]  # the budgets' words, read once
+    parsed = parse_budgets(budgets)  # the budgets' words, read once
     cases = [Case("full")] if keep_full else []
     for spec in specs:
         case = parse_case(spec)

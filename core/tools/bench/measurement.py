@@ -108,13 +108,14 @@ class Bench:
             budgets, targets = matcher.solve_batch(policy, partitioner, case.budget, self.batch,
                                                    case_label(case))
             if len(set(budgets)) != 1:
-                raise InputError(f"--match: {case_label(case)} solves to budgets {sorted(set(budgets))} on the "
+                solved = sorted(set(budgets), key=lambda b: -1 if b is None else b)
+                raise InputError(f"--match: {case_label(case)} solves to budgets {solved} on the "
                                  "benchmark's samples; benchmark samples of one size (--batch-size 1)")
             r.match_target, r.budget_solved = statistics.fmean(targets), budgets[0]
 
     def jobs(self) -> list[Callable[[bool, bool], None]]:
         """One callable per case and reference: ``job(measured, first_measured)``."""
-        cases = [partial(self.run_case, i) for i in range(len(self.results))]
+        cases: list[Callable[[bool, bool], None]] = [partial(self.run_case, i) for i in range(len(self.results))]
         return cases + [partial(self.run_reference, ref) for ref in self.references]
 
     def plan(self, i: int) -> Plan:

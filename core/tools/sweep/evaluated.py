@@ -63,7 +63,7 @@ def _built(kind: str, name: str, params: Mapping[str, Any], registry: Any) -> tu
         return cls.name, dict(params), str(exc)
 
 
-def evaluated_cells(config: SweepConfig, model: str, evaluator: type, dataset: str, spec: Any,
+def evaluated_cells(config: SweepConfig, model: str, evaluator: Any, dataset: str, spec: Any,
                     variant: Mapping[str, Any], budgets: Sequence[Any], seed: int, version: str,
                     registry: Any) -> list[Cell]:
     """The cells of one policy variant on a dataset ``evaluator`` serves: its budgets x the partitioners
@@ -79,14 +79,14 @@ def evaluated_cells(config: SweepConfig, model: str, evaluator: type, dataset: s
         parts = []
         for part in named:
             for part_variant in part.variants():
-                part_name, pparams, part_error = _built("partitioner", part.name, part_variant, registry)
-                parts.append((part_name, pparams, dict(part_variant), part_error))
+                built, pparams, part_error = _built("partitioner", part.name, part_variant, registry)
+                parts.append((built, pparams, dict(part_variant), part_error))
     seeds = len(spec.seeds or config.seeds)
     out = []
     for budget_value in (budgets if cls.uses_budget else [None]):
         budget = None if budget_value is None else as_budget_text(budget_value)
         for part_name, pparams, part_written, part_error in parts:
-            hashed = {
+            hashed: dict[str, Any] = {
                 "model": model, "dataset": dataset, "evaluator": evaluator.name, "policy": name, "params": resolved,
                 "partitioner": part_name, "partitioner_params": pparams, "budget": budget, "seed": seed,
                 "limit": config.limit,

@@ -123,7 +123,7 @@ def read_rows(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[dict[
         handle.seek(offset)
         data = handle.read()
     end = data.rfind(b"\n") + 1  # an unfinished last line is not a row yet
-    rows = []
+    rows: list[dict[str, Any]] = []
     for number, line in enumerate(data[:end].splitlines(), 1):
         if not line.strip():
             continue

@@ -112,6 +112,7 @@ def evaluate_cell(scheduler: Any, items: Sequence[Any], spec: Mapping[str, Any],
             # the partitioner's selection is part of the prefill's cost: answer_timed times the plan too
             answered, _ = answer_timed(scheduler, sub, policy, partitioner,
                                        Budget(count=count) if count is not None else budget, config, timed)
+            assert answered.costs is not None  # Scheduler.answer computes them
             for k, i in enumerate(group):
                 texts[i], costs[i] = answered.texts[k], answered.costs.row(k)
         for k, (i, item) in enumerate(zip(index, chunk)):

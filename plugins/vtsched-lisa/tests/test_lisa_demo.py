@@ -86,7 +86,7 @@ def test_demo_lisa_loads_through_the_lisa_loader_with_the_demo_llavas_weights():
 
     model, processor = load_lisa(DEMO)
     with safe_open(str(Path(demo_model_path()) / "model.safetensors"), "pt") as base:
-        name = next(k for k in base if k.endswith("layers.0.mlp.up_proj.weight"))
+        name = next(k for k in base.keys() if k.endswith("layers.0.mlp.up_proj.weight"))  # noqa: SIM118 (safe_open: keys() only)
         assert (model.model.language_model.layers[0].mlp.up_proj.weight == base.get_tensor(name)).all()
     assert model.model.multi_modal_projector[0].weight.shape[0] == model.config.text_config.hidden_size
     assert processor.tokenizer.convert_ids_to_tokens(model.config.seg_token_id) == "[SEG]"

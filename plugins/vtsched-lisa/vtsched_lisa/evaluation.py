@@ -28,12 +28,12 @@ def segmentation_cases(scheduler: Any, policies: Sequence[str], budgets: Sequenc
     """``(label, policy, partitioner, budget)`` for ``full`` and every policy x budget (x partitioner,
     for policies that need one), built and checked before any item runs; labels as ``vtsched eval``
     writes them (``prune@7``, ``prune@7 [lisa]``)."""
-    from vtsched.core.app import parse_budget, route_params
+    from vtsched.core.app import parse_budgets, route_params
     from vtsched.core.tools.evaluate import parse_partitioner
 
     planner = scheduler.planner
     specs = ["full"] + [p for p in policies if p != "full"]
-    parsed = [parse_budget(text) for text in budgets]  # the request's budget words, read once
+    parsed = parse_budgets(budgets)  # the request's budget words, read once
     cases: list[tuple[str, Any, Any, Any]] = []
     seen = set()
     for spec in specs:
