@@ -8,7 +8,7 @@ a Python script can too:
   (:func:`check_request`: ``-p`` routing, the saved schedule's budget fallback);
 - :mod:`~vtsched.core.app.models`: the registry, a model's config and planner (no weights), a loaded
   scheduler (the shipped demo model by default);
-- :mod:`~vtsched.core.app.runs`: running a request with the prefill timed, the cost row of a run,
+- :mod:`~vtsched.core.app.runs`: running a request (:func:`run`) with the prefill timed, the cost row of a run,
   a schedule saved with what reproduces it.
 
 It sits above the front door (scheduler, planner) and the demo data, and below every application:
@@ -37,6 +37,7 @@ from vtsched.core.app.runs import (
     TimedEngine,
     answer_timed,
     cost_row,
+    run,
     run_costs,
     run_request,
     with_run_meta,
@@ -60,6 +61,7 @@ __all__ = [
     "planner_for_model",
     "registry",
     "route_params",
+    "run",
     "run_costs",
     "run_request",
     "with_run_meta",

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from vtsched.core.app.request import Request, check_request
 from vtsched.core.budget import Budget
 from vtsched.core.cost import RunCosts, plan_costs
 from vtsched.core.generation import GenerationConfig
@@ -23,7 +24,7 @@ from vtsched.core.schedule import Schedule
 from vtsched.core.scheduler import RunResult, Scheduler
 from vtsched.core.tokens import PromptBatch
 
-__all__ = ["TimedEngine", "answer_timed", "cost_row", "run_costs", "run_request", "with_run_meta"]
+__all__ = ["TimedEngine", "answer_timed", "cost_row", "run", "run_costs", "run_request", "with_run_meta"]
 
 
 class TimedEngine:
@@ -81,6 +82,16 @@ def run_request(scheduler: Scheduler, images: Sequence[Any], questions: Sequence
     the ``prefill_ms`` every results row reports."""
     batch = scheduler.prepare(images, questions)
     return answer_timed(scheduler, batch, policy, partitioner, budget, generation)
+
+
+def run(scheduler: Scheduler, request: Request, images: Sequence[Any], questions: Sequence[str],
+        generation: GenerationConfig | None = None) -> tuple[RunResult, float]:
+    """A :class:`~vtsched.core.app.request.Request` run on ``scheduler``: checked against its planner
+    (:func:`~vtsched.core.app.request.check_request`: routing, the budget a run uses), then
+    :func:`run_request`. The Python API's edge: ``run(s, Request.from_words("prune", budget="11%"), ...)``."""
+    checked = check_request(scheduler.planner, request)
+    return run_request(scheduler, images, questions, checked.policy, checked.make_partitioner(scheduler.planner),
+                       checked.budget, generation)
 
 
 def with_run_meta(schedule: Schedule, budget: Budget | None, partitioner: str | None) -> Schedule:

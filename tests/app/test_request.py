@@ -86,3 +86,15 @@ def test_a_run_carries_its_cost_columns_computed_once():
     assert list(row) == ["budget_counts", "visual_tokens_input", "visual_tokens_per_layer", "prefill_gflops",
                          "scoring_gflops", "prefill_ms"]
     assert row["budget_counts"] == "input" and row["prefill_ms"] == 1.5
+
+
+def test_the_python_api_edge_runs_a_request_as_scheduler_run_does():
+    from vtsched.core.app import run
+    from vtsched.core.demo import random_image
+
+    s = scheduler(*tiny_llava(TinyShape(layers=2, image_size=42)))
+    images, questions = [random_image(1, 42, 42)], ["where is the mark?"]
+    ours, _ = run(s, Request.from_words("prune", budget="40%"), images, questions)
+    theirs = s.run(images, questions, "prune", budget="40%")
+    assert ours.texts == theirs.texts and ours.plan.schedule == theirs.plan.schedule
+    assert ours.costs.row() == theirs.costs.row()
