@@ -17,12 +17,12 @@ from .vidcom2 import VidCom2
 from .visionzip import VisionZipPartitioner
 from .vispruner import VisPruner
 
-__all__ = ["AttentionReceived", "CDPruner", "ClsAttention", "DivPrune", "Downsample", "MaskPartitioner", "RandomTokens", "UniformGrid", "VisPruner",
-           "VisionZipPartitioner", "TemporalRedundancy", "VidCom2"]
+__all__ = ["AttentionReceived", "CDPruner", "ClsAttention", "DivPrune", "Downsample", "MaskPartitioner", "RandomTokens",
+           "UniformGrid", "VisPruner", "VisionZipPartitioner", "TemporalRedundancy", "VidCom2"]
 
 
 @hookimpl
 def vtsched_register_partitioners(register):
-    for partitioner in (ClsAttention, AttentionReceived, CDPruner, DivPrune, Downsample, MaskPartitioner, RandomTokens, UniformGrid, VisionZipPartitioner,
-                        VisPruner, TemporalRedundancy, VidCom2):
+    for partitioner in (ClsAttention, AttentionReceived, CDPruner, DivPrune, Downsample, MaskPartitioner, RandomTokens,
+                        UniformGrid, VisionZipPartitioner, VisPruner, TemporalRedundancy, VidCom2):
         register(partitioner)

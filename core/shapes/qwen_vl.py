@@ -66,7 +66,7 @@ class QwenShape:
         if self.full_blocks is not None:
             return list(self.full_blocks)
         step = max(1, self.vision_layers // 4)
-        return sorted({b for b in range(step - 1, self.vision_layers, step)} | {self.vision_layers - 1})
+        return sorted(set(range(step - 1, self.vision_layers, step)) | {self.vision_layers - 1})
 
     def processor(self, tokenizer=None):
         from transformers import Qwen2VLProcessor, Qwen2_5_VLProcessor

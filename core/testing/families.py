@@ -157,7 +157,7 @@ class QwenAdapterConformance(AdapterConformance):
 
     def reference_inputs(self, processor: Any, image: Any, question: str) -> Mapping[str, torch.Tensor]:
         assert self.adapter_class is not None
-        text = str(getattr(self.adapter_class, "prompt_template")).replace("{question}", question)
+        text = str(self.adapter_class.prompt_template).replace("{question}", question)
         return processor(images=[image], text=[text], return_tensors="pt")  # type: ignore[no-any-return]
 
     def shortened_reference_logits(self, model: Any, sample: Any, keep: torch.Tensor,
@@ -196,5 +196,5 @@ class QwenVideoAdapterConformance(QwenAdapterConformance):
         if not isinstance(image, Video):
             return super().reference_inputs(processor, image, question)
         assert self.adapter_class is not None
-        return qwen_video_reference_inputs(processor, str(getattr(self.adapter_class, "prompt_template")), image,
+        return qwen_video_reference_inputs(processor, str(self.adapter_class.prompt_template), image,
                                            question)

@@ -147,7 +147,7 @@ class PartitionerConformance(Kit):
             override = partition.features[b] if partition.features is not None else None
             if override is not None:
                 index, values = override
-                expect(index.dim() == 1 and (index.numel() == 0 or (0 <= int(index.min()) and int(index.max()) < n))
+                expect(index.dim() == 1 and (index.numel() == 0 or (int(index.min()) >= 0 and int(index.max()) < n))
                         and index.unique().numel() == index.numel(),
                         f"{who}: sample {b}'s merged features replace tokens outside 0..{n - 1} or twice")
                 expect(tuple(values.shape) == (index.numel(), sample.visual_features.shape[-1])
