@@ -18,9 +18,9 @@ object an image came from, its mask is found; where masks come from, and reading
 is core's (:mod:`vtsched.core.pixels.mask_sources`), so this module holds only the partition.
 Masks are at the original image size and are mapped onto the visual tokens through the adapter's
 pixel boxes (``Sample.pixel_boxes``) by :mod:`vtsched.core.pixels`, whose rule picks exactly R
-subject tokens: by coverage, ties and shortfall by the model's token score. A second mask (``objects``: another field of the dataset,
-e.g. ``mark_mask``) makes three groups: subject, objects (the other tokens at least half covered
-by it) and background.
+subject tokens: by coverage, ties and shortfall by the model's token score. A second mask
+(``objects``: another field of the dataset, e.g. ``mark_mask``) makes three groups: subject, objects
+(the other tokens at least half covered by it) and background.
 """
 
 from __future__ import annotations
