@@ -7,7 +7,7 @@ attention of the last prompt token at layer K-1 over the visual tokens; ``KeepTo
 (FastV sets ``position_ids = keep_indexs``). The attention row is recomputed from layer K-1's input
 and the keys that layer attended over: no layer runs twice, no KV entry is duplicated, and the
 model stays on its attention backend (FastV switches layer K-1 to eager attention to read it).
-Checked against a reference written from that code (``tests/test_published_references.py``).
+Checked against a reference written from that code (``tests/policies/test_published_references.py``).
 
 Differs: FastV states R as a ratio of dropped tokens (50% at K=2, kept ``round(N * (1 - r))``); here
 the budget is the number (or share) of kept tokens, like every other policy."""

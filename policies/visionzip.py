@@ -10,7 +10,7 @@ runs what it kept.
 Reproduced (dvlab-research/VisionZip, ``clip_encoder.py``): the dominant selection (the [CLS] row
 of the attention in the vision layer whose output LLaVA reads, over heads, top ``R - c``
 patches; checked as kept indices against a reference written from that code in
-``tests/test_published_references.py``), the key metric (that layer's keys averaged over heads,
+``tests/policies/test_published_references.py``), the key metric (that layer's keys averaged over heads,
 cosine similarity) and the argmax assignment to targets.
 
 Differs:

@@ -3,7 +3,7 @@
 Reproduced (lzhxmu/VTW): all visual tokens for layers < K, none from K on (the text tokens keep
 what they absorbed, and their position ids: VTW cuts the image span out of ``position_ids``), KV
 cache of layers >= K without visual entries. Checked against a reference written from that
-algorithm (``tests/test_published_references.py``).
+algorithm (``tests/policies/test_published_references.py``).
 
 Differs: VTW picks K per model by a KL-divergence search on calibration data (``vtsched search-k``
 does that); the default here is half the depth (16 of LLaVA-1.5-7B's 32 layers, close to the K the
