@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     bench.add_argument("--no-reference", action="store_true",
                        help="skip the transformers references (its forward on the full and shortened prompt, "
                             "its generate) that measure the engine's overhead")
+    bench.add_argument("--video", action="store_true",
+                       help="measure video prompts instead: clips of --frames frames on the tiny Qwen2-VL and "
+                            "Qwen2.5-VL shapes (or --shape), each video method against full and transformers' "
+                            "forward, at the first of --budgets (default 25%%)")
+    bench.add_argument("--frames", type=at_least(2), nargs="+", default=None,
+                       help="with --video: frames per clip (default: 8 16 32)")
     add_output(bench, "--out", "folder", default="vtsched-out/bench", help="folder for results.json, results.csv, plot.png")
     bench.add_argument("--no-progress", action="store_true")
     add_common(bench)
@@ -63,12 +69,17 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from vtsched.core.app import planner_for_config
     from vtsched.core.cli.checks import check_prompt_fits
+    from vtsched.core.errors import InputError
     from vtsched.core.demo import QUESTION_WORDS, get_shape, llava_config, random_image
     from vtsched.core.io import read_config
     from vtsched.core.scheduler import Scheduler
     from vtsched.core.tools.bench import check_matched, expand_cases, run_bench
     from vtsched.core.tools.report import plot_time_vs_flops, write_csv, write_json
 
+    if args.video:
+        return _video(args)
+    if args.frames:
+        raise InputError("--frames sets a clip's length: it goes with --video")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")  # an asked-for device is checked
     on_gpu = device.startswith("cuda")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
@@ -117,4 +128,30 @@ def main(args: argparse.Namespace) -> int:
     write_csv(out / "results.csv", report.rows())
     plot_time_vs_flops(out / "plot.png", report.rows(), f"{shape_name} on {report.device}, {report.dtype}")
     print(f"wrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'plot.png'}")
+    return 0
+
+
+def _video(args: argparse.Namespace) -> int:
+    """``bench --video``: the video methods on clips of the tiny Qwen shapes (tools/video_bench.py)."""
+    from pathlib import Path
+
+    from vtsched.core.errors import InputError
+    from vtsched.core.tools.report import write_csv, write_json
+    from vtsched.core.tools.video_bench import format_video_table, run_video_bench
+
+    for flag, given in (("--model", args.model), ("--policies", args.policies), ("--match", args.match),
+                        ("--device", args.device), ("--dtype", args.dtype)):
+        if given:
+            raise InputError(f"bench --video measures the named tiny Qwen shapes on the CPU with its own methods; "
+                             f"{flag} is not supported with --video")
+    if args.budgets and len(args.budgets) > 1:
+        raise InputError("bench --video measures one budget: give one value to --budgets")
+    models = [args.shape] if args.shape else ["qwen2-vl-tiny", "qwen2.5-vl-tiny"]
+    rows = run_video_bench(args.frames or (8, 16, 32), models=models, budget=(args.budgets or ["25%"])[0],
+                           repeats=args.repeats or 15, progress=not args.no_progress)
+    print(format_video_table(rows))
+    out = Path(args.out)
+    write_json(out / "results.json", {"video": rows})
+    write_csv(out / "results.csv", rows)
+    print(f"wrote {out / 'results.json'}, {out / 'results.csv'}")
     return 0

@@ -18,7 +18,7 @@ method's declared scoring; held equal to ``torch.utils.flop_counter`` on eager m
 the ``transformers`` row does the same work as ``full``. Ratios are against ``full`` of the same model and
 frame count.
 
-``python -m vtsched.core.tools.video_bench [--frames 8 16 32] [--repeats 15] [--budget 25%]`` prints the table.
+``vtsched bench --video [--frames 8 16 32] [--repeats 15] [--budgets 25%]`` prints the table.
 Python: :func:`run_video_bench` returns the rows, :func:`format_video_table` prints them.
 """
 
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_METHODS", "VideoMethod", "format_video_table", "main", "run_video_bench"]
+__all__ = ["DEFAULT_METHODS", "VideoMethod", "format_video_table", "run_video_bench"]
 
 
 @dataclass(frozen=True)
@@ -186,21 +186,3 @@ def format_video_table(rows: Sequence[dict[str, Any]]) -> str:
                      f"{r['budget']:>6s} {r['visual_tokens_input']:>7.1f} {r['visual_tokens_per_layer']:>9.1f} "
                      f"{r['gflops']:>8.4f} {r['flops_ratio']:>7.3f} {r['ms']:>8.2f} {r['time_ratio']:>7.3f}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m vtsched.core.tools.video_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32])
-    parser.add_argument("--models", nargs="+", default=["qwen2-vl-tiny", "qwen2.5-vl-tiny"])
-    parser.add_argument("--budget", default="25%")
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args(argv)
-    rows = run_video_bench(args.frames, models=args.models, budget=args.budget, repeats=args.repeats, progress=True)
-    print(format_video_table(rows))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
