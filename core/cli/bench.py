@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vtsched.core.cli.checks import add_device, add_output, at_least
+from vtsched.core.cli.checks import add_device, add_output, at_least, model_name
 from vtsched.core.cli.common import add_common, registry_for
 
 # The main job (issue 21 item 5): every method family, the 2026 pre-LLM selection methods as prune's
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     bench.add_argument("--shape", default=None,
                        help="random-weight model shape (default: llava-1.5-7b on a GPU, llava-1.5-cpu on a CPU; "
                             "llava-next-7b/-cpu, qwen2.5-vl-7b/-cpu for the other families)")
-    bench.add_argument("--model", default=None, help="benchmark this checkpoint instead of a random shape")
+    bench.add_argument("--model", default=None, type=model_name, help="benchmark this checkpoint instead of a random shape")
     bench.add_argument("--policies", nargs="+", default=None, metavar="POLICY[:NAME=VALUE,...]",
                        help="cases to compare (default: every built-in policy family); full is always added")
     bench.add_argument("--budgets", nargs="+", default=None,

@@ -79,6 +79,14 @@ def _declare(parser: argparse.ArgumentParser, key: str, entry: tuple[str, ...]) 
     parser.set_defaults(**{key: [*(parser.get_default(key) or []), entry]})
 
 
+def model_name(value: str) -> str:
+    """``--model``'s type: a shipped demo model's name (``demo``, ``demo-phase1``) becomes its folder;
+    a path or hub id passes through (:func:`vtsched.core.demo.shapes.resolve_model`)."""
+    from vtsched.core.demo.shapes import resolve_model
+
+    return str(resolve_model(value))
+
+
 def add_output(parser: argparse.ArgumentParser, flag: str, kind: str, **kwargs: Any) -> None:
     """``parser.add_argument(flag, ...)`` for an output location (``kind``: ``"file"`` or ``"folder"``),
     which :func:`check_request` refuses before the command runs if it cannot be written."""

@@ -11,13 +11,14 @@ import argparse
 from typing import Any
 
 from vtsched.core.app import load_scheduler, model_config, planner_for_config
-from vtsched.core.cli.checks import add_device, add_output, at_least
+from vtsched.core.cli.checks import add_device, add_output, at_least, model_name
 from vtsched.core.cli.common import add_common, registry_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev = sub.add_parser("eval", help="answer a dataset under several policies: accuracy, agreement, KL, cost")
-    ev.add_argument("--model", default=None, help="checkpoint (default: the shipped demo model)")
+    ev.add_argument("--model", default=None, type=model_name,
+                    help="checkpoint, or a shipped demo model by name: demo (the default), demo-phase1")
     ev.add_argument("--data", default="synthetic:1:30",
                     help="JSONL file or folder with data.jsonl, synthetic:SEED:IMAGES, hf:PATH[:SPLIT], or a dataset "
                     "a plugin's evaluator serves (NAME:SPEC, e.g. segmentation:synthetic:1:20; see `vtsched list`)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vtsched.core.cli.checks import add_output, print_notes, request_notes
+from vtsched.core.cli.checks import add_output, print_notes, request_notes, model_name
 from vtsched.core.cli.common import (
     add_common,
     add_policy_args,
@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_policy_args(explain)
     explain.add_argument("--shape", default="llava-1.5-7b",
                          help="named model shape (see vtsched.core.demo); demo: the shipped demo model")
-    explain.add_argument("--model", default=None, help="read the geometry from this checkpoint's config instead")
+    explain.add_argument("--model", default=None, type=model_name, help="read the geometry from this checkpoint's config instead")
     add_output(explain, "--json", "file", default=None, metavar="FILE", help="write the schedule JSON to FILE")
     add_common(explain)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vtsched.core.cli.checks import add_device, add_output, at_least, within
+from vtsched.core.cli.checks import add_device, add_output, at_least, within, model_name
 from vtsched.core.cli.common import (
     add_common,
     add_policy_args,
@@ -20,8 +20,8 @@ from vtsched.core.cli.common import (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="answer a question about an image under a scheduling policy")
-    run.add_argument("--model", default=None,
-                     help="checkpoint folder or model id (default: the shipped demo model)")
+    run.add_argument("--model", default=None, type=model_name,
+                     help="checkpoint folder or model id, or a shipped demo model by name: demo (the default), demo-phase1")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--image", default=None)
     source.add_argument("--video", default=None, metavar="FILE",

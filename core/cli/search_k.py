@@ -6,13 +6,14 @@ import argparse
 from typing import Any
 
 from vtsched.core.app import load_scheduler, model_config, planner_for_config
-from vtsched.core.cli.checks import add_device, add_output, at_least, within
+from vtsched.core.cli.checks import add_device, add_output, at_least, within, model_name
 from vtsched.core.cli.common import DEFAULT_BUDGET, add_common, key_value, registry_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     search = sub.add_parser("search-k", help="choose the drop layer K by KL divergence to full on calibration data")
-    search.add_argument("--model", default=None, help="checkpoint (default: the shipped demo model)")
+    search.add_argument("--model", default=None, type=model_name,
+                    help="checkpoint, or a shipped demo model by name: demo (the default), demo-phase1")
     search.add_argument("--data", default=None, help="calibration JSONL: one {\"image\": path, \"question\": text} per line")
     search.add_argument("--synthetic", type=at_least(0), default=0, metavar="N",
                         help="calibrate on N generated images instead of --data (for trying the command)")

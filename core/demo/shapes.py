@@ -15,7 +15,8 @@ from vtsched.core.shapes import (
 
 __all__ = [
     "Shape", "SHAPES", "build_tokenizer", "build_processor", "llava_config", "build_random_llava", "random_image",
-    "QUESTION_WORDS", "demo_model_path", "NextShape", "QwenShape", "build_qwen_tokenizer", "shape_family", "get_shape",
+    "QUESTION_WORDS", "demo_model_path", "DEMO_MODELS", "resolve_model",
+    "NextShape", "QwenShape", "build_qwen_tokenizer", "shape_family", "get_shape",
 ]
 
 QUESTION_WORDS = (
@@ -24,12 +25,32 @@ QUESTION_WORDS = (
 )
 
 
-def demo_model_path():
-    """The demo model shipped inside the package (trained by ``vtsched train-demo``), or ``None``."""
+# the demo models shipped inside the package, by the name --model accepts: folder under core/demo/
+DEMO_MODELS = {"demo": "model", "demo-phase1": "model-phase1"}
+
+
+def demo_model_path(name: str = "demo"):
+    """The shipped demo model called ``name`` (``demo``: the default model; ``demo-phase1``: its
+    first training phase, which reads the image until late layers), or ``None`` where its weights are
+    not installed. Both are trained by ``vtsched train-demo`` (docs/demo-model.md)."""
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent / "model"
+    if name not in DEMO_MODELS:
+        raise KeyError(f"no demo model is called {name!r}; the shipped ones are {', '.join(DEMO_MODELS)}")
+    path = Path(__file__).resolve().parent / DEMO_MODELS[name]
     return path if (path / "model.safetensors").exists() else None
+
+
+def resolve_model(model):
+    """What a ``--model`` value names: a shipped demo model's name (``demo``, ``demo-phase1``) becomes
+    its folder, unless a file or folder of that name exists where the command runs; anything else
+    (a path, a hub id) is returned as given, and ``None`` stays ``None``."""
+    from pathlib import Path
+
+    if model in DEMO_MODELS and not Path(model).exists():
+        path = demo_model_path(model)
+        return str(path) if path is not None else model
+    return model
 
 
 def random_image(seed: int, width: int = 40, height: int = 30):
