@@ -158,7 +158,6 @@ def mark_origin(corner: str) -> tuple[int, int]:
             "bottom-left": (MARK_INSET, far), "bottom-right": (far, far)}[corner]
 
 
-_mark_origin = mark_origin  # the old private name, still imported by core.demo.training
 
 
 def scene_rng(seed: int, index: int) -> np.random.Generator:

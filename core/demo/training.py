@@ -34,7 +34,7 @@ from vtsched.core.shapes import Shape, build_random_llava
 from vtsched.core.errors import InputError
 from vtsched.core.io import apply_umask
 from vtsched.core.demo.synthetic import (
-    BACKGROUNDS, MARK_SIZE, POSITIONS, QUESTIONS, SHAPES, SUBJECT_COLOURS, SyntheticSample, _mark_origin, draw_scene,
+    BACKGROUNDS, MARK_SIZE, POSITIONS, QUESTIONS, SHAPES, SUBJECT_COLOURS, SyntheticSample, draw_scene, mark_origin,
     render, scene_rng,
 )
 
@@ -74,7 +74,7 @@ class _AuxHeads(torch.nn.Module):
 def _patch_labels(scene: dict[str, str], mask: np.ndarray, grid: int, patch: int) -> tuple[np.ndarray, ...]:
     region = np.zeros(mask.shape, dtype=np.int64)
     region[mask] = 1
-    x0, y0 = _mark_origin(scene["corner"])
+    x0, y0 = mark_origin(scene["corner"])
     region[y0 : y0 + MARK_SIZE, x0 : x0 + MARK_SIZE] = 2
     share = np.stack([(region == k).reshape(grid, patch, grid, patch).mean((1, 3)) for k in range(3)])
     patch_region = np.where(share[2] > 0.25, 2, np.where(share[1] > 0.3, 1, 0)).reshape(-1)

@@ -22,7 +22,7 @@ from vtsched.core.tokens import Sample
 __all__ = [
     "TinyShape", "tiny_llava", "tiny_llava_shapes", "default_registry", "bound_scheduler", "processor_inputs",
     "model_logits", "model_greedy_tokens", "shortened_logits", "joined_states", "joined_logits", "fused_positions",
-    "stream_positions", "layer_embeds", "decoder_slice", "one_sequence",
+    "stream_positions", "layer_embeds", "decoder_slice", "one_sequence", "rotary_ids",
 ]
 
 
@@ -123,7 +123,7 @@ def layer_embeds(model: Any, sample: Sample) -> torch.Tensor:
     return embeds
 
 
-def _rotary_ids(sample: Sample, positions: torch.Tensor) -> torch.Tensor:
+def rotary_ids(sample: Sample, positions: torch.Tensor) -> torch.Tensor:
     """Position ids for the tokens at ``positions``: the positions, or their ``rope_positions`` (M-RoPE: ``(3, 1, T)``)."""
     if sample.rope_positions is None:
         return positions[None]
@@ -172,7 +172,7 @@ def joined_states(model: Any, language_model: Any, sample: Sample, keeps: Sequen
     streams = []
     for keep in keeps:
         keep = keep.to(device)
-        ids = _rotary_ids(sample, keep)
+        ids = rotary_ids(sample, keep)
         with decoder_slice(language_model, layers[:drop_layer], final_norm=False) as lm:
             out = lm(inputs_embeds=embeds[:, keep], position_ids=ids, attention_mask=one_sequence(ids),
                      use_cache=False).last_hidden_state
@@ -185,7 +185,7 @@ def joined_states(model: Any, language_model: Any, sample: Sample, keeps: Sequen
             positions.append(p)
         rows.append(alpha * mine[p] + (1.0 - alpha) * theirs[p] if p in averaged else mine[p])
         positions.append(p)
-    ids = _rotary_ids(sample, torch.tensor(positions, device=device))
+    ids = rotary_ids(sample, torch.tensor(positions, device=device))
     with decoder_slice(language_model, layers[drop_layer:], final_norm=True) as lm:
         out = lm(inputs_embeds=torch.stack(rows)[None], position_ids=ids, attention_mask=one_sequence(ids),
                  use_cache=False)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vtsched.core.demo.synthetic import (
-    BACKGROUNDS, MARK_SIZE, POSITIONS, QUESTIONS, SUBJECT_COLOURS, _mark_origin, _stripe_colour, export, generate,
+    BACKGROUNDS, MARK_SIZE, POSITIONS, QUESTIONS, SUBJECT_COLOURS, mark_origin, _stripe_colour, export, generate,
 )
 
 
@@ -28,7 +28,7 @@ def test_answers_match_the_rendered_pixels(seed, index):
     scene, pixels, mask = sample.scene, np.asarray(sample.image), sample.subject_mask
     cx, cy = POSITIONS[scene["position"]]
     assert mask[cy, cx] and tuple(pixels[cy, cx]) == SUBJECT_COLOURS[scene["subject_colour"]]
-    x0, y0 = _mark_origin(scene["corner"])
+    x0, y0 = mark_origin(scene["corner"])
     mx, my = x0 + MARK_SIZE // 2, y0 + MARK_SIZE // 2
     assert tuple(pixels[my, mx]) == SUBJECT_COLOURS[scene["mark_colour"]]
     assert (mx < 56) == ("left" in scene["corner"]) and (my < 56) == ("top" in scene["corner"])

@@ -21,7 +21,7 @@ from vtsched.core.testing import EventConformance
 from vtsched.core.testing.conformance.events import removed_at
 from vtsched.core.testing.families import TinyQwenShape, tiny_qwen
 from vtsched.core.testing.models import (
-    _rotary_ids,
+    rotary_ids,
     bound_scheduler,
     decoder_slice,
     layer_embeds,
@@ -218,7 +218,7 @@ def _reference_logits(model, sample, layers: tuple[int, ...], threshold: float, 
             hidden = merged
             gone = {tokens[m] for m in roots}
             present = [p for p in present if p not in gone]
-        ids = _rotary_ids(sample, torch.tensor(present))
+        ids = rotary_ids(sample, torch.tensor(present))
         with decoder_slice(lm, [lm.layers[layer]], final_norm=False) as one:
             out = one(inputs_embeds=hidden[present][None], position_ids=ids, attention_mask=one_sequence(ids))
         hidden = hidden.clone()

@@ -92,12 +92,6 @@ def test_every_import_points_down():
 # Package code whose imports of private names are checked: core, the built-ins, every plugin's package.
 PUBLIC_ONLY = [ROOT / "core", ROOT / "policies", ROOT / "partitioners",
                *sorted(p for p in (ROOT / "plugins").glob("*/vtsched_*") if p.is_dir())]
-# Private names still imported across modules, in files whose owners have yet to switch them to the
-# public name (core.demo.synthetic.mark_origin; a public name for testing.models' rotary ids).
-PENDING_PRIVATE = {"core/demo/training.py imports vtsched.core.demo.synthetic._mark_origin",
-                   "core/testing/conformance/events.py imports vtsched.core.testing.models._rotary_ids"}
-
-
 def private_imports() -> set[str]:
     """``"path imports module.name"`` for every ``from X import _name`` (dunders aside) in package code."""
     out = set()
@@ -111,7 +105,7 @@ def private_imports() -> set[str]:
 
 
 def test_no_module_imports_a_private_name():
-    found = private_imports() - PENDING_PRIVATE
+    found = private_imports()
     assert not found, "imports of another module's private name:\n" + "\n".join(sorted(found))
 
 

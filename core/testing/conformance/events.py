@@ -226,16 +226,16 @@ class EventConformance(Kit):
 def removed_at(model: Any, sample: Any, layer: int, kept: torch.Tensor) -> torch.Tensor:
     """``(vocab,)`` last-token logits of the model's own layers on the whole prompt up to ``layer``, then
     on the tokens at positions ``kept`` only (each at its own position), through the final norm and head."""
-    from vtsched.core.testing.models import _rotary_ids, decoder_slice, layer_embeds, one_sequence
+    from vtsched.core.testing.models import rotary_ids, decoder_slice, layer_embeds, one_sequence
 
     lm = model.model.language_model
     hidden = layer_embeds(model, sample)
     if layer:
-        ids = _rotary_ids(sample, torch.arange(hidden.shape[1], device=hidden.device))
+        ids = rotary_ids(sample, torch.arange(hidden.shape[1], device=hidden.device))
         with decoder_slice(lm, list(lm.layers[:layer]), final_norm=False) as first:
             hidden = first(inputs_embeds=hidden, position_ids=ids, attention_mask=one_sequence(ids)).last_hidden_state
     kept = kept.to(hidden.device)
-    ids = _rotary_ids(sample, kept)
+    ids = rotary_ids(sample, kept)
     with decoder_slice(lm, list(lm.layers[layer:]), final_norm=True) as rest:
         out = rest(inputs_embeds=hidden[:, kept], position_ids=ids, attention_mask=one_sequence(ids)).last_hidden_state
     return model.lm_head(out[0, -1]).float()
