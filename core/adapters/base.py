@@ -19,7 +19,8 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.tokens import PromptBatch, Role
 
 # DecoderParts is the engine's (core/engine/parts.py); re-exported because adapter plugins import it from here
-__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter", "check_one_image", "decoder_sizes", "llama_style_decoder", "rotate_half"]
+__all__ = ["ModelGeometry", "DecoderParts", "ModelAdapter", "check_one_image", "decoder_sizes", "llama_style_decoder",
+           "rotate_half"]
 
 
 def check_one_image(family: str, index: int, image: Any) -> None:
