@@ -48,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                             "its generate) that measure the engine's overhead")
     bench.add_argument("--video", action="store_true",
                        help="measure video prompts instead: clips of --frames frames on the tiny Qwen2-VL and "
-                            "Qwen2.5-VL shapes (or --shape), each video method against full and transformers' "
-                            "forward, at the first of --budgets (default 25%%)")
+                            "Qwen2.5-VL shapes (or --shape, or a --model checkpoint), each video method against "
+                            "full and transformers' forward, at the first of --budgets (default 25%%)")
     bench.add_argument("--frames", type=at_least(2), nargs="+", default=None,
                        help="with --video: frames per clip (default: 8 16 32)")
     add_output(bench, "--out", "folder", default="vtsched-out/bench", help="folder for results.json, results.csv, plot.png")
@@ -139,14 +139,14 @@ def _video(args: argparse.Namespace) -> int:
     from vtsched.core.tools.report import write_csv, write_json
     from vtsched.core.tools.video_bench import format_video_table, run_video_bench
 
-    for flag, given in (("--model", args.model), ("--policies", args.policies), ("--match", args.match),
+    for flag, given in (("--policies", args.policies), ("--match", args.match),
                         ("--device", args.device), ("--dtype", args.dtype)):
         if given:
-            raise InputError(f"bench --video measures the named tiny Qwen shapes on the CPU with its own methods; "
+            raise InputError(f"bench --video measures its own video methods on the CPU; "
                              f"{flag} is not supported with --video")
     if args.budgets and len(args.budgets) > 1:
         raise InputError("bench --video measures one budget: give one value to --budgets")
-    models = [args.shape] if args.shape else ["qwen2-vl-tiny", "qwen2.5-vl-tiny"]
+    models = [args.model] if args.model else [args.shape] if args.shape else ["qwen2-vl-tiny", "qwen2.5-vl-tiny"]
     rows = run_video_bench(args.frames or (8, 16, 32), models=models, budget=(args.budgets or ["25%"])[0],
                            repeats=args.repeats or 15, progress=not args.no_progress)
     print(format_video_table(rows))

@@ -28,6 +28,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_METHODS", "VideoMethod", "format_video_table", "run_video_bench"]
@@ -66,7 +67,8 @@ def run_video_bench(frames: Sequence[int] = (8, 16, 32), *,
 
     Args:
         frames: clip lengths (sampled frames; the models embed two frames per temporal step).
-        models: named random-weight shapes (:mod:`vtsched.core.shapes`) of a family that takes video.
+        models: checkpoint folders, or named random-weight shapes (:mod:`vtsched.core.shapes`), of a
+            family that takes video.
         methods: what to measure (``full`` is added first if missing).
         budget: the budget every method but ``full`` gets (a count, ratio or percentage).
         repeats: timed runs per method (after one untimed warm-up round), interleaved across methods.
@@ -89,8 +91,8 @@ def run_video_bench(frames: Sequence[int] = (8, 16, 32), *,
     chosen = list(methods) if any(m.policy == "full" and not m.partitioner for m in methods) \
         else [VideoMethod("full", "full"), *methods]
     blocks = []  # (model, frames, geometry, batch, runs): everything is built before anything is timed
-    for name in models:
-        scheduler = Scheduler.random(name)
+    for name in models:  # a saved checkpoint's folder, or a named random shape
+        scheduler = Scheduler.from_pretrained(name) if Path(name).is_dir() else Scheduler.random(name)
         for count in frames:
             clip = Video.from_frames(render_clip(draw_clip(np.random.default_rng([seed, count]), count)), FPS)
             batch = scheduler.prepare([clip], ["Which way does the big shape move: left, right, up or down?"])

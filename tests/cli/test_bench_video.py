@@ -24,7 +24,7 @@ def test_bench_video_prints_and_writes_every_method_against_full(tmp_path, capsy
 
 
 @pytest.mark.parametrize("argv,says", [
-    (["--video", "--model", "some/checkpoint"], "--model is not supported with --video"),
+    (["--video", "--policies", "prune"], "--policies is not supported with --video"),
     (["--video", "--budgets", "2", "3"], "one budget"),
     (["--frames", "8"], "goes with --video"),
     (["--video", "--shape", "llava-1.5-cpu", "--frames", "4", "--repeats", "1"], "takes still images only"),
@@ -34,3 +34,16 @@ def test_bench_video_bad_input_is_one_line_and_exit_2(argv, says, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err
     assert not (tmp_path / "b" / "results.json").exists()
+
+
+def test_bench_video_runs_on_a_saved_checkpoint(tmp_path):
+    from vtsched.core.shapes import build_random_llava
+
+    model, processor = build_random_llava("qwen2.5-vl-tiny")
+    model.save_pretrained(tmp_path / "qwen")
+    processor.save_pretrained(tmp_path / "qwen")
+    out = tmp_path / "bench"
+    assert main(["bench", "--video", "--model", str(tmp_path / "qwen"), "--frames", "4", "--repeats", "1",
+                 "--no-progress", "--no-plugins", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["video"]
+    assert {r["model"] for r in rows} == {str(tmp_path / "qwen")} and rows[0]["method"] == "transformers"
