@@ -10,7 +10,7 @@ patches (``Sample.extras["attention_scores"]``). Ties go to the lower token inde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
@@ -20,7 +20,7 @@ from vtsched.core.partition import Partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
 
-from .cls import score_partition
+from .cls import BudgetMode, score_partition
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class AttentionReceived(Partitioner):
     """Top-R visual tokens by the attention they receive in the vision tower's last full-attention block."""
 
     name: ClassVar[str] = "attention"
-    budget_mode: Literal["global", "per_tile"] = "global"
+    budget_mode: BudgetMode = "global"
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
         return score_partition(batch, budget, self.budget_mode, _attention_scores)

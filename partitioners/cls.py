@@ -8,7 +8,10 @@ only. Ties go to the lower token index, so the partition is deterministic.
 over the whole image span; ``per_tile`` keeps tokens without a tile first (NeXT's newline
 tokens), then splits the rest of R over the tiles in proportion to each tile's tokens (largest
 remainder, ties to the lower tile), top by score within each tile: the VisionZip/FasterVLM
-protocol. Samples without tiles behave the same in both modes.
+protocol; ``per_frame`` (for video, Qwen2-VL and Qwen2.5-VL) splits R evenly over the clip's frames
+(one temporal step each; the first ``R mod frames`` frames get one more) and keeps the top by score
+within each frame, so every frame keeps its share whatever the others score. Samples without tiles
+(``per_tile``) or without frames (``per_frame``: a still image) behave as ``global``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from vtsched.core.partition import Partition, top_k_partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
 
-__all__ = ["ClsAttention", "selection_parts", "tile_keep_scores", "tile_quotas"]
+__all__ = ["ClsAttention", "BudgetMode", "frame_quotas", "part_quotas", "selection_parts", "tile_keep_scores",
+           "tile_quotas"]
+
+# how a partitioner spreads R over an image: all at once, per LLaVA-NeXT tile, or per video frame
+BudgetMode = Literal["global", "per_tile", "per_frame"]
 
 
 def tile_quotas(sample: Sample, keep: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]] | None:
@@ -53,11 +60,33 @@ def tile_quotas(sample: Sample, keep: int) -> tuple[torch.Tensor, list[tuple[tor
     return untiled, [(torch.nonzero(tile == t).flatten(), q) for t, q in zip(tiles.tolist(), quota.tolist())]
 
 
+def frame_quotas(sample: Sample, keep: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]] | None:
+    """The even split of ``keep`` tokens over a video's frames (``None`` for a still image), in the
+    form of :func:`tile_quotas`: no tokens kept first, then per frame (its token indices, its count),
+    ``keep // frames`` each and one more for the first ``keep % frames`` frames."""
+    layout = sample.video
+    if layout is None:
+        return None
+    base, extra = divmod(keep, layout.frames)
+    quotas = [(layout.tokens_of_frame(f), base + (1 if f < extra else 0)) for f in range(layout.frames)]
+    return torch.arange(0), quotas
+
+
+def part_quotas(sample: Sample, keep: int,
+                budget_mode: str) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]] | None:
+    """The split ``budget_mode`` asks for (:func:`tile_quotas` or :func:`frame_quotas`), ``None`` for one part."""
+    if budget_mode == "per_tile":
+        return tile_quotas(sample, keep)
+    if budget_mode == "per_frame":
+        return frame_quotas(sample, keep)
+    return None
+
+
 def selection_parts(sample: Sample, keep: int, budget_mode: str) -> list[tuple[torch.Tensor, int]]:
     """``(token indices, count)`` per part of an image that selects on its own: the whole image
-    (``budget_mode="global"``, or an image without tiles), else the newline tokens (all kept first, up
-    to ``keep``) and each tile with its quota (:func:`tile_quotas`)."""
-    split = tile_quotas(sample, keep) if budget_mode == "per_tile" else None
+    (``budget_mode="global"``, or an image without tiles or frames), else the tokens kept first (NeXT's
+    newline tokens, up to ``keep``) and each tile or frame with its quota (:func:`part_quotas`)."""
+    split = part_quotas(sample, keep, budget_mode)
     if split is None:
         return [(torch.arange(sample.num_visual), keep)]
     untiled, quotas = split
@@ -65,12 +94,12 @@ def selection_parts(sample: Sample, keep: int, budget_mode: str) -> list[tuple[t
     return [(kept, kept.numel()), *quotas]
 
 
-def tile_keep_scores(sample: Sample, scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Scores whose top ``keep`` are the per-tile selection of ``scores`` (:func:`tile_quotas`):
-    the untiled tokens first, then each tile's quota of its own best tokens; the selected tokens get
-    ranks above every other token.
+def tile_keep_scores(sample: Sample, scores: torch.Tensor, keep: int, budget_mode: str = "per_tile") -> torch.Tensor:
+    """Scores whose top ``keep`` are the per-tile (or per-frame) selection of ``scores``
+    (:func:`part_quotas`): the untiled tokens first, then each tile's or frame's quota of its own best
+    tokens; the selected tokens get ranks above every other token.
     """
-    split = tile_quotas(sample, keep)
+    split = part_quotas(sample, keep, budget_mode)
     if split is None:
         return scores
     untiled, quotas = split
@@ -84,14 +113,15 @@ def tile_keep_scores(sample: Sample, scores: torch.Tensor, keep: int) -> torch.T
 
 def score_partition(batch: PromptBatch, budget: Budget, budget_mode: str,
                     score_of: Callable[[int, Sample], torch.Tensor]) -> Partition:
-    """Top-R tokens per sample by ``score_of(b, sample)`` (``budget_mode="per_tile"``: R split over
-    LLaVA-NeXT's tiles by :func:`tile_keep_scores`); the scores go with the partition."""
+    """Top-R tokens per sample by ``score_of(b, sample)`` (``budget_mode="per_tile"`` or ``"per_frame"``:
+    R split over LLaVA-NeXT's tiles or a video's frames by :func:`tile_keep_scores`); the scores go with
+    the partition."""
     scores, ranks, keep = [], [], []
     for b, sample in enumerate(batch.samples):
         score = score_of(b, sample).float()
         k = budget.resolve(sample.num_visual)
         scores.append(score)
-        ranks.append(tile_keep_scores(sample, score, k) if budget_mode == "per_tile" else score)
+        ranks.append(score if budget_mode == "global" else tile_keep_scores(sample, score, k, budget_mode))
         keep.append(k)
     partition = top_k_partition(ranks, keep)
     return Partition(partition.groups, partition.assignment, tuple(s.detach().cpu() for s in scores))
@@ -110,7 +140,7 @@ class ClsAttention(Partitioner):
     """Top-R visual tokens by head-averaged [CLS] attention at the vision feature layer."""
 
     name: ClassVar[str] = "cls"
-    budget_mode: Literal["global", "per_tile"] = "global"
+    budget_mode: BudgetMode = "global"
 
     def partition(self, batch: PromptBatch, budget: Budget) -> Partition:
         return score_partition(batch, budget, self.budget_mode, _cls_scores)

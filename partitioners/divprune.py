@@ -30,7 +30,9 @@ Differs, and why:
   the same way on every device.
 - ``budget_mode="per_tile"`` (LLaVA-NeXT; not in the official code): the budget is split as the
   ``cls`` partitioner splits it (:func:`~vtsched.partitioners.cls.tile_quotas`: newline tokens
-  first, the rest across tiles in proportion to their sizes) and each tile selects on its own.
+  first, the rest across tiles in proportion to their sizes) and each tile selects on its own;
+  ``budget_mode="per_frame"`` (video; not in the official code) splits it evenly over the clip's
+  frames (:func:`~vtsched.partitioners.cls.frame_quotas`) and each frame selects on its own.
 
 Scores: a chosen token scores the distance that chose it, every other token its distance to the
 nearest chosen token: higher means "adds more diversity".
@@ -39,7 +41,7 @@ nearest chosen token: higher means "adds more diversity".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
@@ -48,7 +50,7 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch
-from vtsched.partitioners.cls import selection_parts
+from vtsched.partitioners.cls import BudgetMode, selection_parts
 
 __all__ = ["DivPrune", "cosine_distances", "max_min_diverse"]
 
@@ -95,7 +97,7 @@ class DivPrune(Partitioner):
     """The budget's tokens chosen by greedy max-min cosine diversity of the features entering the LLM."""
 
     name: ClassVar[str] = "divprune"
-    budget_mode: Literal["global", "per_tile"] = "global"
+    budget_mode: BudgetMode = "global"
 
     def selection_flops(self, num_visual: int, keep: int, geometry: ModelGeometry) -> float:
         """The ``(n, n)`` cosine matrix of the features entering the LLM (width ``hidden_size``): ``2 n^2 d``;

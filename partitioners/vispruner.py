@@ -32,7 +32,9 @@ Per family:
   unpadded margin lost after selection). Here ``budget_mode="per_tile"`` is the closest: newline
   tokens first, the rest of R split over the tiles in proportion to their (unpadded) tokens
   (:func:`~vtsched.partitioners.cls.tile_quotas`, as ``cls`` splits it), each tile selecting on its own
-  scores and features, so the count is exact. ``budget_mode="global"`` (the default, as for every
+  scores and features, so the count is exact (``per_frame``, on video: R split evenly over the
+  frames, :func:`~vtsched.partitioners.cls.frame_quotas`, each frame selecting on its own).
+  ``budget_mode="global"`` (the default, as for every
   pre-LLM partitioner here) selects once over the whole span; newline tokens score above every image
   token (the adapter's ``NEWLINE_SCORE``) so they are the first important tokens, and their features
   are zero rows (similarity 0 to every token). Features: the tiles' tower states, packed like the
@@ -60,7 +62,7 @@ Scores: each token's importance (the [CLS] or received attention): higher means 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
@@ -71,7 +73,7 @@ from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.pixels import token_scores
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
-from vtsched.partitioners.cls import selection_parts
+from vtsched.partitioners.cls import BudgetMode, selection_parts
 
 __all__ = ["VisPruner", "remove_duplicates", "removal_rounds", "vispruner_select"]
 
@@ -125,13 +127,13 @@ class VisPruner(Partitioner):
 
     name: ClassVar[str] = "vispruner"
     important_ratio: float = 0.5
-    budget_mode: Literal["global", "per_tile"] = "global"
+    budget_mode: BudgetMode = "global"
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.important_ratio) <= 1.0:
             raise InputError(f"vispruner: important_ratio {self.important_ratio} must lie in [0, 1]")
-        if self.budget_mode not in ("global", "per_tile"):
-            raise InputError(f"vispruner: budget_mode {self.budget_mode!r} is neither 'global' nor 'per_tile'")
+        if self.budget_mode not in ("global", "per_tile", "per_frame"):
+            raise InputError(f"vispruner: budget_mode {self.budget_mode!r} is not 'global', 'per_tile' or 'per_frame'")
 
     def selection_flops(self, num_visual: int, keep: int, geometry: ModelGeometry) -> float:
         """The duplicate removal's similarity blocks: each round compares the first half of the ``m``

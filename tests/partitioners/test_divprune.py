@@ -96,11 +96,13 @@ def test_duplicates_are_taken_once_and_the_count_is_exact():
 
 
 def _batch(matrix: torch.Tensor):
+    """One sample whose visual features are ``matrix`` as given: the same float64 rows the direct call
+    sees, so both break near-ties (duplicates, 1e-16 apart) the same way."""
     from vtsched.core.tokens import PromptBatch, Role, Sample
 
     n = matrix.shape[0]
     roles = torch.tensor([Role.PREFIX] + [Role.VISUAL] * n + [Role.QUESTION], dtype=torch.long)
-    sample = Sample(input_ids=torch.zeros(n + 2, dtype=torch.long), roles=roles, visual_features=matrix.float())
+    sample = Sample(input_ids=torch.zeros(n + 2, dtype=torch.long), roles=roles, visual_features=matrix)
     return PromptBatch([sample])
 
 
