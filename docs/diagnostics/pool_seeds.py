@@ -1,7 +1,8 @@
 """Pool ``vtsched eval`` results of several held-out seeds and compare rows at equal cost, paired.
 
 Run: ``python docs/diagnostics/pool_seeds.py OUT_SEED4 OUT_SEED5 [--against parvts]``, each argument
-a folder (or file) with the ``results.json`` of one ``vtsched eval`` run over the same cases. It
+a folder (or file) with the ``results.json`` of one ``vtsched eval`` run (several runs on one seed
+pool as one: items are told apart by the run's data set). It
 prints one markdown row per case over the pooled items: accuracy with its Wilson 95% interval,
 subject and non-subject accuracy, the hard subset (items that ``prune@T [downsample]`` at the row's
 own target answers wrongly), visual tokens per layer, input tokens and GFLOPs (scoring included);
@@ -41,12 +42,17 @@ def target(case: str) -> str | None:
 
 
 def pool(paths: list[Path]) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
-    """case -> {(run, item id): prediction} over every results.json given."""
+    """case -> {(data set, item id): prediction} over every results.json given.
+
+    Items are told apart by the run's ``data`` (``synthetic:4:100``), so two runs on the same data (the
+    main cases and a second eval of other policies) count ``full`` and the references once, and two
+    seeds, whose items share ids, stay apart."""
     cases: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     for path in paths:
         file = path / "results.json" if path.is_dir() else path
-        for p in json.loads(file.read_text())["predictions"]:
-            cases.setdefault(p["case"], {})[(str(path), p["id"])] = p
+        results = json.loads(file.read_text())
+        for p in results["predictions"]:
+            cases.setdefault(p["case"], {})[(str(results.get("data", path)), p["id"])] = p
     return cases
 
 

@@ -23,9 +23,9 @@ def _prediction(case, item, correct, tag="subject"):
             "visual_tokens_input": 64.0, "prefill_gflops": 0.1, "partitioner_gflops": 0.0}
 
 
-def _write(folder: Path, predictions):
+def _write(folder: Path, predictions, data=None):
     folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps({"predictions": predictions}))
+    (folder / "results.json").write_text(json.dumps({"data": data or folder.name, "predictions": predictions}))
     return folder
 
 
@@ -48,3 +48,12 @@ def test_two_seeds_pool_with_the_same_item_ids_kept_apart(tmp_path, capsys):
     pool_seeds.main([str(tmp_path / "a"), str(tmp_path / "b"), "--against", "parvts"])
     out = capsys.readouterr().out
     assert "| fastv@26 | 10 | 50.0 (23.7-76.3) |" in out and "tie  +50.0 against fastv@26 (p=0.062" in out
+
+
+def test_two_runs_on_one_seed_count_full_once(tmp_path):
+    pool_seeds = _script()
+    main = [_prediction("full", f"i{k}", True) for k in range(3)] + [_prediction("fastv@26", "i0", True)]
+    extra = [_prediction("full", f"i{k}", True) for k in range(3)] + [_prediction("vtw", "i0", False)]
+    rows = pool_seeds.summary(pool_seeds.pool([_write(tmp_path / "a", main, "synthetic:4:3"),
+                                               _write(tmp_path / "b", extra, "synthetic:4:3")]))
+    assert rows["full"]["n"] == 3 and rows["vtw"]["n"] == 1 and rows["fastv@26"]["n"] == 1
