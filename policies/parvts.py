@@ -37,7 +37,7 @@ from typing import ClassVar, Literal
 from vtsched.core.geometry import ModelGeometry
 from vtsched.core.budget import Budget
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
-from vtsched.core.events import Carry, EndStream, Fuse
+from vtsched.core.events import Carry, EndStream, Event, Fuse
 from vtsched.core.schedule import Schedule, Stream
 
 
@@ -61,7 +61,7 @@ class ParVTS(Policy):
         self.check_layer("drop_layer", self.drop_layer, geometry)
         subject, others = groups[0], groups[1:]
         streams = tuple(Stream(g, (g,)) for g in groups)
-        events = []
+        events: list[Event] = []
         if others:
             if self.merge in ("fuse", "both"):
                 params = (("alpha", self.alpha),) if self.fusion == "fixed" else ()

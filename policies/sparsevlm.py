@@ -69,7 +69,7 @@ Differs:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from vtsched.core.budget import Budget
@@ -80,6 +80,9 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.policy import DEFAULT_GROUPS, Policy
 from vtsched.core.schedule import Schedule, Stream
 from vtsched.core.tokens import Role
+
+if TYPE_CHECKING:
+    from vtsched.core.engine.probes import QueryRows
 
 __all__ = ["OFFICIAL_COUNTS", "OFFICIAL_LAYERS", "SparseVLM", "SparseVLMRaters", "raters", "stage_counts"]
 
@@ -143,7 +146,7 @@ class SparseVLMRaters(LayerBeforeRanker):
 class _RaterProbe:
     """Reads, at the layer before the event, the raters' head-averaged attention, averaged over them."""
 
-    queries: object
+    queries: QueryRows
     at: int
     own: slice
     index: torch.Tensor
@@ -171,7 +174,11 @@ def stage_keeps(budget: Budget, num_visual: int = OFFICIAL_VISUAL) -> tuple[int 
     """Each stage's ``keep`` as a share of the tokens entering it (see the module docstring). A count
     budget is a share of the image's own ``num_visual`` tokens (64 of 576 on LLaVA-1.5; 7 of 64 on the
     demo model picks the same list)."""
-    share = budget.ratio if budget.ratio is not None else budget.count / max(num_visual, 1)
+    if budget.ratio is not None:
+        share = budget.ratio
+    else:
+        assert budget.count is not None  # a budget is a ratio or a count
+        share = budget.count / max(num_visual, 1)
     listed = min(OFFICIAL_COUNTS, key=lambda r: (abs(r / OFFICIAL_VISUAL - share), -r))
     counts = OFFICIAL_COUNTS[listed]
     first = min(1.0, counts[0] / OFFICIAL_VISUAL * share * OFFICIAL_VISUAL / listed)
@@ -196,7 +203,8 @@ class SparseVLM(Policy):
         """The given ``layers``, else 2/6/15 scaled to the depth (kept increasing, before the last layer)."""
         if self.layers is not None:
             return tuple(self.layers)
-        depth, out = geometry.num_layers, []
+        depth = geometry.num_layers
+        out: list[int] = []
         for layer in OFFICIAL_LAYERS:
             k = max(round(layer * depth / OFFICIAL_DEPTH), out[-1] + 1 if out else 0)
             if k <= depth - 2:

@@ -150,7 +150,8 @@ class Event:
     # -- JSON -------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """``{"kind": ..., field: value, ...}`` with tuples as lists."""
-        return {"kind": self.kind, **{f.name: _lists(getattr(self, f.name)) for f in dataclasses.fields(self)}}
+        return {"kind": self.kind,
+                **{f.name: _lists(getattr(self, f.name)) for f in dataclasses.fields(self)}}  # type: ignore[arg-type]
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Event:

@@ -1,8 +1,9 @@
 """How a ``keep_top`` event scores the visual tokens it chooses among: one small class per ranker.
 
 Rankers are a registry kind (``vtsched_register_rankers``); the built-ins below register through
-that hook too, and ``keep_top`` looks its ``ranker`` up by name at run time. A ranker says at which layers it can score (:meth:`Ranker.unavailable`), which attention it needs
-read while earlier layers run (:meth:`Ranker.probes`; most read nothing) and the scores themselves
+that hook too, and ``keep_top`` looks its ``ranker`` up by name at run time. A ranker says at which
+layers it can score (:meth:`Ranker.unavailable`), which attention it needs read while earlier
+layers run (:meth:`Ranker.probes`; most read nothing) and the scores themselves
 (:meth:`Ranker.scores`: ``(index, scores)``, both ``(rows, T)``: positions and their scores).
 Scores are recomputed for the few query rows a ranker needs, on any attention backend: the model
 is never switched to eager attention and no layer runs twice.

@@ -222,4 +222,4 @@ def split_by_budget(budgets: Sequence[int | None]) -> list[tuple[list[int], int 
     groups: dict[int | None, list[int]] = {}
     for i, b in enumerate(budgets):
         groups.setdefault(b, []).append(i)
-    return list(((idx, b) for b, idx in groups.items()))
+    return [(idx, b) for b, idx in groups.items()]
