@@ -42,6 +42,8 @@ Differs, and why:
   one DPP over every image token of the span, ``"per_tile"`` splits the rest of R over the tiles as
   ``cls`` does (:func:`~vtsched.partitioners.cls.tile_quotas`) and runs one DPP per tile. Relevance is
   scaled over all the image's tokens in both modes, as the official code scales over all tiles.
+- video (not in the official code): ``"per_frame"`` runs one DPP per frame, the budget split evenly
+  over the frames (:func:`~vtsched.partitioners.cls.frame_quotas`); relevance is scaled over the clip.
 - a relevance that is the same for every token (max = min) leaves the kernel as ``S``.
 
 Scores: each token's relevance ``q`` (higher: more relevant to the question).
@@ -51,7 +53,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
@@ -61,7 +63,7 @@ from vtsched.core.geometry import ModelGeometry
 from vtsched.core.partition import NON_SUBJECT, SUBJECT, Partition
 from vtsched.core.policy import Partitioner
 from vtsched.core.tokens import PromptBatch, Sample
-from vtsched.partitioners.cls import tile_quotas
+from vtsched.partitioners.cls import BudgetMode, frame_quotas, tile_quotas
 
 __all__ = ["CDPruner", "conditional_kernel", "fast_greedy_map", "min_max"]
 
@@ -110,7 +112,7 @@ class CDPruner(Partitioner):
 
     name: ClassVar[str] = "cdpruner"
     clip_path: str | None = None
-    budget_mode: Literal["global", "per_tile"] = "global"
+    budget_mode: BudgetMode = "global"
 
     def __post_init__(self) -> None:
         if self.clip_path is not None:
@@ -143,7 +145,11 @@ class CDPruner(Partitioner):
 
     def _parts(self, sample: Sample, keep: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]]:
         """``(tokens kept first, [(image tokens, count)...])``: LLaVA-NeXT's newline tokens first, then one
-        DPP over the image tokens (``global``) or one per tile (``per_tile``)."""
+        DPP over the image tokens (``global``), one per tile (``per_tile``) or one per video frame with the
+        budget split evenly over the frames (``per_frame``)."""
+        if self.budget_mode == "per_frame" and sample.video is not None:
+            _, per_frame = frame_quotas(sample, keep) or (None, [])
+            return torch.arange(0), list(per_frame)
         split = tile_quotas(sample, keep)
         if split is None:
             return torch.arange(0), [(torch.arange(sample.num_visual), keep)]

@@ -15,6 +15,7 @@ from vtsched.core.pixels.video import Video
 from vtsched.core.scheduler import Scheduler
 from vtsched.core.testing.videos import moving_square, video_prompt_batches
 from vtsched.partitioners.attention import AttentionReceived
+from vtsched.partitioners.cdpruner import CDPruner
 from vtsched.partitioners.cls import ClsAttention
 from vtsched.partitioners.divprune import DivPrune, cosine_distances, max_min_diverse
 from vtsched.partitioners.vispruner import VisPruner
@@ -78,14 +79,15 @@ def test_a_still_image_is_one_part():
 
 
 def test_per_frame_on_a_qwen_clip_keeps_every_frames_share():
-    """The tiny Qwen2-VL's own clip (its attention scores, its frames): attention and vispruner keep
+    """The tiny Qwen2-VL's own clip (its attention scores, its frames): attention, vispruner and cdpruner keep
     the even split per frame, where the global selection need not."""
     s = Scheduler.random("qwen2-vl-tiny")
     clip = Video.from_frames(moving_square(0, 8, 56, 56), 4.0)
     batch = s.prepare([clip], ["where does the square go?"])
     sample = batch.samples[0]
     keep = sample.video.frames + 3
-    for partitioner in (AttentionReceived(budget_mode="per_frame"), VisPruner(budget_mode="per_frame")):
+    for partitioner in (AttentionReceived(budget_mode="per_frame"), VisPruner(budget_mode="per_frame"),
+                        CDPruner(budget_mode="per_frame")):
         assignment = partitioner.partition(batch, Budget(count=keep)).assignment[0]
         counts = [k.numel() for k in kept_per_frame(assignment, sample)]
         assert counts == even_split(keep, sample.video.frames), type(partitioner).__name__
