@@ -291,3 +291,13 @@ def test_sweep_match_key_solves_cells_and_leaves_unmatched_hashes_alone(tmp_path
     fastv = next(r for label, r in rows.items() if label.startswith("fastv"))
     assert fastv["match"] == "avg-tokens" and fastv["match_target"] == 16.0
     assert fastv["budget_solved"] == 6 and fastv["match_achieved"] == fastv["visual_tokens_per_layer"] == pytest.approx(94 / 6)
+
+
+def test_a_flops_target_refused_before_the_weights_says_its_figures_leave_the_text_out(capsys, tmp_path):
+    """subject-first cannot come down to prune@31's FLOPs (its non-subject tokens join at layer 2); the
+    refusal's figures are for the image alone, below the results' prefill_gflops, and it says so."""
+    assert main(["eval", "--data", "synthetic:4:2", "--policies", "subject-first", "--budgets", "31",
+                 "--match", "flops", "--no-progress", "--no-plugins", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "subject-first@31 cannot meet the target" in err
+    assert "without the prompt's text" in err and not (tmp_path / "e" / "results.json").exists()
