@@ -147,9 +147,9 @@ class CDPruner(Partitioner):
         """``(tokens kept first, [(image tokens, count)...])``: LLaVA-NeXT's newline tokens first, then one
         DPP over the image tokens (``global``), one per tile (``per_tile``) or one per video frame with the
         budget split evenly over the frames (``per_frame``)."""
-        if self.budget_mode == "per_frame" and sample.video is not None:
-            _, per_frame = frame_quotas(sample, keep) or (None, [])
-            return torch.arange(0), list(per_frame)
+        by_frame = frame_quotas(sample, keep) if self.budget_mode == "per_frame" else None
+        if by_frame is not None:  # a still image under per_frame is one part, as under global
+            return by_frame
         split = tile_quotas(sample, keep)
         if split is None:
             return torch.arange(0), [(torch.arange(sample.num_visual), keep)]
